@@ -1,0 +1,15 @@
+//! What every Tollgate service shares, split by concern: configuration parsing, telemetry,
+//! shutdown, token types and verification, service-to-service credentials, metrics and gRPC
+//! plumbing. Nothing here knows about a particular service's domain.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;
+pub mod health;
+pub mod jwks;
+pub mod metrics;
+pub mod service_auth;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+pub mod tokens;
