@@ -1,1 +1,131 @@
-//! todo
+//! A token verifier fed by auth-service's JWKS, for services that verify tokens locally (the
+//! gateway's fast path, usage-service's service-token checks).
+//!
+//! Keys are fetched over gRPC (`GetJwks`) at startup, refreshed periodically, and refreshed
+//! early when a token names an unknown `kid`, at most once per `min_refresh_interval`, so a
+//! flood of forged kids cannot turn into a flood of JWKS requests.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use tollgate_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+use tonic::transport::Channel;
+
+use crate::{
+    grpc::TraceInterceptor,
+    shutdown::Shutdown,
+    time::unix_now_ms,
+    tokens::{AccessClaims, Jwk, KeySet, ServiceClaims, TokenError, Verified, Verifier, VerifierSettings},
+};
+
+type Client = AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
+
+/// A [`Verifier`] whose keys come from auth-service.
+#[derive(Clone, Debug)]
+pub struct JwksVerifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    verifier: Verifier,
+    client: Client,
+    last_refresh_ms: AtomicI64,
+    min_refresh_interval: Duration,
+}
+
+impl JwksVerifier {
+    pub fn new(channel: Channel, settings: VerifierSettings, min_refresh_interval: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                verifier: Verifier::new(settings, KeySet::default()),
+                client: AuthServiceClient::with_interceptor(channel, TraceInterceptor),
+                last_refresh_ms: AtomicI64::new(0),
+                min_refresh_interval,
+            }),
+        }
+    }
+
+    /// Whether keys have been loaded (readiness).
+    pub fn has_keys(&self) -> bool {
+        !self.inner.verifier.keys().is_empty()
+    }
+
+    /// Fetches the JWKS now.
+    pub async fn refresh(&self) -> Result<usize, tonic::Status> {
+        self.inner.last_refresh_ms.store(unix_now_ms(), Ordering::SeqCst);
+        let response = self.inner.client.clone().get_jwks(GetJwksRequest {}).await?.into_inner();
+        let jwks: Vec<Jwk> = response
+            .keys
+            .into_iter()
+            .map(|key| Jwk {
+                kty: key.kty,
+                crv: key.crv,
+                x: key.x,
+                kid: key.kid,
+                alg: key.alg,
+                use_: key.r#use,
+            })
+            .collect();
+        let keys = KeySet::from_jwks(&jwks);
+        let count = keys.len();
+        self.inner.verifier.replace_keys(keys);
+        Ok(count)
+    }
+
+    /// Refreshes every `period` until shutdown.
+    pub fn spawn_refresher(&self, period: Duration, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(status) = this.refresh().await {
+                    tracing::warn!(code = ?status.code(), "refreshing the JWKS failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+        })
+    }
+
+    pub async fn verify_access(&self, token: &str) -> Result<Verified<AccessClaims>, TokenError> {
+        self.with_unknown_kid_refresh(|verifier| verifier.verify_access(token)).await
+    }
+
+    pub async fn verify_service(&self, token: &str, scope: &str) -> Result<ServiceClaims, TokenError> {
+        self.with_unknown_kid_refresh(|verifier| verifier.verify_service(token, scope)).await
+    }
+
+    async fn with_unknown_kid_refresh<T>(
+        &self,
+        verify: impl Fn(&Verifier) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        match verify(&self.inner.verifier) {
+            Err(TokenError::UnknownKey) if self.may_refresh_now() => {
+                if let Err(status) = self.refresh().await {
+                    tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
+                }
+                verify(&self.inner.verifier)
+            }
+            other => other,
+        }
+    }
+
+    /// Claims the right to refresh if the last refresh is old enough.
+    fn may_refresh_now(&self) -> bool {
+        let now = unix_now_ms();
+        let last = self.inner.last_refresh_ms.load(Ordering::SeqCst);
+        now - last >= self.inner.min_refresh_interval.as_millis() as i64
+            && self
+                .inner
+                .last_refresh_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+}

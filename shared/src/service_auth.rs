@@ -1,1 +1,138 @@
-//! todo
+//! Service-to-service credentials on the calling side: a client-credentials token source that
+//! fetches a service token from auth-service, caches it and refreshes it before it expires,
+//! and an interceptor that attaches it (with trace context) to every outgoing call.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::{sync::watch, task::JoinHandle};
+use tollgate_proto::auth::v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
+use tonic::{Status, metadata::MetadataValue, service::Interceptor, transport::Channel};
+
+use crate::{grpc::inject_trace_context, shutdown::Shutdown};
+
+/// Who this service is to auth-service, and what it wants a token for.
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub audience: String,
+    pub scopes: Vec<String>,
+}
+
+/// A cached service token, refreshed in the background at 80% of its lifetime (and retried
+/// with backoff on failure). Cloning shares the cache; the refresh task stops with the
+/// process's [`Shutdown`] or when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct ServiceTokenSource {
+    current: watch::Receiver<Option<MetadataValue<tonic::metadata::Ascii>>>,
+    _task: std::sync::Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ServiceTokenSource {
+    /// Starts fetching tokens over `channel` (auth-service's gRPC endpoint).
+    pub fn start(channel: Channel, credentials: ClientCredentials, shutdown: Shutdown) -> Self {
+        let (sender, current) = watch::channel(None);
+        let task = tokio::spawn(refresh_loop(
+            AuthServiceClient::new(channel),
+            credentials,
+            sender,
+            shutdown,
+        ));
+        Self {
+            current,
+            _task: std::sync::Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    /// Waits (at most `timeout`) until a token is available.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let mut current = self.current.clone();
+        tokio::time::timeout(timeout, current.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|result| result.is_ok())
+    }
+
+    /// The `authorization` header value of the current token, if one has been fetched.
+    pub fn header(&self) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+        self.current.borrow().clone()
+    }
+
+    /// An interceptor that attaches the token and trace context to outgoing calls.
+    pub fn interceptor(&self) -> ServiceAuthInterceptor {
+        ServiceAuthInterceptor {
+            source: self.clone(),
+        }
+    }
+}
+
+async fn refresh_loop(
+    mut client: AuthServiceClient<Channel>,
+    credentials: ClientCredentials,
+    sender: watch::Sender<Option<MetadataValue<tonic::metadata::Ascii>>>,
+    shutdown: Shutdown,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let request = IssueServiceTokenRequest {
+            client_id: credentials.client_id.clone(),
+            client_secret: credentials.client_secret.expose_secret().to_owned(),
+            audience: credentials.audience.clone(),
+            scopes: credentials.scopes.clone(),
+        };
+        let wait = match client.issue_service_token(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                match MetadataValue::try_from(format!("Bearer {}", response.access_token)) {
+                    Ok(value) => {
+                        sender.send_replace(Some(value));
+                        backoff = Duration::from_millis(100);
+                        let lifetime = Duration::from_secs(response.expires_in.max(1) as u64);
+                        lifetime.mul_f64(0.8)
+                    }
+                    Err(_) => {
+                        tracing::error!("auth-service issued a token that is not a valid header");
+                        backoff
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "fetching a service token failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.wait() => return,
+        }
+    }
+}
+
+/// Attaches `authorization: Bearer <service token>` and trace context to each call.
+#[derive(Clone, Debug)]
+pub struct ServiceAuthInterceptor {
+    source: ServiceTokenSource,
+}
+
+impl Interceptor for ServiceAuthInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let header = self
+            .source
+            .header()
+            .ok_or_else(|| Status::unavailable("no service token yet: auth-service unreachable"))?;
+        request.metadata_mut().insert("authorization", header);
+        inject_trace_context(request.metadata_mut());
+        Ok(request)
+    }
+}
