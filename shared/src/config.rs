@@ -9,15 +9,15 @@ pub use secrecy::{ExposeSecret, SecretString};
 
 /// Parses a duration written as `15m`, `30s`, `500ms` or `30d`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim()).map_err(|err| format!("`{value}` is not a duration: {err}"))
+    humantime::parse_duration(value.trim())
+        .map_err(|err| format!("`{value}` is not a duration: {err}"))
 }
 
 /// Parses a `host:port` socket address, naming the problem in one line.
 pub fn parse_socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{value}` is not a socket address (expected HOST:PORT, e.g. 127.0.0.1:8080)"))
+    value.trim().parse().map_err(|_| {
+        format!("`{value}` is not a socket address (expected HOST:PORT, e.g. 127.0.0.1:8080)")
+    })
 }
 
 /// Turns a clap parse failure into one clear line on stderr and a non-zero exit.

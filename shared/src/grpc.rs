@@ -79,7 +79,10 @@ pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
 pub struct TraceInterceptor;
 
 impl Interceptor for TraceInterceptor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject_trace_context(request.metadata_mut());
         Ok(request)
     }

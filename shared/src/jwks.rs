@@ -20,10 +20,13 @@ use crate::{
     grpc::TraceInterceptor,
     shutdown::Shutdown,
     time::unix_now_ms,
-    tokens::{AccessClaims, Jwk, KeySet, ServiceClaims, TokenError, Verified, Verifier, VerifierSettings},
+    tokens::{
+        AccessClaims, Jwk, KeySet, ServiceClaims, TokenError, Verified, Verifier, VerifierSettings,
+    },
 };
 
-type Client = AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
+type Client =
+    AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
 
 /// A [`Verifier`] whose keys come from auth-service.
 #[derive(Clone, Debug)]
@@ -40,7 +43,11 @@ struct Inner {
 }
 
 impl JwksVerifier {
-    pub fn new(channel: Channel, settings: VerifierSettings, min_refresh_interval: Duration) -> Self {
+    pub fn new(
+        channel: Channel,
+        settings: VerifierSettings,
+        min_refresh_interval: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(settings, KeySet::default()),
@@ -58,8 +65,16 @@ impl JwksVerifier {
 
     /// Fetches the JWKS now.
     pub async fn refresh(&self) -> Result<usize, tonic::Status> {
-        self.inner.last_refresh_ms.store(unix_now_ms(), Ordering::SeqCst);
-        let response = self.inner.client.clone().get_jwks(GetJwksRequest {}).await?.into_inner();
+        self.inner
+            .last_refresh_ms
+            .store(unix_now_ms(), Ordering::SeqCst);
+        let response = self
+            .inner
+            .client
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await?
+            .into_inner();
         let jwks: Vec<Jwk> = response
             .keys
             .into_iter()
@@ -79,7 +94,11 @@ impl JwksVerifier {
     }
 
     /// Refreshes every `period` until shutdown.
-    pub fn spawn_refresher(&self, period: Duration, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_refresher(
+        &self,
+        period: Duration,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -95,11 +114,17 @@ impl JwksVerifier {
     }
 
     pub async fn verify_access(&self, token: &str) -> Result<Verified<AccessClaims>, TokenError> {
-        self.with_unknown_kid_refresh(|verifier| verifier.verify_access(token)).await
+        self.with_unknown_kid_refresh(|verifier| verifier.verify_access(token))
+            .await
     }
 
-    pub async fn verify_service(&self, token: &str, scope: &str) -> Result<ServiceClaims, TokenError> {
-        self.with_unknown_kid_refresh(|verifier| verifier.verify_service(token, scope)).await
+    pub async fn verify_service(
+        &self,
+        token: &str,
+        scope: &str,
+    ) -> Result<ServiceClaims, TokenError> {
+        self.with_unknown_kid_refresh(|verifier| verifier.verify_service(token, scope))
+            .await
     }
 
     async fn with_unknown_kid_refresh<T>(

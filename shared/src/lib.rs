@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod health;
 pub mod jwks;

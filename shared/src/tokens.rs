@@ -242,7 +242,10 @@ impl Verifier {
 
     /// Swaps in a new key set (after a JWKS refresh or a key rotation).
     pub fn replace_keys(&self, keys: KeySet) {
-        *self.keys.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(keys);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(keys);
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -295,8 +298,8 @@ impl Verifier {
         // Decode generically first so that the standard claims are validated (and reported)
         // before the token's shape is: a service token shown as an access token is refused
         // for its audience, not as "malformed".
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, validation)
-            .map_err(map_error)?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, key, validation).map_err(map_error)?;
         let claims = serde_json::from_value(data.claims).map_err(|_| TokenError::WrongType)?;
         Ok(Verified { claims, kid })
     }
@@ -359,7 +362,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.jwk.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.jwk.kid)
+            .finish_non_exhaustive()
     }
 }
 

@@ -52,14 +52,21 @@ fn a_signed_token_verifies_and_round_trips_its_claims() {
 fn kid_is_the_rfc7638_thumbprint() {
     // RFC 8037 appendix A.3: the thumbprint of the A.1 example key.
     let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
-    assert_eq!(ed25519_thumbprint(x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    assert_eq!(
+        ed25519_thumbprint(x),
+        "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    );
 }
 
 #[test]
 fn alg_none_is_refused() {
     let (_, verifier) = setup();
     let header = serde_json::json!({"alg": "none", "typ": "at+jwt"});
-    let token = format!("{}.{}.", b64(&header), b64(&serde_json::to_value(claims()).unwrap()));
+    let token = format!(
+        "{}.{}.",
+        b64(&header),
+        b64(&serde_json::to_value(claims()).unwrap())
+    );
     assert_eq!(
         verifier.verify_access(&token).unwrap_err(),
         TokenError::UnsupportedAlgorithm
@@ -85,12 +92,21 @@ fn unknown_and_path_like_kids_are_refused() {
     let (_, verifier) = setup();
     let stranger = SigningKey::generate();
     assert_eq!(
-        verifier.verify_access(&stranger.sign(&claims())).unwrap_err(),
+        verifier
+            .verify_access(&stranger.sign(&claims()))
+            .unwrap_err(),
         TokenError::UnknownKey
     );
     let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"});
-    let token = format!("{}.{}.c2ln", b64(&header), b64(&serde_json::to_value(claims()).unwrap()));
-    assert_eq!(verifier.verify_access(&token).unwrap_err(), TokenError::UnknownKey);
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(&header),
+        b64(&serde_json::to_value(claims()).unwrap())
+    );
+    assert_eq!(
+        verifier.verify_access(&token).unwrap_err(),
+        TokenError::UnknownKey
+    );
 }
 
 #[test]
@@ -128,7 +144,9 @@ fn wrong_issuer_and_audience_are_refused() {
     let mut misaddressed = claims();
     misaddressed.aud = "another-app".into();
     assert_eq!(
-        verifier.verify_access(&key.sign(&misaddressed)).unwrap_err(),
+        verifier
+            .verify_access(&key.sign(&misaddressed))
+            .unwrap_err(),
         TokenError::WrongAudience
     );
 }
@@ -151,11 +169,18 @@ fn a_tampered_payload_fails_the_signature() {
 fn garbage_is_malformed_and_huge_tokens_are_refused_before_parsing() {
     let (_, verifier) = setup();
     for garbage in ["a", "a.b.c", "!!!.###.$$$", "eyJ.eyJ.", "\u{202e}.\u{0}.x"] {
-        assert_eq!(verifier.verify_access(garbage).unwrap_err(), TokenError::Malformed, "{garbage}");
+        assert_eq!(
+            verifier.verify_access(garbage).unwrap_err(),
+            TokenError::Malformed,
+            "{garbage}"
+        );
     }
     assert_eq!(verifier.verify_access("").unwrap_err(), TokenError::Missing);
     let huge = "a".repeat(1024 * 1024);
-    assert_eq!(verifier.verify_access(&huge).unwrap_err(), TokenError::TooLarge);
+    assert_eq!(
+        verifier.verify_access(&huge).unwrap_err(),
+        TokenError::TooLarge
+    );
 }
 
 #[test]
@@ -173,14 +198,19 @@ fn service_tokens_need_this_audience_and_the_scope() {
         scope: "usage.check publish".into(),
     };
     let token = key.sign(&service);
-    assert_eq!(verifier.verify_service(&token, "usage.check").unwrap().sub, "ws-gateway");
+    assert_eq!(
+        verifier.verify_service(&token, "usage.check").unwrap().sub,
+        "ws-gateway"
+    );
     assert_eq!(
         verifier.verify_service(&token, "usage.admin").unwrap_err(),
         TokenError::InsufficientScope
     );
     // A user's access token is not a service token, and the reverse.
     assert_eq!(
-        verifier.verify_service(&key.sign(&claims()), "usage.check").unwrap_err(),
+        verifier
+            .verify_service(&key.sign(&claims()), "usage.check")
+            .unwrap_err(),
         TokenError::WrongAudience
     );
     assert!(verifier.verify_access(&token).is_err());

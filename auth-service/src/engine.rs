@@ -1,0 +1,337 @@
+//! The fast shared state: windowed counters (login throttling) and a publish/subscribe bus
+//! (revocations, key changes), on Redis when `REDIS_URL` is set and in-process otherwise.
+//!
+//! Redis is never a single point of failure: a counter that cannot reach Redis falls back to
+//! this process's own counter, and every published event is also delivered to this process's
+//! subscribers directly, so a replica always sees its own revocations at once. The subscriber
+//! task reconnects on its own when Redis returns.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_redis::{Pool, Runtime};
+use futures::StreamExt;
+use redis::AsyncCommands;
+use tokio::{sync::broadcast, time::Instant};
+use tollgate_shared::shutdown::Shutdown;
+use uuid::Uuid;
+
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A message on one of the bus channels (channel names without the deployment prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusMessage {
+    pub channel: String,
+    pub payload: String,
+}
+
+/// A counter's value after a hit, and when its window ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub value: u64,
+    pub resets_in: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    prefix: String,
+    node: String,
+    redis: Option<Redis>,
+    counters: Mutex<HashMap<String, (u64, Instant)>>,
+    bus: broadcast::Sender<BusMessage>,
+}
+
+#[derive(Debug)]
+struct Redis {
+    pool: Pool,
+    client: redis::Client,
+}
+
+impl Engine {
+    /// The in-process engine.
+    pub fn local() -> Self {
+        Self::with_redis(None, "tollgate")
+    }
+
+    /// A Redis-backed engine; fails fast if Redis does not answer.
+    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 32,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(REDIS_TIMEOUT),
+                create: Some(Duration::from_secs(2)),
+                recycle: Some(REDIS_TIMEOUT),
+            },
+            ..Default::default()
+        });
+        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        let mut conn = pool.get().await?;
+        let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
+        Ok(Self::with_redis(Some(Redis { pool, client }), prefix))
+    }
+
+    fn with_redis(redis: Option<Redis>, prefix: &str) -> Self {
+        let (bus, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                prefix: prefix.to_owned(),
+                node: Uuid::new_v4().simple().to_string(),
+                redis,
+                counters: Mutex::new(HashMap::new()),
+                bus,
+            }),
+        }
+    }
+
+    pub fn is_redis(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.inner.prefix)
+    }
+
+    /// Counts one hit on `key` in a fixed window of `window` starting at its first hit.
+    pub async fn hit(&self, key: &str, window: Duration) -> Count {
+        if let Some(redis) = &self.inner.redis {
+            let full = self.key(key);
+            let window_ms = window.as_millis() as u64;
+            let result = tokio::time::timeout(REDIS_TIMEOUT, async {
+                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let (value, ttl): (u64, i64) = redis::pipe()
+                    .atomic()
+                    .incr(&full, 1u64)
+                    .cmd("PEXPIRE")
+                    .arg(&full)
+                    .arg(window_ms)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("PTTL")
+                    .arg(&full)
+                    .query_async(&mut *conn)
+                    .await?;
+                anyhow::Ok(Count {
+                    value,
+                    resets_in: Duration::from_millis(ttl.max(0) as u64),
+                })
+            })
+            .await;
+            match result {
+                Ok(Ok(count)) => return count,
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "redis counter failed; counting locally")
+                }
+                Err(_) => tracing::warn!("redis counter timed out; counting locally"),
+            }
+        }
+        self.local_hit(key, window, 1)
+    }
+
+    /// The current value of `key` without counting a hit.
+    pub async fn peek(&self, key: &str) -> Count {
+        if let Some(redis) = &self.inner.redis {
+            let full = self.key(key);
+            let result = tokio::time::timeout(REDIS_TIMEOUT, async {
+                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let (value, ttl): (Option<u64>, i64) = redis::pipe()
+                    .get(&full)
+                    .cmd("PTTL")
+                    .arg(&full)
+                    .query_async(&mut *conn)
+                    .await?;
+                anyhow::Ok(Count {
+                    value: value.unwrap_or(0),
+                    resets_in: Duration::from_millis(ttl.max(0) as u64),
+                })
+            })
+            .await;
+            match result {
+                Ok(Ok(count)) => return count,
+                Ok(Err(err)) => tracing::warn!(error = %err, "redis read failed; reading locally"),
+                Err(_) => tracing::warn!("redis read timed out; reading locally"),
+            }
+        }
+        self.local_hit(key, Duration::ZERO, 0)
+    }
+
+    pub async fn reset(&self, key: &str) {
+        if let Some(redis) = &self.inner.redis {
+            let full = self.key(key);
+            let result = tokio::time::timeout(REDIS_TIMEOUT, async {
+                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let _: () = conn.del(&full).await?;
+                anyhow::Ok(())
+            })
+            .await;
+            if !matches!(result, Ok(Ok(()))) {
+                tracing::warn!("redis reset failed");
+            }
+        }
+        self.lock_counters().remove(key);
+    }
+
+    fn lock_counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.inner
+            .counters
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn local_hit(&self, key: &str, window: Duration, amount: u64) -> Count {
+        let now = Instant::now();
+        let mut counters = self.lock_counters();
+        if counters.len() > 100_000 {
+            counters.retain(|_, (_, expires)| *expires > now);
+        }
+        let entry = counters.entry(key.to_owned()).or_insert((0, now + window));
+        if entry.1 <= now {
+            *entry = (0, now + window);
+        }
+        entry.0 += amount;
+        Count {
+            value: entry.0,
+            resets_in: entry.1.saturating_duration_since(now),
+        }
+    }
+
+    /// Delivers `payload` on `channel` to this process's subscribers and, with Redis, to every
+    /// other process's.
+    pub async fn publish(&self, channel: &str, payload: String) {
+        let _ = self.inner.bus.send(BusMessage {
+            channel: channel.to_owned(),
+            payload: payload.clone(),
+        });
+        if let Some(redis) = &self.inner.redis {
+            let envelope = format!("{}|{payload}", self.inner.node);
+            let full = self.key(channel);
+            let result = tokio::time::timeout(REDIS_TIMEOUT, async {
+                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let _: i64 = conn.publish(&full, envelope).await?;
+                anyhow::Ok(())
+            })
+            .await;
+            if !matches!(result, Ok(Ok(()))) {
+                tracing::warn!(
+                    channel,
+                    "publishing to redis failed; other replicas learn from the database"
+                );
+            }
+        }
+    }
+
+    /// Every bus message, from this process and (with Redis) from the others.
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        self.inner.bus.subscribe()
+    }
+
+    /// With Redis: relays `channels` from Redis to local subscribers until shutdown,
+    /// reconnecting with backoff. Without Redis there is nothing to relay.
+    pub fn spawn_relay(
+        &self,
+        channels: &[&str],
+        shutdown: Shutdown,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let redis = self.inner.redis.as_ref()?;
+        let client = redis.client.clone();
+        let channels: Vec<String> = channels.iter().map(|channel| self.key(channel)).collect();
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await
+                {
+                    Ok(Ok(mut pubsub)) => {
+                        if pubsub.subscribe(&channels).await.is_ok() {
+                            backoff = Duration::from_millis(100);
+                            let mut messages = pubsub.on_message();
+                            loop {
+                                tokio::select! {
+                                    message = messages.next() => match message {
+                                        Some(message) => this.relay(message.get_channel_name(), message.get_payload::<String>().ok()),
+                                        None => break,
+                                    },
+                                    () = shutdown.wait() => return,
+                                }
+                            }
+                        }
+                        tracing::warn!("redis subscription lost; reconnecting");
+                    }
+                    Ok(Err(err)) => tracing::warn!(error = %err, "redis subscribe failed"),
+                    Err(_) => tracing::warn!("redis subscribe timed out"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }))
+    }
+
+    fn relay(&self, full_channel: &str, envelope: Option<String>) {
+        let Some(envelope) = envelope else { return };
+        let Some((node, payload)) = envelope.split_once('|') else {
+            return;
+        };
+        if node == self.inner.node {
+            return;
+        }
+        let channel = full_channel
+            .strip_prefix(&self.inner.prefix)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .unwrap_or(full_channel);
+        let _ = self.inner.bus.send(BusMessage {
+            channel: channel.to_owned(),
+            payload: payload.to_owned(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_counters_count_within_a_window_and_reset() {
+        let engine = Engine::local();
+        let window = Duration::from_secs(60);
+        assert_eq!(engine.hit("k", window).await.value, 1);
+        assert_eq!(engine.hit("k", window).await.value, 2);
+        assert_eq!(engine.peek("k").await.value, 2);
+        engine.reset("k").await;
+        assert_eq!(engine.peek("k").await.value, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_windows_expire() {
+        let engine = Engine::local();
+        engine.hit("k", Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(engine.hit("k", Duration::from_secs(1)).await.value, 1);
+    }
+
+    #[tokio::test]
+    async fn local_publish_reaches_local_subscribers() {
+        let engine = Engine::local();
+        let mut events = engine.subscribe();
+        engine.publish("auth:revocations", "x".into()).await;
+        let message = events.recv().await.unwrap();
+        assert_eq!(
+            message,
+            BusMessage {
+                channel: "auth:revocations".into(),
+                payload: "x".into()
+            }
+        );
+    }
+}

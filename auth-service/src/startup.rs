@@ -1,0 +1,225 @@
+//! Building and running the service: `Application::build` connects, migrates and binds every
+//! listener (port 0 allowed) so tests and `main` learn the real addresses before serving;
+//! `run_until_stopped` serves until the shutdown signal, then drains.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tollgate_shared::{
+    config::ExposeSecret,
+    events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL},
+    grpc::{TelemetryLayer, health_and_reflection},
+    health::{self, Readiness},
+    metrics::{self as shared_metrics, RpcMetrics},
+    shutdown::Shutdown,
+    tokens::VerifierSettings,
+};
+
+use crate::{
+    auth::{Auth, TokenSettings},
+    config::Config,
+    engine::Engine,
+    grpc::AuthGrpc,
+    http,
+    keys::KeyRing,
+    metrics::AuthMetrics,
+    passwords::Passwords,
+    store::Store,
+    throttle::{Throttle, ThrottleSettings},
+    validation::Validator,
+};
+
+#[derive(Debug)]
+pub struct Application {
+    auth: Arc<Auth>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    registry: Arc<Registry>,
+    rpc_metrics: RpcMetrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+    grace: Duration,
+}
+
+/// Connects to the database, failing with one line that names the variable.
+pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(
+        config.database_url.expose_secret(),
+        config.database_max_connections,
+    )
+    .await
+    .map_err(|err| anyhow::anyhow!("DATABASE_URL: cannot connect to the database: {err}"))?;
+    store
+        .migrate()
+        .await
+        .context("DATABASE_URL: migrations failed")?;
+    Ok(store)
+}
+
+impl Application {
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let store = connect_store(&config).await?;
+        let engine = match &config.redis_url {
+            Some(url) => Engine::redis(url.expose_secret(), &config.redis_prefix)
+                .await
+                .map_err(|err| anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}"))?,
+            None => Engine::local(),
+        };
+        let verifier_settings = VerifierSettings {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            service_audience: crate::service_tokens::SELF_AUDIENCE.into(),
+            leeway: config.jwt_leeway,
+        };
+        let retention = config.access_token_ttl.max(config.service_token_ttl) + config.jwt_leeway;
+        let keys = KeyRing::load(store.clone(), verifier_settings, retention)
+            .await
+            .context("loading signing keys")?;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut registry = Registry::with_prefix("tollgate");
+        let metrics = AuthMetrics::register(&mut registry);
+        let rpc_metrics = RpcMetrics::register(&mut registry);
+
+        let auth = Arc::new(Auth {
+            throttle: Throttle::new(
+                engine.clone(),
+                ThrottleSettings {
+                    max_failures: config.login_max_failures,
+                    failure_window: config.login_failure_window,
+                    max_per_address: config.login_max_per_address,
+                    address_window: config.login_address_window,
+                },
+            ),
+            store,
+            engine,
+            keys,
+            passwords: Passwords::new(cores).await?,
+            clients: config.service_clients.clone(),
+            validator: Validator::new(config.jwt_leeway),
+            tokens: TokenSettings {
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+                access_ttl: config.access_token_ttl,
+                refresh_ttl: config.refresh_token_ttl,
+                refresh_reuse_grace: config.refresh_reuse_grace,
+                service_token_ttl: config.service_token_ttl,
+            },
+            metrics,
+        });
+
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("AUTH_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("AUTH_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+        Ok(Self {
+            auth,
+            grpc_listener,
+            http_listener,
+            registry: Arc::new(registry),
+            rpc_metrics,
+            readiness: Readiness::new(),
+            shutdown,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The service core, for tests that need to reach behind the API (minting hostile tokens).
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.clone()
+    }
+
+    /// Serves until the shutdown signal fires, then stops accepting, lets in-flight requests
+    /// finish within the grace period and stops the background tasks.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            auth,
+            grpc_listener,
+            http_listener,
+            registry,
+            rpc_metrics,
+            readiness,
+            shutdown,
+            grace,
+        } = self;
+        let (health_reporter, health_service, reflection) = health_and_reflection()?;
+        health_reporter
+            .set_serving::<AuthServiceServer<AuthGrpc>>()
+            .await;
+
+        let tasks = [
+            Some(auth.spawn_event_listener(shutdown.clone())),
+            Some(auth.spawn_key_reloader(Duration::from_secs(30), shutdown.clone())),
+            auth.engine
+                .spawn_relay(&[REVOCATIONS_CHANNEL, KEYS_CHANNEL], shutdown.clone()),
+        ];
+
+        let grpc_shutdown = shutdown.clone();
+        let grpc = tonic::transport::Server::builder()
+            .layer(TelemetryLayer::new(rpc_metrics))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AuthServiceServer::new(AuthGrpc::new(auth.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                grpc_shutdown.wait().await;
+                health_reporter
+                    .set_not_serving::<AuthServiceServer<AuthGrpc>>()
+                    .await;
+            });
+
+        let router = http::routes(auth.clone())
+            .merge(health::routes(readiness.clone()))
+            .merge(shared_metrics::routes(registry));
+        let http_shutdown = shutdown.clone();
+        let http = axum::serve(
+            http_listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.wait().await });
+
+        readiness.set_ready(true);
+        let readiness_on_stop = readiness.clone();
+        let stop_watch = shutdown.clone();
+        tokio::spawn(async move {
+            stop_watch.wait().await;
+            readiness_on_stop.set_ready(false);
+        });
+
+        let servers = async {
+            tokio::try_join!(async { grpc.await.map_err(anyhow::Error::from) }, async {
+                http.await.map_err(anyhow::Error::from)
+            })
+        };
+        tokio::pin!(servers);
+        let result = tokio::select! {
+            result = &mut servers => result.map(|_| ()),
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        };
+        shutdown.trigger();
+        for task in tasks.into_iter().flatten() {
+            let _ = task.await;
+        }
+        auth.store.close().await;
+        result
+    }
+}
