@@ -9,6 +9,7 @@ use axum::{
         ConnectInfo, DefaultBodyLimit, FromRequest, Request, State, rejection::JsonRejection,
     },
     http::{HeaderMap, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -34,7 +35,22 @@ pub fn routes(auth: Arc<Auth>) -> Router {
         .route("/oauth/token", post(oauth_token))
         .route("/.well-known/jwks.json", get(jwks))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_declared_oversize))
         .with_state(auth)
+}
+
+/// Answers 413 from the declared length alone, without waiting for a body it will not read.
+/// (Chunked bodies are cut off at the same limit by `DefaultBodyLimit` while being read.)
+async fn refuse_declared_oversize(request: Request, next: middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => AuthError::BodyTooLarge.into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// `Json<T>` whose rejections are answered in the API's error shape.

@@ -55,7 +55,7 @@ impl Validator {
         match self.session_status(store, verified.claims.sid).await {
             SessionStatus::Active => Ok(verified),
             SessionStatus::Revoked => Err(TokenError::Revoked),
-            SessionStatus::Gone => Err(TokenError::Expired),
+            SessionStatus::Gone => Err(TokenError::Revoked),
         }
     }
 

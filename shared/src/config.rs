@@ -28,14 +28,45 @@ pub fn parse_or_exit<T: clap::Parser>() -> T {
         Ok(config) => config,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            let rendered = err.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|line| line.starts_with("error:"))
-                .unwrap_or(rendered.as_str());
-            eprintln!("configuration {line}");
+            eprintln!("{}", describe_error::<T>(&err));
             std::process::exit(2);
         }
+    }
+}
+
+/// One line for a configuration error, naming the environment variable behind the argument.
+pub fn describe_error<T: clap::CommandFactory>(err: &clap::Error) -> String {
+    // A value parser's own message names the problem without echoing the raw value, which
+    // may be a secret; clap's rendering would quote it.
+    let rendered = err.render().to_string();
+    let parser_message = std::error::Error::source(err).map(ToString::to_string);
+    let line = parser_message.as_deref().unwrap_or_else(|| {
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix("error: "))
+            .unwrap_or(rendered.trim())
+    });
+    let variable = err
+        .get(clap::error::ContextKind::InvalidArg)
+        .map(ToString::to_string)
+        .and_then(|arg| {
+            let long = arg
+                .trim_start_matches("--")
+                .split([' ', '='])
+                .next()?
+                .to_owned();
+            let command = T::command();
+            let env = command
+                .get_arguments()
+                .find(|candidate| candidate.get_long() == Some(long.as_str()))?
+                .get_env()?
+                .to_string_lossy()
+                .into_owned();
+            Some(env)
+        });
+    match variable {
+        Some(variable) => format!("configuration error: {variable}: {line}"),
+        None => format!("configuration error: {line}"),
     }
 }
 

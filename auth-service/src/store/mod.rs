@@ -65,8 +65,24 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Applies pending migrations. PostgreSQL serialises concurrent migrators with an advisory
+    /// lock; SQLite has none, so a process that loses the race retries and then finds the
+    /// migrations applied.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        let mut attempts = 0;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Err(_) if attempts < 3 && self.is_sqlite().await => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn is_sqlite(&self) -> bool {
+        match self.pool.acquire().await {
+            Ok(conn) => conn.backend_name() == "SQLite",
+            Err(_) => false,
+        }
     }
 
     /// Whether the database answers (readiness).

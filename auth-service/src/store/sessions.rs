@@ -14,8 +14,8 @@ use crate::domain::RefreshTokenHash;
 /// What presenting a refresh token led to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshOutcome {
-    /// A new token was chained; `via_grace` when an already-rotated immediate parent was
-    /// presented within the grace window.
+    /// A new token was chained; `via_grace` when an already-rotated token whose child is
+    /// unused was presented again within the grace window.
     Rotated {
         user_id: Uuid,
         session_id: Uuid,
@@ -134,24 +134,40 @@ impl Store {
             });
         }
 
-        // Already rotated. Only the immediate parent of the live token, within the grace
-        // window of its rotation, may be presented again: it rotates the live token.
+        // Already rotated. (Concurrent requests read the clock before queueing on the session
+        // lock, so `now_ms` may predate the rotation: elapsed time is clamped at zero.)
+        // Within the grace window of its rotation, a token whose child is
+        // still unused (a concurrent refresh, or a response that never arrived) gets another
+        // child; anything else is a replay of a stolen token.
         let (rotated_at, child): (Option<i64>, Option<String>) =
             sqlx::query_as("SELECT rotated_at, child_hash FROM refresh_tokens WHERE hash = $1")
                 .bind(rotation.presented.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-        let within_grace = rotated_at.is_some_and(|at| rotation.now_ms - at <= rotation.grace_ms);
-        if let (true, Some(child)) = (within_grace, child) {
-            let child = RefreshTokenHash::from_stored(child);
-            if chain_after(&mut tx, &child, &rotation, session_id).await? {
-                tx.commit().await?;
-                return Ok(RefreshOutcome::Rotated {
-                    user_id,
-                    session_id,
-                    via_grace: true,
-                });
-            }
+        let within_grace =
+            rotated_at.is_some_and(|at| (rotation.now_ms - at).max(0) < rotation.grace_ms);
+        if let (true, Some(child)) = (within_grace, child)
+            && is_unused(&mut tx, &child).await?
+        {
+            sqlx::query("UPDATE refresh_tokens SET child_hash = $2 WHERE hash = $1")
+                .bind(rotation.presented.as_str())
+                .bind(rotation.next.as_str())
+                .execute(&mut *tx)
+                .await?;
+            insert_token(
+                &mut tx,
+                rotation.next,
+                session_id,
+                rotation.now_ms,
+                rotation.expires_at_ms,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Rotated {
+                user_id,
+                session_id,
+                via_grace: true,
+            });
         }
 
         revoke_in(&mut tx, session_id, rotation.now_ms, "refresh_token_reuse").await?;
@@ -248,6 +264,15 @@ impl Store {
             _ => SessionStatus::Gone,
         })
     }
+}
+
+async fn is_unused(tx: &mut Transaction<'static, Any>, hash: &str) -> Result<bool, StoreError> {
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT rotated_at FROM refresh_tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(matches!(row, Some((None,))))
 }
 
 /// Chains `rotation.next` after `parent` if `parent` is still the live end of the chain.

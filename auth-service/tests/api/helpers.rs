@@ -1,0 +1,364 @@
+//! Spawning the real application for a test, on a fresh database, and a helper per RPC.
+
+use std::{sync::Arc, time::Duration};
+
+use auth_service::{Application, Config, auth::Auth, clients::ClientRegistry};
+use tokio::task::JoinHandle;
+use tollgate_proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use tollgate_shared::{shutdown::Shutdown, time::unix_now, tokens::AccessClaims};
+use tonic::{Code, Request, Status, transport::Channel};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef";
+
+/// Which storage and engine the application runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file and the in-process engine.
+    Embedded,
+    /// PostgreSQL and Redis (`TEST_DATABASE_URL`, `TEST_REDIS_URL`).
+    PostgresRedis,
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::helpers::Backend::Embedded).await }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::helpers::Backend::PostgresRedis).await }
+            )*
+        }
+    };
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database of its own for one test, dropped afterwards.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Embedded => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+                Self {
+                    url,
+                    postgres_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::PostgresRedis => {
+                use sqlx::Connection;
+                let name = format!("tollgate_auth_test_{}", Uuid::new_v4().simple());
+                let admin = postgres_url();
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("PostgreSQL at TEST_DATABASE_URL is required: {err}")
+                    });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                Self {
+                    url: format!("{base}/{name}"),
+                    postgres_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop on a thread of its own: Drop cannot await, and the test's runtime is going away.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The configuration a test starts from.
+pub fn config(backend: Backend, database: &TestDatabase) -> Config {
+    let mut config = Config::for_tests(&database.url);
+    config.service_clients = ClientRegistry::parse(&format!(
+        "gateway:{CLIENT_SECRET}:auth.validate+usage.check,admin:{CLIENT_SECRET}:auth.admin,backend:{CLIENT_SECRET}:publish"
+    ))
+    .expect("valid clients");
+    if backend == Backend::PostgresRedis {
+        config.redis_url = Some(redis_url().into());
+        config.redis_prefix = format!("test-{}", Uuid::new_v4().simple());
+    }
+    config
+}
+
+/// A running application and clients for it. Dropping it shuts the application down.
+pub struct TestApp {
+    pub grpc: AuthServiceClient<Channel>,
+    pub channel: Channel,
+    pub http: reqwest::Client,
+    pub http_base: String,
+    pub auth: Arc<Auth>,
+    pub config: Config,
+    pub database: Arc<TestDatabase>,
+    shutdown: Shutdown,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let database = Arc::new(TestDatabase::create(backend).await);
+        let mut config = config(backend, &database);
+        tweak(&mut config);
+        Self::start(config, database).await
+    }
+
+    /// Starts an application on an existing database (a restart, or a second replica).
+    pub async fn start(config: Config, database: Arc<TestDatabase>) -> Self {
+        tollgate_shared::telemetry::init_for_tests();
+        let shutdown = Shutdown::new();
+        let app = Application::build(config.clone(), shutdown.clone())
+            .await
+            .expect("application builds");
+        let (grpc_addr, http_addr, auth) = (app.grpc_addr(), app.http_addr(), app.auth());
+        let server = tokio::spawn(app.run_until_stopped());
+        let channel =
+            tollgate_shared::grpc::channel(&format!("http://{grpc_addr}"), Duration::from_secs(30))
+                .expect("channel");
+        Self {
+            grpc: AuthServiceClient::new(channel.clone()),
+            channel,
+            http: reqwest::Client::new(),
+            http_base: format!("http://{http_addr}"),
+            auth,
+            config,
+            database,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// Stops the application and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server exits cleanly");
+        }
+    }
+
+    pub fn client(&self) -> AuthServiceClient<Channel> {
+        self.grpc.clone()
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Result<pb::TokenPair, Status> {
+        let request = pb::RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+        };
+        self.client()
+            .register(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Registers a fresh user with the standard password.
+    pub async fn new_user(&self) -> pb::TokenPair {
+        self.register(&unique_email(), PASSWORD)
+            .await
+            .expect("registration succeeds")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<pb::TokenPair, Status> {
+        let request = pb::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        };
+        self.client()
+            .login(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
+        let request = pb::RefreshRequest {
+            refresh_token: refresh_token.into(),
+        };
+        self.client()
+            .refresh(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn service_token(
+        &self,
+        client_id: &str,
+        audience: &str,
+        scopes: &[&str],
+    ) -> Result<String, Status> {
+        let request = pb::IssueServiceTokenRequest {
+            client_id: client_id.into(),
+            client_secret: CLIENT_SECRET.into(),
+            audience: audience.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        Ok(self
+            .client()
+            .issue_service_token(request)
+            .await?
+            .into_inner()
+            .access_token)
+    }
+
+    /// `ValidateToken` as the gateway would call it.
+    pub async fn validate(&self, token: &str) -> Result<pb::ValidateTokenResponse, Status> {
+        let service = self
+            .service_token("gateway", "auth-service", &["auth.validate"])
+            .await?;
+        let request = with_bearer(
+            pb::ValidateTokenRequest {
+                token: token.into(),
+            },
+            &service,
+        );
+        self.client()
+            .validate_token(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Signs arbitrary claims with the active key, for hostile-token tests.
+    pub fn mint(&self, claims: &AccessClaims) -> String {
+        self.auth.keys().signer().sign(claims)
+    }
+
+    /// Valid claims for a user and session, as the service would issue them.
+    pub fn claims_for(&self, user_id: &str, session_id: &str) -> AccessClaims {
+        let now = unix_now();
+        AccessClaims {
+            iss: self.config.issuer.clone(),
+            sub: user_id.parse().expect("uuid"),
+            aud: self.config.audience.clone(),
+            exp: now + 600,
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            sid: session_id.parse().expect("uuid"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http_base)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", Uuid::new_v4().simple())
+}
+
+/// The machine-readable reason of a failed call.
+pub fn reason(status: &Status) -> String {
+    status
+        .metadata()
+        .get("tollgate-reason")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts a call failed with `code` and `reason`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "unexpected code for {status:?}");
+    assert_eq!(
+        reason(&status),
+        expected_reason,
+        "unexpected reason for {status:?}"
+    );
+    status
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,122 @@
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::{both_backends, helpers::*};
+
+async fn login_opens_a_new_session(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = unique_email();
+    let first = app.register(&email, PASSWORD).await.unwrap();
+    let second = app.login(&email, PASSWORD).await.unwrap();
+    assert_eq!(first.user_id, second.user_id);
+    assert_ne!(first.session_id, second.session_id);
+    app.validate(&second.access_token).await.unwrap();
+}
+
+async fn unknown_email_and_wrong_password_are_indistinguishable(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await.unwrap();
+
+    let started = Instant::now();
+    let wrong = assert_refused(
+        app.login(&email, "wrong horse battery").await,
+        Code::Unauthenticated,
+        "invalid_credentials",
+    );
+    let wrong_took = started.elapsed();
+    let started = Instant::now();
+    let unknown = assert_refused(
+        app.login(&unique_email(), PASSWORD).await,
+        Code::Unauthenticated,
+        "invalid_credentials",
+    );
+    let unknown_took = started.elapsed();
+
+    assert_eq!(wrong.message(), unknown.message());
+    // Both paths run one argon2id verification; an unknown email must not answer in a
+    // fraction of the time (which would reveal that it does not exist).
+    assert!(
+        unknown_took * 4 > wrong_took,
+        "unknown email answered in {unknown_took:?}, wrong password in {wrong_took:?}"
+    );
+}
+
+async fn repeated_failures_throttle_the_account(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.login_max_failures = 3;
+        config.login_failure_window = Duration::from_secs(600);
+    })
+    .await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await.unwrap();
+    for _ in 0..3 {
+        assert_refused(
+            app.login(&email, "wrong horse battery").await,
+            Code::Unauthenticated,
+            "invalid_credentials",
+        );
+    }
+    // Even the right password is refused now, with a retry-after.
+    let status = assert_refused(
+        app.login(&email, PASSWORD).await,
+        Code::ResourceExhausted,
+        "too_many_attempts",
+    );
+    let retry_after: u64 = status
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&retry_after));
+    // Unknown accounts are throttled the same way, so throttling reveals nothing either.
+    let stranger = unique_email();
+    for _ in 0..3 {
+        assert_refused(
+            app.login(&stranger, PASSWORD).await,
+            Code::Unauthenticated,
+            "invalid_credentials",
+        );
+    }
+    assert_refused(
+        app.login(&stranger, PASSWORD).await,
+        Code::ResourceExhausted,
+        "too_many_attempts",
+    );
+    // Other accounts are unaffected.
+    let other = app.new_user().await;
+    assert!(!other.access_token.is_empty());
+}
+
+async fn one_address_is_throttled_across_accounts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.login_max_per_address = 5;
+    })
+    .await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await.unwrap();
+    for _ in 0..4 {
+        app.login(&email, PASSWORD).await.unwrap();
+    }
+    assert_refused(
+        app.login(&email, PASSWORD).await,
+        Code::ResourceExhausted,
+        "too_many_attempts",
+    );
+    assert_refused(
+        app.register(&unique_email(), PASSWORD).await,
+        Code::ResourceExhausted,
+        "too_many_attempts",
+    );
+}
+
+both_backends!(
+    login_opens_a_new_session,
+    unknown_email_and_wrong_password_are_indistinguishable,
+    repeated_failures_throttle_the_account,
+    one_address_is_throttled_across_accounts,
+);
