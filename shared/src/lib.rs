@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod events;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fault_proxy;
 pub mod grpc;
 pub mod health;
 pub mod jwks;

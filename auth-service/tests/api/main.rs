@@ -7,6 +7,7 @@
 mod helpers;
 
 mod bad_input;
+mod faults;
 mod keys;
 mod login;
 mod refresh;

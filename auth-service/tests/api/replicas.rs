@@ -283,3 +283,47 @@ async fn a_bad_configuration_fails_fast_with_one_line_naming_the_variable() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let database = TestDatabase::create(Backend::PostgresRedis).await;
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let mut replica = start_replica(&database.url, &prefix).await;
+    // A request racing the signal is either answered or refused; it never hangs.
+    let client = replica.grpc.clone();
+    let in_flight = tokio::spawn(async move {
+        let mut client = client;
+        let request = tollgate_proto::auth::v1::RegisterRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+        };
+        client.register(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(replica.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = eventually(Duration::from_secs(20), || {
+        let status = replica.child.try_wait().unwrap();
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(exited, "auth-service did not exit within 20 s of SIGTERM");
+    let status = replica.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", replica.log.lock().unwrap());
+    let raced = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("the racing request ends")
+        .unwrap();
+    if let Ok(answer) = raced {
+        assert!(!answer.into_inner().access_token.is_empty());
+    }
+    let log = replica.log.lock().unwrap().clone();
+    assert!(
+        log.contains("shutdown signal received") && log.contains("auth-service stopped"),
+        "{log}"
+    );
+}
