@@ -421,6 +421,92 @@ async fn health_readiness_and_metrics_are_served(backend: Backend) {
         status.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+
+    // Reflection lists the service.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    let names: Vec<_> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    assert!(
+        names.contains(&"tollgate.auth.v1.AuthService".to_owned()),
+        "{names:?}"
+    );
+}
+
+async fn oversized_and_empty_fields_are_refused_on_every_user_call(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let huge = "x".repeat(1 << 20);
+    let huge_email = format!("{huge}@example.com");
+    assert_refused(
+        app.login(&unique_email(), &huge).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    assert_refused(
+        app.login(&huge_email, PASSWORD).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    assert_refused(
+        app.login("", "").await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    assert_refused(
+        app.register(&huge_email, PASSWORD).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    let request = tollgate_proto::auth::v1::IssueServiceTokenRequest {
+        client_id: huge.clone(),
+        client_secret: huge.clone(),
+        audience: "auth-service".into(),
+        scopes: vec![],
+    };
+    assert_refused(
+        app.client().issue_service_token(request).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    let logout = tollgate_proto::auth::v1::LogoutRequest {
+        refresh_token: huge.clone(),
+    };
+    assert_refused(
+        app.client().logout(logout).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    let oversized = "x".repeat(10 * 1024);
+    let request = with_bearer(tollgate_proto::auth::v1::ListSessionsRequest {}, &oversized);
+    assert_refused(
+        app.client().list_sessions(request).await,
+        Code::Unauthenticated,
+        "token_too_large",
+    );
+    // A megabyte of metadata is refused by the HTTP/2 layer before it reaches the service.
+    let request = with_bearer(tollgate_proto::auth::v1::ListSessionsRequest {}, &huge);
+    assert!(app.client().list_sessions(request).await.is_err());
+    // And the service keeps serving.
+    app.new_user().await;
 }
 
 both_backends!(
@@ -428,4 +514,5 @@ both_backends!(
     http_api_mirrors_grpc_and_answers_errors_in_its_shape,
     oauth_token_endpoint_follows_rfc_6749,
     health_readiness_and_metrics_are_served,
+    oversized_and_empty_fields_are_refused_on_every_user_call,
 );

@@ -15,3 +15,4 @@ mod register;
 mod replicas;
 mod service_tokens;
 mod sessions;
+mod shared_clients;

@@ -1,0 +1,121 @@
+//! The `shared` crate's clients against the real auth-service: the service-token source that
+//! other services use to call in, and the JWKS verifier they use to check tokens locally.
+
+use std::time::Duration;
+
+use tollgate_proto::auth::v1::{
+    RotateSigningKeyRequest, ValidateTokenRequest, auth_service_client::AuthServiceClient,
+};
+use tollgate_shared::{
+    jwks::JwksVerifier,
+    service_auth::{ClientCredentials, ServiceTokenSource},
+    shutdown::Shutdown,
+    tokens::{TokenError, VerifierSettings},
+};
+
+use crate::{both_backends, helpers::*};
+
+async fn the_service_token_source_authenticates_outgoing_calls(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let shutdown = Shutdown::new();
+    let credentials = ClientCredentials {
+        client_id: "gateway".into(),
+        client_secret: CLIENT_SECRET.to_owned().into(),
+        audience: "auth-service".into(),
+        scopes: vec!["auth.validate".into()],
+    };
+    let source = ServiceTokenSource::start(app.channel.clone(), credentials, shutdown.clone());
+    assert!(
+        source.ready(Duration::from_secs(10)).await,
+        "no service token within 10 s"
+    );
+    let mut client = AuthServiceClient::with_interceptor(app.channel.clone(), source.interceptor());
+    let user = app.new_user().await;
+    let claims = client
+        .validate_token(ValidateTokenRequest {
+            token: user.access_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claims.user_id, user.user_id);
+
+    // Wrong credentials never produce a token, and calls are refused locally, not sent bare.
+    let wrong = ClientCredentials {
+        client_id: "gateway".into(),
+        client_secret: "not-the-secret-0000000000".to_owned().into(),
+        audience: "auth-service".into(),
+        scopes: vec![],
+    };
+    let refused = ServiceTokenSource::start(app.channel.clone(), wrong, shutdown.clone());
+    assert!(!refused.ready(Duration::from_millis(500)).await);
+    let mut bare = AuthServiceClient::with_interceptor(app.channel.clone(), refused.interceptor());
+    let status = bare
+        .validate_token(ValidateTokenRequest {
+            token: user.access_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    shutdown.trigger();
+}
+
+async fn the_jwks_verifier_follows_key_rotation(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let settings = VerifierSettings {
+        issuer: app.config.issuer.clone(),
+        audience: app.config.audience.clone(),
+        service_audience: "ws-gateway".into(),
+        leeway: app.config.jwt_leeway,
+    };
+    let verifier = JwksVerifier::new(app.channel.clone(), settings, Duration::ZERO);
+    assert!(!verifier.has_keys());
+    assert_eq!(verifier.refresh().await.unwrap(), 1);
+    let before = app.new_user().await;
+    let verified = verifier.verify_access(&before.access_token).await.unwrap();
+    assert_eq!(verified.claims.sub.to_string(), before.user_id);
+
+    let admin = app
+        .service_token("admin", "auth-service", &["auth.admin"])
+        .await
+        .unwrap();
+    app.client()
+        .rotate_signing_key(with_bearer(RotateSigningKeyRequest {}, &admin))
+        .await
+        .unwrap();
+    // A token signed by the new key names a kid the verifier has not seen: it refreshes once
+    // and accepts it, and still accepts tokens of the retired key.
+    let after = app.new_user().await;
+    verifier.verify_access(&after.access_token).await.unwrap();
+    verifier.verify_access(&before.access_token).await.unwrap();
+
+    // Service tokens for this audience verify too; tokens for others do not.
+    let for_gateway = app
+        .service_token("backend", "ws-gateway", &["publish"])
+        .await
+        .unwrap();
+    assert_eq!(
+        verifier
+            .verify_service(&for_gateway, "publish")
+            .await
+            .unwrap()
+            .sub,
+        "backend"
+    );
+    let elsewhere = app
+        .service_token("backend", "auth-service", &["publish"])
+        .await
+        .unwrap();
+    assert_eq!(
+        verifier
+            .verify_service(&elsewhere, "publish")
+            .await
+            .unwrap_err(),
+        TokenError::WrongAudience
+    );
+}
+
+both_backends!(
+    the_service_token_source_authenticates_outgoing_calls,
+    the_jwks_verifier_follows_key_rotation,
+);
