@@ -16,7 +16,7 @@ use deadpool_redis::{Pool, Runtime};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::{sync::broadcast, time::Instant};
-use tollgate_shared::shutdown::Shutdown;
+use tollgate_shared::{events, shutdown::Shutdown};
 use uuid::Uuid;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -212,7 +212,7 @@ impl Engine {
             payload: payload.clone(),
         });
         if let Some(redis) = &self.inner.redis {
-            let envelope = format!("{}|{payload}", self.inner.node);
+            let envelope = events::seal(&self.inner.node, &payload);
             let full = self.key(channel);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
                 let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;

@@ -19,3 +19,27 @@ pub struct Revocation {
     /// Why: `logout`, `logout_all`, `refresh_token_reuse`.
     pub reason: String,
 }
+
+/// Bus messages on Redis carry the id of the node that published them, so a node can skip its
+/// own echo: `<node id>|<payload>`.
+pub fn seal(node: &str, payload: &str) -> String {
+    format!("{node}|{payload}")
+}
+
+/// Splits a bus message into the publishing node's id and the payload.
+pub fn open(message: &str) -> Option<(&str, &str)> {
+    message.split_once('|')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn envelopes_round_trip_payloads_containing_the_separator() {
+        let sealed = super::seal("node-1", r#"{"reason":"a|b"}"#);
+        assert_eq!(
+            super::open(&sealed),
+            Some(("node-1", r#"{"reason":"a|b"}"#))
+        );
+        assert_eq!(super::open("no separator"), None);
+    }
+}

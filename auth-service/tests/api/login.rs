@@ -112,6 +112,23 @@ async fn one_address_is_throttled_across_accounts(backend: Backend) {
         Code::ResourceExhausted,
         "too_many_attempts",
     );
+    // Over HTTP the same limit answers 429 with Retry-After.
+    let response = app
+        .http
+        .post(app.url("/v1/login"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_attempts");
 }
 
 both_backends!(

@@ -225,6 +225,39 @@ async fn two_processes_on_one_database_and_redis_behave_as_one() {
     validate(&a, &after.access_token).await.unwrap();
     validate(&a, &on_b.access_token).await.unwrap();
 
+    // Rotations racing on both replicas end with one active key that both agree on.
+    let admin_a = service_token(&a, "admin", "auth.admin").await;
+    let (mut client_a, mut client_b) = (a.grpc.clone(), b.grpc.clone());
+    let (from_a, from_b) = tokio::join!(
+        client_a.rotate_signing_key(with_bearer(RotateSigningKeyRequest {}, &admin_a)),
+        client_b.rotate_signing_key(with_bearer(RotateSigningKeyRequest {}, &admin)),
+    );
+    let (from_a, from_b) = (from_a.unwrap().into_inner(), from_b.unwrap().into_inner());
+    let agreed = eventually(Duration::from_secs(5), || async {
+        let kid_a = a
+            .grpc
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .active_kid;
+        let kid_b = b
+            .grpc
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .active_kid;
+        kid_a == kid_b && [&from_a.kid, &from_b.kid].contains(&&kid_a)
+    })
+    .await;
+    assert!(
+        agreed,
+        "replicas disagree on the active key after racing rotations"
+    );
+
     // Nothing secret reached the logs.
     for replica in [&a, &b] {
         let log = replica.log.lock().unwrap().clone();
@@ -237,6 +270,7 @@ async fn two_processes_on_one_database_and_redis_behave_as_one() {
             &on_b.refresh_token,
             &after.access_token,
             &admin,
+            &admin_a,
         ] {
             assert!(!log.contains(secret), "a secret reached the logs");
         }

@@ -168,7 +168,7 @@ async fn revocations_are_published_on_redis() {
         .expect("a revocation event within 10 s")
         .expect("a message");
     let payload: String = message.get_payload().unwrap();
-    let (_node, json) = payload.split_once('|').expect("node-tagged envelope");
+    let (_node, json) = tollgate_shared::events::open(&payload).expect("node-tagged envelope");
     let event: Revocation = serde_json::from_str(json).unwrap();
     assert_eq!(event.session_id.to_string(), pair.session_id);
     assert_eq!(event.user_id.to_string(), pair.user_id);
