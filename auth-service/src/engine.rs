@@ -280,7 +280,7 @@ impl Engine {
 
     fn relay(&self, full_channel: &str, envelope: Option<String>) {
         let Some(envelope) = envelope else { return };
-        let Some((node, payload)) = envelope.split_once('|') else {
+        let Some((node, payload)) = events::open(&envelope) else {
             return;
         };
         if node == self.inner.node {
