@@ -6,15 +6,13 @@
 //! an unknown `kid` (reloading at most once a second).
 
 use std::{
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tollgate_shared::{
+    jwks::RefreshGate,
     time::unix_now_ms,
     tokens::{
         AccessClaims, Jwk, KeySet, ServiceClaims, SigningKey, TokenError, Verified, Verifier,
@@ -31,7 +29,8 @@ pub struct KeyRing {
     current: RwLock<Arc<Published>>,
     /// How long a retired key stays published: the longest token lifetime plus leeway.
     retention: Duration,
-    last_reload_ms: AtomicI64,
+    /// Reloads prompted by unknown kids: at most one a second.
+    reload_gate: RefreshGate,
 }
 
 #[derive(Debug)]
@@ -58,13 +57,13 @@ impl KeyRing {
             current: RwLock::new(Arc::new(published)),
             store,
             retention,
-            last_reload_ms: AtomicI64::new(unix_now_ms()),
+            reload_gate: RefreshGate::new(Duration::from_secs(1)),
         })
     }
 
     /// Re-reads the keys from the database.
     pub async fn reload(&self) -> Result<(), StoreError> {
-        self.last_reload_ms.store(unix_now_ms(), Ordering::SeqCst);
+        self.reload_gate.record();
         let (published, keys) = read(&self.store, self.retention).await?;
         self.verifier.replace_keys(keys);
         *self
@@ -116,7 +115,7 @@ impl KeyRing {
         verify: impl Fn(&Verifier) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         match verify(&self.verifier) {
-            Err(TokenError::UnknownKey) if self.may_reload() => {
+            Err(TokenError::UnknownKey) if self.reload_gate.try_claim() => {
                 if let Err(err) = self.reload().await {
                     tracing::warn!(error = %err, "reloading signing keys failed");
                 }
@@ -124,16 +123,6 @@ impl KeyRing {
             }
             other => other,
         }
-    }
-
-    fn may_reload(&self) -> bool {
-        let now = unix_now_ms();
-        let last = self.last_reload_ms.load(Ordering::SeqCst);
-        now - last >= 1_000
-            && self
-                .last_reload_ms
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
     }
 
     /// Rotates to a new key. Returns `(new kid, previous kid)`. If another replica rotated at

@@ -38,8 +38,40 @@ pub struct JwksVerifier {
 struct Inner {
     verifier: Verifier,
     client: Client,
-    last_refresh_ms: AtomicI64,
-    min_refresh_interval: Duration,
+    gate: RefreshGate,
+}
+
+/// Lets key refreshes prompted by unknown `kid`s through at most once per interval, without a
+/// lock: the first caller past the interval claims it, the others go on without refreshing.
+#[derive(Debug)]
+pub struct RefreshGate {
+    last_ms: AtomicI64,
+    interval: Duration,
+}
+
+impl RefreshGate {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            last_ms: AtomicI64::new(0),
+            interval,
+        }
+    }
+
+    /// Notes a refresh that happened now (a scheduled one, say).
+    pub fn record(&self) {
+        self.last_ms.store(unix_now_ms(), Ordering::SeqCst);
+    }
+
+    /// Claims the right to refresh now, if the last refresh is old enough.
+    pub fn try_claim(&self) -> bool {
+        let now = unix_now_ms();
+        let last = self.last_ms.load(Ordering::SeqCst);
+        now - last >= self.interval.as_millis() as i64
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
 }
 
 impl JwksVerifier {
@@ -52,8 +84,7 @@ impl JwksVerifier {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(settings, KeySet::default()),
                 client: AuthServiceClient::with_interceptor(channel, TraceInterceptor),
-                last_refresh_ms: AtomicI64::new(0),
-                min_refresh_interval,
+                gate: RefreshGate::new(min_refresh_interval),
             }),
         }
     }
@@ -65,9 +96,7 @@ impl JwksVerifier {
 
     /// Fetches the JWKS now.
     pub async fn refresh(&self) -> Result<usize, tonic::Status> {
-        self.inner
-            .last_refresh_ms
-            .store(unix_now_ms(), Ordering::SeqCst);
+        self.inner.gate.record();
         let response = self
             .inner
             .client
@@ -132,7 +161,7 @@ impl JwksVerifier {
         verify: impl Fn(&Verifier) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         match verify(&self.inner.verifier) {
-            Err(TokenError::UnknownKey) if self.may_refresh_now() => {
+            Err(TokenError::UnknownKey) if self.inner.gate.try_claim() => {
                 if let Err(status) = self.refresh().await {
                     tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
                 }
@@ -140,17 +169,5 @@ impl JwksVerifier {
             }
             other => other,
         }
-    }
-
-    /// Claims the right to refresh if the last refresh is old enough.
-    fn may_refresh_now(&self) -> bool {
-        let now = unix_now_ms();
-        let last = self.inner.last_refresh_ms.load(Ordering::SeqCst);
-        now - last >= self.inner.min_refresh_interval.as_millis() as i64
-            && self
-                .inner
-                .last_refresh_ms
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
     }
 }
