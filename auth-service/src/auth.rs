@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::broadcast::error::RecvError;
 use tollgate_shared::{
+    engine::Engine,
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL, Revocation},
     shutdown::Shutdown,
     time::{unix_now, unix_now_ms},
@@ -13,7 +14,7 @@ use tollgate_shared::{
 use uuid::Uuid;
 
 use crate::{
-    clients::ClientRegistry, domain::RefreshToken, engine::Engine, error::AuthError, keys::KeyRing,
+    clients::ClientRegistry, domain::RefreshToken, error::AuthError, keys::KeyRing,
     metrics::AuthMetrics, passwords::Passwords, store::Store, throttle::Throttle,
     validation::Validator,
 };

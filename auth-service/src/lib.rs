@@ -8,7 +8,6 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod domain;
-pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;

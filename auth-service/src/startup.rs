@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::auth::v1::auth_service_server::AuthServiceServer;
 use tollgate_shared::{
     config::ExposeSecret,
+    engine::Engine,
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL},
     grpc::{TelemetryLayer, health_and_reflection},
     health::{self, Readiness},
@@ -22,7 +23,6 @@ use tollgate_shared::{
 use crate::{
     auth::{Auth, TokenSettings},
     config::Config,
-    engine::Engine,
     grpc::AuthGrpc,
     http,
     keys::KeyRing,

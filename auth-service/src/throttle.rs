@@ -8,7 +8,9 @@ use std::{net::IpAddr, time::Duration};
 
 use sha2::{Digest, Sha256};
 
-use crate::{domain::Email, engine::Engine, error::AuthError};
+use tollgate_shared::engine::Engine;
+
+use crate::{domain::Email, error::AuthError};
 
 #[derive(Clone, Debug)]
 pub struct ThrottleSettings {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod engine;
 pub mod events;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fault_proxy;

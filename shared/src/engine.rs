@@ -1,4 +1,4 @@
-//! The fast shared state: windowed counters (login throttling) and a publish/subscribe bus
+//! The fast shared state of a service: windowed counters (login throttling) and a publish/subscribe bus
 //! (revocations, key changes), on Redis when `REDIS_URL` is set and in-process otherwise.
 //!
 //! Redis is never a single point of failure: a counter that cannot reach Redis falls back to
@@ -12,11 +12,11 @@ use std::{
     time::Duration,
 };
 
+use crate::{events, shutdown::Shutdown};
 use deadpool_redis::{Pool, Runtime};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::{sync::broadcast, time::Instant};
-use tollgate_shared::{events, shutdown::Shutdown};
 use uuid::Uuid;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -97,7 +97,13 @@ impl Engine {
         self.inner.redis.is_some()
     }
 
-    fn key(&self, key: &str) -> String {
+    /// The Redis pool, for callers with atomic operations of their own (Lua scripts).
+    pub fn redis_pool(&self) -> Option<&Pool> {
+        self.inner.redis.as_ref().map(|redis| &redis.pool)
+    }
+
+    /// `key` under this deployment's prefix.
+    pub fn key(&self, key: &str) -> String {
         format!("{}:{key}", self.inner.prefix)
     }
 
