@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod db;
 pub mod engine;
 pub mod events;
 #[cfg(any(test, feature = "test-util"))]

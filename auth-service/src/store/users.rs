@@ -1,6 +1,8 @@
 use uuid::Uuid;
 
-use super::{Store, StoreError, is_unique_violation};
+use tollgate_shared::db::is_unique_violation;
+
+use super::{Store, StoreError};
 use crate::domain::Email;
 
 impl Store {
