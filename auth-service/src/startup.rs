@@ -7,18 +7,19 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::auth::v1::auth_service_server::AuthServiceServer;
 use tollgate_shared::{
     config::ExposeSecret,
     engine::Engine,
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL},
-    grpc::{TelemetryLayer, health_and_reflection},
+    grpc::health_and_reflection,
     health::{self, Readiness},
     metrics::{self as shared_metrics, RpcMetrics},
+    serve::Servers,
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
+use tonic::service::Routes;
 
 use crate::{
     auth::{Auth, TokenSettings},
@@ -159,62 +160,33 @@ impl Application {
             shutdown,
             grace,
         } = self;
-        let (health_reporter, health_service, reflection) = health_and_reflection()?;
-        health_reporter
-            .set_serving::<AuthServiceServer<AuthGrpc>>()
-            .await;
-
+        let (health, health_service, reflection) = health_and_reflection()?;
         let tasks = [
             Some(auth.spawn_event_listener(shutdown.clone())),
             Some(auth.spawn_key_reloader(Duration::from_secs(30), shutdown.clone())),
             auth.engine
                 .spawn_relay(&[REVOCATIONS_CHANNEL, KEYS_CHANNEL], shutdown.clone()),
         ];
-
-        let grpc_shutdown = shutdown.clone();
-        let grpc = tonic::transport::Server::builder()
-            .layer(TelemetryLayer::new(rpc_metrics))
-            .add_service(health_service)
+        let grpc_routes = Routes::new(health_service)
             .add_service(reflection)
-            .add_service(AuthServiceServer::new(AuthGrpc::new(auth.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                grpc_shutdown.wait().await;
-                health_reporter
-                    .set_not_serving::<AuthServiceServer<AuthGrpc>>()
-                    .await;
-            });
-
-        let router = http::routes(auth.clone())
+            .add_service(AuthServiceServer::new(AuthGrpc::new(auth.clone())));
+        let http_router = http::routes(auth.clone())
             .merge(health::routes(readiness.clone()))
             .merge(shared_metrics::routes(registry));
-        let http_shutdown = shutdown.clone();
-        let http = axum::serve(
+        let result = Servers {
+            grpc_listener,
+            grpc_routes,
+            health,
+            service_name: "tollgate.auth.v1.AuthService",
+            rpc_metrics,
             http_listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.wait().await });
-
-        readiness.set_ready(true);
-        let readiness_on_stop = readiness.clone();
-        let stop_watch = shutdown.clone();
-        tokio::spawn(async move {
-            stop_watch.wait().await;
-            readiness_on_stop.set_ready(false);
-        });
-
-        let servers = async {
-            tokio::try_join!(async { grpc.await.map_err(anyhow::Error::from) }, async {
-                http.await.map_err(anyhow::Error::from)
-            })
-        };
-        tokio::pin!(servers);
-        let result = tokio::select! {
-            result = &mut servers => result.map(|_| ()),
-            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("in-flight requests did not finish within the grace period");
-                Ok(())
-            }
-        };
+            http_router,
+            readiness,
+            shutdown: shutdown.clone(),
+            grace,
+        }
+        .run()
+        .await;
         shutdown.trigger();
         for task in tasks.into_iter().flatten() {
             let _ = task.await;

@@ -1,0 +1,88 @@
+//! Serving a service's two listeners, gRPC and HTTP, with one shutdown sequence: when the
+//! signal fires, readiness turns 503 and gRPC health NOT_SERVING, both listeners stop
+//! accepting, and in-flight requests get `grace` to finish.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics, shutdown::Shutdown};
+
+/// Everything a service serves.
+#[derive(Debug)]
+pub struct Servers {
+    pub grpc_listener: TcpListener,
+    /// The service's gRPC services, with health and reflection.
+    pub grpc_routes: Routes,
+    pub health: HealthReporter,
+    /// The fully-qualified name of the main gRPC service, reported in health.
+    pub service_name: &'static str,
+    pub rpc_metrics: RpcMetrics,
+    pub http_listener: TcpListener,
+    pub http_router: axum::Router,
+    pub readiness: Readiness,
+    pub shutdown: Shutdown,
+    pub grace: Duration,
+}
+
+impl Servers {
+    /// Serves until shutdown and the drain that follows it.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            grpc_listener,
+            grpc_routes,
+            health,
+            service_name,
+            rpc_metrics,
+            http_listener,
+            http_router,
+            readiness,
+            shutdown,
+            grace,
+        } = self;
+        health
+            .set_service_status(service_name, ServingStatus::Serving)
+            .await;
+
+        let grpc_shutdown = shutdown.clone();
+        let grpc = tonic::transport::Server::builder()
+            .layer(TelemetryLayer::new(rpc_metrics))
+            .add_routes(grpc_routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                grpc_shutdown.wait().await;
+                health
+                    .set_service_status(service_name, ServingStatus::NotServing)
+                    .await;
+            });
+        let http_shutdown = shutdown.clone();
+        let http = axum::serve(
+            http_listener,
+            http_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.wait().await });
+
+        readiness.set_ready(true);
+        let stop_watch = shutdown.clone();
+        let readiness_on_stop = readiness.clone();
+        tokio::spawn(async move {
+            stop_watch.wait().await;
+            readiness_on_stop.set_ready(false);
+        });
+
+        let servers = async {
+            tokio::try_join!(async { grpc.await.map_err(anyhow::Error::from) }, async {
+                http.await.map_err(anyhow::Error::from)
+            })
+        };
+        tokio::select! {
+            result = servers => result.map(|_| ()),
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        }
+    }
+}
