@@ -17,5 +17,7 @@ pub mod serve;
 pub mod service_auth;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod time;
 pub mod tokens;

@@ -12,112 +12,7 @@ use uuid::Uuid;
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef";
 
-/// Which storage and engine the application runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Embedded SQLite file and the in-process engine.
-    Embedded,
-    /// PostgreSQL and Redis (`TEST_DATABASE_URL`, `TEST_REDIS_URL`).
-    PostgresRedis,
-}
-
-/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name($crate::helpers::Backend::Embedded).await }
-            )*
-        }
-        mod postgres_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name($crate::helpers::Backend::PostgresRedis).await }
-            )*
-        }
-    };
-}
-
-pub fn postgres_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A database of its own for one test, dropped afterwards.
-#[derive(Debug)]
-pub struct TestDatabase {
-    pub url: String,
-    postgres_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDatabase {
-    pub async fn create(backend: Backend) -> Self {
-        match backend {
-            Backend::Embedded => {
-                let dir = tempfile::tempdir().expect("a temp dir");
-                let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-                Self {
-                    url,
-                    postgres_name: None,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::PostgresRedis => {
-                use sqlx::Connection;
-                let name = format!("tollgate_auth_test_{}", Uuid::new_v4().simple());
-                let admin = postgres_url();
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|err| {
-                        panic!("PostgreSQL at TEST_DATABASE_URL is required: {err}")
-                    });
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create database");
-                let base = admin
-                    .rsplit_once('/')
-                    .map_or(admin.as_str(), |(base, _)| base);
-                Self {
-                    url: format!("{base}/{name}"),
-                    postgres_name: Some(name),
-                    _dir: None,
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
-            return;
-        };
-        // Drop on a thread of its own: Drop cannot await, and the test's runtime is going away.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+pub use tollgate_shared::testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url};
 
 /// The configuration a test starts from.
 pub fn config(backend: Backend, database: &TestDatabase) -> Config {
@@ -128,7 +23,7 @@ pub fn config(backend: Backend, database: &TestDatabase) -> Config {
     .expect("valid clients");
     if backend == Backend::PostgresRedis {
         config.redis_url = Some(redis_url().into());
-        config.redis_prefix = format!("test-{}", Uuid::new_v4().simple());
+        config.redis_prefix = redis_prefix();
     }
     config
 }
@@ -139,6 +34,7 @@ pub struct TestApp {
     pub channel: Channel,
     pub http: reqwest::Client,
     pub http_base: String,
+    pub grpc_addr: std::net::SocketAddr,
     pub auth: Arc<Auth>,
     pub config: Config,
     pub database: Arc<TestDatabase>,
@@ -175,6 +71,7 @@ impl TestApp {
             channel,
             http: reqwest::Client::new(),
             http_base: format!("http://{http_addr}"),
+            grpc_addr,
             auth,
             config,
             database,
@@ -343,22 +240,4 @@ pub fn assert_refused<T: std::fmt::Debug>(
         "unexpected reason for {status:?}"
     );
     status
-}
-
-/// Polls `check` until it returns true or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = tokio::time::Instant::now() + deadline;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

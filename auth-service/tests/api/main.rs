@@ -6,6 +6,8 @@
 
 mod helpers;
 
+use tollgate_shared::both_backends;
+
 mod bad_input;
 mod faults;
 mod keys;

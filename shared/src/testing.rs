@@ -1,0 +1,139 @@
+//! Test support shared by every service's suite (feature `test-util`): a fresh database per
+//! test on either backend, the backends themselves, and bounded polling instead of sleeps.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// Which storage and engine a test runs a service on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file and the in-process engine.
+    Embedded,
+    /// PostgreSQL and Redis (`TEST_DATABASE_URL`, `TEST_REDIS_URL`).
+    PostgresRedis,
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh Redis key prefix, so tests sharing one Redis never see each other's keys.
+pub fn redis_prefix() -> String {
+    format!("test-{}", Uuid::new_v4().simple())
+}
+
+/// A database of its own for one test, dropped afterwards.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// Creates the database; panics with a clear message if PostgreSQL is not reachable, so a
+    /// missing server fails the suite instead of skipping it.
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Embedded => {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                let url = format!("sqlite://{}", dir.path().join("service.db").display());
+                Self {
+                    url,
+                    postgres_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::PostgresRedis => {
+                use sqlx::Connection;
+                let name = format!("tollgate_test_{}", Uuid::new_v4().simple());
+                let admin = postgres_url();
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("PostgreSQL at TEST_DATABASE_URL is required: {err}")
+                    });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create a test database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                Self {
+                    url: format!("{base}/{name}"),
+                    postgres_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop on a thread of its own: Drop cannot await, and the test's runtime is going away.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&drop).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)` in scope.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::testing::Backend::Embedded).await }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::testing::Backend::PostgresRedis).await }
+            )*
+        }
+    };
+}
