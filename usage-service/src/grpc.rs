@@ -1,0 +1,371 @@
+//! The `tollgate.usage.v1.UsageService` gRPC surface: checks the caller's service token,
+//! converts proto messages to domain types at the boundary and domain results back.
+
+use std::{sync::Arc, time::Duration};
+
+use tollgate_proto::usage::v1::{self as pb, usage_service_server::UsageService};
+use tollgate_shared::{
+    grpc::bearer_token, jwks::JwksVerifier, time::unix_now_ms, tokens::TokenError,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    access::DenyReason,
+    domain::{IdempotencyKey, Meter, Permission, PlanId, Role, UserId},
+    error::UsageError,
+    plans::Plan,
+    subscriptions::{PlanChange, Subscription},
+    usage::Usage,
+};
+
+/// Scope for reads, decisions, metering and leases.
+pub const SCOPE_CHECK: &str = "usage.check";
+/// Scope for plan, role and delegation changes.
+pub const SCOPE_ADMIN: &str = "usage.admin";
+
+#[derive(Clone, Debug)]
+pub struct UsageGrpc {
+    usage: Arc<Usage>,
+    verifier: JwksVerifier,
+}
+
+impl UsageGrpc {
+    pub fn new(usage: Arc<Usage>, verifier: JwksVerifier) -> Self {
+        Self { usage, verifier }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>, scope: &str) -> Result<(), UsageError> {
+        let token = bearer_token(request.metadata())
+            .ok_or(UsageError::Unauthenticated(TokenError::Missing))?;
+        self.verifier.verify_service(token, scope).await?;
+        Ok(())
+    }
+}
+
+fn plan_to_pb(plan: &Plan) -> pb::Plan {
+    pb::Plan {
+        id: plan.id.to_string(),
+        name: plan.name.clone(),
+        max_connections: plan.max_connections,
+        messages_per_minute: plan.messages_per_minute,
+        agent_runs_per_month: plan.agent_runs_per_month,
+        tool_calls_per_day: plan.tool_calls_per_day,
+        tools: plan
+            .tools
+            .iter()
+            .map(|tool| tool.as_str().to_owned())
+            .collect(),
+        rank: plan.rank,
+    }
+}
+
+fn subscription_to_pb(subscription: &Subscription) -> pb::Subscription {
+    pb::Subscription {
+        user_id: subscription.user.to_string(),
+        plan_id: subscription.plan.to_string(),
+        period_start: subscription.period.start_ms / 1000,
+        period_end: subscription.period.end_ms / 1000,
+        pending_plan_id: subscription.pending.as_ref().map(ToString::to_string),
+    }
+}
+
+fn reason_to_pb(reason: Option<DenyReason>) -> i32 {
+    let reason = match reason {
+        None => pb::DenyReason::Unspecified,
+        Some(DenyReason::PlanFeatureMissing) => pb::DenyReason::PlanFeatureMissing,
+        Some(DenyReason::PermissionDenied) => pb::DenyReason::PermissionDenied,
+        Some(DenyReason::QuotaExceeded) => pb::DenyReason::QuotaExceeded,
+        Some(DenyReason::RateLimited) => pb::DenyReason::RateLimited,
+    };
+    reason as i32
+}
+
+fn roles_to_pb(roles: &[Role]) -> Vec<String> {
+    roles.iter().map(|role| role.as_str().to_owned()).collect()
+}
+
+#[tonic::async_trait]
+impl UsageService for UsageGrpc {
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ListPlansRequest {} = request.into_inner();
+        let plans = self
+            .usage
+            .catalogue()
+            .plans()
+            .iter()
+            .map(plan_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListPlansResponse { plans }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::GetSubscriptionRequest { user_id } = request.into_inner();
+        let subscription = self
+            .usage
+            .subscription(UserId::parse(&user_id).map_err(UsageError::from)?)
+            .await?;
+        Ok(Response::new(subscription_to_pb(&subscription)))
+    }
+
+    async fn change_plan(
+        &self,
+        request: Request<pb::ChangePlanRequest>,
+    ) -> Result<Response<pb::ChangePlanResponse>, Status> {
+        self.caller(&request, SCOPE_ADMIN).await?;
+        let pb::ChangePlanRequest {
+            user_id,
+            plan_id,
+            immediate,
+            idempotency_key,
+            reason,
+        } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        if reason.len() > 512 {
+            return Err(UsageError::InvalidInput("reason must be at most 512 bytes".into()).into());
+        }
+        let change = PlanChange {
+            plan: PlanId::parse(&plan_id).map_err(UsageError::from)?,
+            immediate,
+            idempotency_key: IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?,
+            reason,
+        };
+        let (subscription, applied) = self.usage.change_plan(user, change).await?;
+        Ok(Response::new(pb::ChangePlanResponse {
+            subscription: Some(subscription_to_pb(&subscription)),
+            applied,
+        }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::AuthorizeRequest { user_id, action } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let action = Permission::parse(&action).map_err(UsageError::from)?;
+        let (verdict, context) = self.usage.authorize(user, action).await?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            allowed: verdict.allowed(),
+            reason: reason_to_pb(verdict.denial),
+            upgrade_to: verdict.upgrade_to,
+            plan_id: context.plan.id.to_string(),
+            roles: roles_to_pb(&context.roles),
+        }))
+    }
+
+    async fn consume(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::ConsumeResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ConsumeRequest {
+            user_id,
+            meter,
+            amount,
+            idempotency_key,
+        } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let meter = Meter::parse(&meter).map_err(UsageError::from)?;
+        let key = IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?;
+        let consumed = self.usage.consume(user, meter, amount, key).await?;
+        let upgrade_to = match consumed.denial {
+            Some(_) => {
+                let plan = self.usage.context(user).await?.plan.clone();
+                cheapest_bigger(self.usage.catalogue().plans(), &plan, meter)
+                    .map(|plan| plan.id.to_string())
+            }
+            None => None,
+        };
+        let decision = consumed.decision;
+        Ok(Response::new(pb::ConsumeResponse {
+            allowed: decision.allowed,
+            reason: reason_to_pb(consumed.denial),
+            remaining: decision.remaining,
+            limit: decision.limit,
+            reset_at_ms: decision.reset_at_ms,
+            retry_after_ms: decision.retry_after_ms,
+            upgrade_to,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::GetUsageRequest { user_id, at } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let at_ms = if at == 0 {
+            unix_now_ms()
+        } else {
+            at.saturating_mul(1000)
+        };
+        let (period, meters) = self.usage.usage(user, at_ms).await?;
+        let plan_id = self.usage.context(user).await?.plan.id.to_string();
+        Ok(Response::new(pb::GetUsageResponse {
+            user_id: user.to_string(),
+            plan_id,
+            period_start: period.start_ms / 1000,
+            period_end: period.end_ms / 1000,
+            meters: meters
+                .into_iter()
+                .map(|meter| pb::MeterUsage {
+                    meter: meter.meter.as_str().into(),
+                    used: meter.used,
+                    limit: meter.limit,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn assign_role(
+        &self,
+        request: Request<pb::AssignRoleRequest>,
+    ) -> Result<Response<pb::AssignRoleResponse>, Status> {
+        self.caller(&request, SCOPE_ADMIN).await?;
+        let pb::AssignRoleRequest { user_id, role } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let roles = self
+            .usage
+            .assign_role(user, Role::parse(&role).map_err(UsageError::from)?)
+            .await?;
+        Ok(Response::new(pb::AssignRoleResponse {
+            roles: roles_to_pb(&roles),
+        }))
+    }
+
+    async fn revoke_role(
+        &self,
+        request: Request<pb::RevokeRoleRequest>,
+    ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
+        self.caller(&request, SCOPE_ADMIN).await?;
+        let pb::RevokeRoleRequest { user_id, role } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let roles = self
+            .usage
+            .revoke_role(user, Role::parse(&role).map_err(UsageError::from)?)
+            .await?;
+        Ok(Response::new(pb::RevokeRoleResponse {
+            roles: roles_to_pb(&roles),
+        }))
+    }
+
+    async fn delegate(
+        &self,
+        request: Request<pb::DelegateRequest>,
+    ) -> Result<Response<pb::DelegateResponse>, Status> {
+        self.caller(&request, SCOPE_ADMIN).await?;
+        let pb::DelegateRequest {
+            from_user_id,
+            to_user_id,
+            permission,
+            expires_at,
+        } = request.into_inner();
+        let from = UserId::parse(&from_user_id).map_err(UsageError::from)?;
+        let to = UserId::parse(&to_user_id).map_err(UsageError::from)?;
+        let permission = Permission::parse(&permission).map_err(UsageError::from)?;
+        let id = self
+            .usage
+            .delegate(from, to, permission, expires_at.saturating_mul(1000))
+            .await?;
+        Ok(Response::new(pb::DelegateResponse {
+            delegation_id: id.to_string(),
+        }))
+    }
+
+    async fn revoke_delegation(
+        &self,
+        request: Request<pb::RevokeDelegationRequest>,
+    ) -> Result<Response<pb::RevokeDelegationResponse>, Status> {
+        self.caller(&request, SCOPE_ADMIN).await?;
+        let pb::RevokeDelegationRequest { delegation_id } = request.into_inner();
+        let id = Uuid::parse_str(&delegation_id)
+            .map_err(|_| UsageError::InvalidInput("delegation_id must be a UUID".into()))?;
+        self.usage.revoke_delegation(id).await?;
+        Ok(Response::new(pb::RevokeDelegationResponse {}))
+    }
+
+    async fn list_permissions(
+        &self,
+        request: Request<pb::ListPermissionsRequest>,
+    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ListPermissionsRequest { user_id } = request.into_inner();
+        let (roles, permissions) = self
+            .usage
+            .permissions(UserId::parse(&user_id).map_err(UsageError::from)?)
+            .await?;
+        Ok(Response::new(pb::ListPermissionsResponse {
+            roles: roles_to_pb(&roles),
+            permissions: permissions.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn acquire_connection(
+        &self,
+        request: Request<pb::AcquireConnectionRequest>,
+    ) -> Result<Response<pb::AcquireConnectionResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::AcquireConnectionRequest {
+            user_id,
+            connection_id,
+            ttl_seconds,
+        } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let ttl = Duration::from_secs(if ttl_seconds == 0 {
+            60
+        } else {
+            u64::from(ttl_seconds)
+        });
+        let (granted, active, limit) = self
+            .usage
+            .acquire_connection(user, &connection_id, ttl)
+            .await?;
+        Ok(Response::new(pb::AcquireConnectionResponse {
+            granted,
+            active,
+            limit,
+        }))
+    }
+
+    async fn release_connection(
+        &self,
+        request: Request<pb::ReleaseConnectionRequest>,
+    ) -> Result<Response<pb::ReleaseConnectionResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ReleaseConnectionRequest {
+            user_id,
+            connection_id,
+        } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        self.usage.release_connection(user, &connection_id).await?;
+        Ok(Response::new(pb::ReleaseConnectionResponse {}))
+    }
+}
+
+/// The cheapest plan above `current` with a higher limit on `meter`.
+fn cheapest_bigger<'a>(plans: &'a [Plan], current: &Plan, meter: Meter) -> Option<&'a Plan> {
+    let limit = |plan: &Plan| match meter {
+        Meter::Messages => Some(u64::from(plan.messages_per_minute)),
+        Meter::AgentRuns => plan.agent_runs_per_month,
+        Meter::ToolCalls => plan.tool_calls_per_day,
+    };
+    let bigger = |plan: &Plan| match (limit(plan), limit(current)) {
+        (None, Some(_)) => true,
+        (Some(theirs), Some(ours)) => theirs > ours,
+        _ => false,
+    };
+    plans
+        .iter()
+        .find(|plan| plan.rank > current.rank && bigger(plan))
+}

@@ -1,0 +1,392 @@
+//! The limiter against real Redis (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and
+//! in-process, with real concurrency, and through a fault proxy for outages.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{sync::Barrier, task::JoinSet, time::Instant};
+use tollgate_shared::{engine::Engine, fault_proxy::FaultProxy, time::unix_now_ms};
+use uuid::Uuid;
+
+use super::*;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn redis_address() -> SocketAddr {
+    let url = redis_url();
+    let authority = url.trim_start_matches("redis://");
+    let host = authority.split('/').next().unwrap();
+    tokio::net::lookup_host(host).await.unwrap().next().unwrap()
+}
+
+fn fresh_prefix() -> String {
+    format!("test-limits-{}", Uuid::new_v4().simple())
+}
+
+async fn redis_limiter(prefix: &str, mode: RedisDownMode) -> Limiter {
+    Limiter::new(Engine::redis(&redis_url(), prefix).await.unwrap(), mode)
+}
+
+/// The same semantics must hold on both stores.
+async fn both_stores() -> Vec<(&'static str, Limiter)> {
+    let local = Limiter::new(Engine::local(), RedisDownMode::Closed);
+    let redis = redis_limiter(&fresh_prefix(), RedisDownMode::Closed).await;
+    vec![("local", local), ("redis", redis)]
+}
+
+fn per_minute(limit: u64) -> Rate {
+    Rate {
+        limit,
+        period: Duration::from_secs(60),
+    }
+}
+
+fn today(limit: u64) -> Quota {
+    let now = unix_now_ms();
+    Quota {
+        limit,
+        window_start_ms: now - now.rem_euclid(DAY_MS),
+        window_end_ms: now - now.rem_euclid(DAY_MS) + DAY_MS,
+    }
+}
+
+fn request(
+    user: Uuid,
+    amount: u64,
+    key: &str,
+    rate: Option<Rate>,
+    quota: Option<Quota>,
+) -> ConsumeRequest {
+    ConsumeRequest {
+        user_id: user,
+        meter: "api_calls".into(),
+        amount,
+        idempotency_key: key.into(),
+        rate,
+        quota,
+    }
+}
+
+/// Fires 64 one-unit consumes at once, spread over `limiters`; returns how many were allowed.
+async fn allowed_of_64(limiters: &[Limiter], user: Uuid, rate: Rate) -> usize {
+    let start = Arc::new(Barrier::new(64));
+    let mut calls = JoinSet::new();
+    for i in 0..64 {
+        let limiter = limiters[i % limiters.len()].clone();
+        let start = start.clone();
+        let call = request(user, 1, &format!("call-{i}"), Some(rate), None);
+        calls.spawn(async move {
+            start.wait().await;
+            limiter.consume(&call).await
+        });
+    }
+    let mut allowed = 0;
+    while let Some(joined) = calls.join_next().await {
+        let decision = joined.unwrap().unwrap();
+        if decision.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(decision.denial, Some(Denial::RateLimited));
+            assert!(decision.retry_after_ms > 0 && decision.retry_after_ms <= 2000);
+        }
+    }
+    allowed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_consumes_on_redis_allow_exactly_the_limit() {
+    let limiter = redis_limiter(&fresh_prefix(), RedisDownMode::Closed).await;
+    let allowed = allowed_of_64(
+        std::slice::from_ref(&limiter),
+        Uuid::new_v4(),
+        per_minute(30),
+    )
+    .await;
+    assert_eq!(allowed, 30);
+    assert!(!limiter.redis_degraded());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_consumes_in_process_allow_exactly_the_limit() {
+    let limiter = Limiter::new(Engine::local(), RedisDownMode::Local);
+    let allowed = allowed_of_64(&[limiter], Uuid::new_v4(), per_minute(30)).await;
+    assert_eq!(allowed, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_redis_allow_the_limit_in_total() {
+    let prefix = fresh_prefix();
+    let first = redis_limiter(&prefix, RedisDownMode::Closed).await;
+    let second = redis_limiter(&prefix, RedisDownMode::Closed).await;
+    let allowed = allowed_of_64(&[first, second], Uuid::new_v4(), per_minute(30)).await;
+    assert_eq!(allowed, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcra_reports_remaining_reset_and_retry() {
+    for (store, limiter) in both_stores().await {
+        let user = Uuid::new_v4();
+        let call = |amount, key: &str| request(user, amount, key, Some(per_minute(30)), None);
+        let before = unix_now_ms();
+        let first = limiter.consume(&call(1, "a")).await.unwrap();
+        assert!(
+            first.allowed && first.denial.is_none() && !first.replayed,
+            "{store}"
+        );
+        assert_eq!(
+            (first.remaining, first.limit, first.retry_after_ms),
+            (29, 30, 0),
+            "{store}"
+        );
+        let refill = first.reset_at_ms - before;
+        assert!(
+            (1900..=2200).contains(&refill),
+            "{store}: reset in {refill} ms"
+        );
+
+        let rest = limiter.consume(&call(29, "b")).await.unwrap();
+        assert!(rest.allowed && rest.remaining == 0, "{store}: {rest:?}");
+        let denied = limiter.consume(&call(1, "c")).await.unwrap();
+        assert_eq!(denied.denial, Some(Denial::RateLimited), "{store}");
+        assert!(!denied.allowed && denied.remaining == 0, "{store}");
+        assert!(
+            (1..=2000).contains(&denied.retry_after_ms),
+            "{store}: {denied:?}"
+        );
+        let too_big = limiter.consume(&call(31, "d")).await.unwrap();
+        assert_eq!(too_big.denial, Some(Denial::RateLimited), "{store}");
+
+        let probe = limiter.consume(&call(0, "c")).await.unwrap();
+        assert!(probe.allowed && probe.remaining == 0, "{store}: {probe:?}");
+        let unlimited = limiter.consume(&request(user, 5, "e", None, None)).await;
+        let unlimited = unlimited.unwrap();
+        assert_eq!(
+            (unlimited.remaining, unlimited.limit),
+            (u64::MAX, 0),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_replayed_and_conflicts_refused() {
+    for (store, limiter) in both_stores().await {
+        let user = Uuid::new_v4();
+        let call =
+            |amount, key: &str| request(user, amount, key, Some(per_minute(30)), Some(today(10)));
+        let first = limiter.consume(&call(3, "order-1")).await.unwrap();
+        assert!(
+            first.allowed && !first.replayed && first.remaining == 7,
+            "{store}: {first:?}"
+        );
+        assert_eq!(first.limit, 10, "{store}: the quota binds");
+
+        let retry = limiter.consume(&call(3, "order-1")).await.unwrap();
+        assert!(retry.allowed && retry.replayed, "{store}: {retry:?}");
+        assert_eq!(retry.remaining, 7, "{store}: a replay counts nothing");
+
+        let other_amount = limiter.consume(&call(4, "order-1")).await;
+        assert!(
+            matches!(other_amount, Err(LimitError::IdempotencyConflict)),
+            "{store}"
+        );
+        let other_meter = ConsumeRequest {
+            meter: "tokens".into(),
+            ..call(3, "order-1")
+        };
+        let other_meter = limiter.consume(&other_meter).await;
+        assert!(
+            matches!(other_meter, Err(LimitError::IdempotencyConflict)),
+            "{store}"
+        );
+
+        let next = limiter.consume(&call(1, "order-2")).await.unwrap();
+        assert!(next.allowed && next.remaining == 6, "{store}: {next:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exhaustion_is_reported_and_counts_nothing() {
+    for (store, limiter) in both_stores().await {
+        let user = Uuid::new_v4();
+        let quota = today(5);
+        let call =
+            |amount, key: &str| request(user, amount, key, Some(per_minute(100)), Some(quota));
+        let all = limiter.consume(&call(5, "a")).await.unwrap();
+        assert!(
+            all.allowed && all.remaining == 0 && all.limit == 5,
+            "{store}: {all:?}"
+        );
+
+        let over = limiter.consume(&call(1, "b")).await.unwrap();
+        assert!(!over.allowed, "{store}");
+        assert_eq!(over.denial, Some(Denial::QuotaExceeded), "{store}");
+        assert_eq!((over.remaining, over.limit), (0, 5), "{store}");
+        assert_eq!(over.reset_at_ms, quota.window_end_ms, "{store}");
+        assert!(over.retry_after_ms > 0, "{store}");
+
+        // The denied call recorded no key (another amount is no conflict) and spent no rate.
+        let again = limiter.consume(&call(2, "b")).await.unwrap();
+        assert_eq!(again.denial, Some(Denial::QuotaExceeded), "{store}");
+        let next_window = Quota {
+            limit: 1000,
+            window_start_ms: quota.window_end_ms,
+            window_end_ms: quota.window_end_ms + DAY_MS,
+        };
+        let probe = request(user, 0, "", Some(per_minute(100)), Some(next_window));
+        let probe = limiter.consume(&probe).await.unwrap();
+        assert_eq!(
+            (probe.remaining, probe.limit),
+            (95, 100),
+            "{store}: {probe:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_give_units_back_once() {
+    for (store, limiter) in both_stores().await {
+        let user = Uuid::new_v4();
+        let call = |key: &str| request(user, 1, key, Some(per_minute(2)), Some(today(2)));
+        for (key, allowed) in [("a", true), ("b", true), ("c", false)] {
+            let decision = limiter.consume(&call(key)).await.unwrap();
+            assert_eq!(decision.allowed, allowed, "{store}: {key}");
+        }
+
+        limiter.refund(&call("b")).await;
+        let retried = limiter.consume(&call("b")).await.unwrap();
+        assert!(
+            retried.allowed && !retried.replayed,
+            "{store}: the key was forgotten"
+        );
+
+        limiter.refund(&call("b")).await;
+        limiter.refund(&call("b")).await;
+        limiter.refund(&call("never-consumed")).await;
+        let after = limiter.consume(&call("c")).await.unwrap();
+        assert!(after.allowed, "{store}: {after:?}");
+        let full = limiter.consume(&call("d")).await.unwrap();
+        assert!(
+            !full.allowed,
+            "{store}: a second refund gave nothing back: {full:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_capped_renewed_released_and_expire() {
+    let long = Duration::from_secs(60);
+    for (store, limiter) in both_stores().await {
+        let user = Uuid::new_v4();
+        // A third id is refused, renewing never counts twice, a release frees a slot.
+        for (id, answer) in [
+            ("a", (true, 1)),
+            ("b", (true, 2)),
+            ("c", (false, 2)),
+            ("a", (true, 2)),
+        ] {
+            let got = limiter.acquire_lease(user, id, 2, long).await.unwrap();
+            assert_eq!(got, answer, "{store}: {id}");
+        }
+        limiter.release_lease(user, "b").await.unwrap();
+        let freed = limiter.acquire_lease(user, "c", 2, long).await.unwrap();
+        assert_eq!(freed, (true, 2), "{store}");
+
+        let other = Uuid::new_v4();
+        let short = Duration::from_millis(200);
+        assert!(limiter.acquire_lease(other, "x", 2, short).await.unwrap().0);
+        assert!(limiter.acquire_lease(other, "y", 2, short).await.unwrap().0);
+        assert!(!limiter.acquire_lease(other, "z", 2, long).await.unwrap().0);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let (granted, active) = limiter.acquire_lease(other, "z", 2, long).await.unwrap();
+            if granted {
+                assert!((1..=2).contains(&active), "{store}: {active}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{store}: expired leases never freed a slot"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_falls_back_or_refuses_and_then_recovers() {
+    let prefix = fresh_prefix();
+    let proxy = FaultProxy::start(redis_address().await).await.unwrap();
+    let proxied = Engine::redis(&format!("redis://{}", proxy.address()), &prefix)
+        .await
+        .unwrap();
+    let local_mode = Limiter::new(proxied.clone(), RedisDownMode::Local);
+    let closed_mode = Limiter::new(proxied, RedisDownMode::Closed);
+    let direct = redis_limiter(&prefix, RedisDownMode::Closed).await;
+    assert_counted_on_shared_redis(&local_mode, &direct).await;
+
+    proxy.cut();
+    let started = Instant::now();
+    let refused = closed_mode.consume(&one_per_minute(Uuid::new_v4())).await;
+    assert!(
+        matches!(refused, Err(LimitError::Unavailable)),
+        "{refused:?}"
+    );
+    assert!(closed_mode.redis_degraded());
+    let lease = closed_mode
+        .acquire_lease(Uuid::new_v4(), "a", 1, Duration::from_secs(1))
+        .await;
+    assert!(matches!(lease, Err(LimitError::Unavailable)));
+
+    let user = Uuid::new_v4();
+    let five_per_minute = request(user, 1, "", Some(per_minute(5)), None);
+    let mut allowed = 0;
+    for _ in 0..20 {
+        allowed += usize::from(local_mode.consume(&five_per_minute).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, 5, "the local fallback keeps the same semantics");
+    assert!(local_mode.redis_degraded());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "an outage costs one timeout per second, not one per call: {:?}",
+        started.elapsed()
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for limiter in [&local_mode, &closed_mode] {
+        loop {
+            let probe = request(Uuid::new_v4(), 0, "", None, None);
+            let probe = limiter.consume(&probe).await;
+            if probe.is_ok() && !limiter.redis_degraded() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the limiter never went back to redis"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_counted_on_shared_redis(&local_mode, &direct).await;
+}
+
+fn one_per_minute(user: Uuid) -> ConsumeRequest {
+    request(user, 1, "", Some(per_minute(1)), None)
+}
+
+/// A unit `through` spends is seen by `direct`: both reached the same Redis.
+async fn assert_counted_on_shared_redis(through: &Limiter, direct: &Limiter) {
+    let user = Uuid::new_v4();
+    let spent = through.consume(&one_per_minute(user)).await.unwrap();
+    assert!(spent.allowed, "{spent:?}");
+    let seen = direct.consume(&one_per_minute(user)).await.unwrap();
+    assert_eq!(
+        seen.denial,
+        Some(Denial::RateLimited),
+        "counted on the shared redis"
+    );
+}

@@ -1,0 +1,233 @@
+//! Metering: `Consume` counts usage against the plan's rate limit and quota atomically and
+//! idempotently, and makes every acknowledged unit durable in the ledger before answering;
+//! `GetUsage` reads the billing counters back from the ledger; connection leases bound a
+//! user's concurrent connections across gateway nodes.
+
+use std::time::Duration;
+
+use tollgate_shared::time::unix_now_ms;
+
+use crate::{
+    access::DenyReason,
+    domain::{IdempotencyKey, Meter, UserId},
+    error::UsageError,
+    limits::{ConsumeRequest, Decision, Denial, Quota, Rate},
+    periods::{self, Window},
+    plans::Plan,
+    store::{LedgerEntry, LedgerWrite},
+    usage::Usage,
+};
+
+/// Largest amount one `Consume` may count.
+pub const MAX_AMOUNT: u64 = 1_000_000;
+/// Bounds of a lease's time to live.
+pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(3600);
+
+/// A `Consume` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    pub decision: Decision,
+    pub denial: Option<DenyReason>,
+}
+
+/// A meter's use in a billing period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterUsage {
+    pub meter: Meter,
+    pub used: u64,
+    /// The plan's limit for the meter's own window (minute, day or period); None: unlimited.
+    pub limit: Option<u64>,
+}
+
+impl Usage {
+    pub async fn consume(
+        &self,
+        user: UserId,
+        meter: Meter,
+        amount: u64,
+        key: IdempotencyKey,
+    ) -> Result<Consumed, UsageError> {
+        if amount == 0 {
+            return Err(UsageError::InvalidInput("amount must be at least 1".into()));
+        }
+        if amount > MAX_AMOUNT {
+            return Err(UsageError::InvalidInput(format!(
+                "amount must be at most {MAX_AMOUNT}"
+            )));
+        }
+        let started = std::time::Instant::now();
+        let context = self.context(user).await?;
+        let now = unix_now_ms();
+        let request = limit_request(&context.plan, user, meter, amount, &key, now);
+        let decision = self.limiter.consume(&request).await?;
+        let result = if decision.allowed && !decision.replayed {
+            self.record(&request, decision, now).await
+        } else {
+            Ok(decision)
+        };
+        let consumed = result.map(|decision| Consumed {
+            decision,
+            denial: decision.denial.map(|denial| match denial {
+                Denial::RateLimited => DenyReason::RateLimited,
+                Denial::QuotaExceeded => DenyReason::QuotaExceeded,
+            }),
+        });
+        if let Ok(consumed) = &consumed {
+            self.metrics.decision(
+                meter.as_str(),
+                consumed.denial.map_or("allowed", DenyReason::as_str),
+            );
+        }
+        self.metrics.consume_latency(started.elapsed());
+        consumed
+    }
+
+    /// Makes an allowed consume durable; undoes the count if it cannot be.
+    async fn record(
+        &self,
+        request: &ConsumeRequest,
+        decision: Decision,
+        now: i64,
+    ) -> Result<Decision, UsageError> {
+        let entry = LedgerEntry {
+            user: request.user_id.into(),
+            idempotency_key: request.idempotency_key.clone(),
+            meter: Meter::parse(&request.meter)?,
+            amount: request.amount,
+            period_start_ms: periods::month(now).start_ms,
+            recorded_at_ms: now,
+        };
+        match self.ledger.append(entry).await {
+            Ok(LedgerWrite::Inserted) => Ok(decision),
+            Ok(LedgerWrite::Duplicate) => {
+                // The ledger knew the key (the limiter had forgotten it): a retry, counted once.
+                self.limiter.refund(request).await;
+                Ok(Decision {
+                    replayed: true,
+                    ..decision
+                })
+            }
+            Ok(LedgerWrite::Conflict) => {
+                self.limiter.refund(request).await;
+                Err(UsageError::IdempotencyConflict)
+            }
+            Err(err) => {
+                self.limiter.refund(request).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The billing counters of the period containing `at_ms`, from the ledger.
+    pub async fn usage(
+        &self,
+        user: UserId,
+        at_ms: i64,
+    ) -> Result<(Window, Vec<MeterUsage>), UsageError> {
+        let period = periods::month(at_ms);
+        let context = self.context(user).await?;
+        let recorded = self.store.usage(user, period.start_ms).await?;
+        let meters = Meter::ALL
+            .into_iter()
+            .map(|meter| MeterUsage {
+                meter,
+                used: recorded.get(&meter).copied().unwrap_or(0),
+                limit: match meter {
+                    Meter::Messages => Some(u64::from(context.plan.messages_per_minute)),
+                    Meter::AgentRuns => context.plan.agent_runs_per_month,
+                    Meter::ToolCalls => context.plan.tool_calls_per_day,
+                },
+            })
+            .collect();
+        Ok((period, meters))
+    }
+
+    /// Grants (or renews) a connection slot within the plan's limit.
+    pub async fn acquire_connection(
+        &self,
+        user: UserId,
+        connection_id: &str,
+        ttl: Duration,
+    ) -> Result<(bool, u32, u32), UsageError> {
+        validate_connection_id(connection_id)?;
+        if !LEASE_TTL.contains(&ttl) {
+            return Err(UsageError::InvalidInput(
+                "ttl_seconds must be between 5 and 3600".into(),
+            ));
+        }
+        let limit = self.context(user).await?.plan.max_connections;
+        let (granted, active) = self
+            .limiter
+            .acquire_lease(user.as_uuid(), connection_id, limit, ttl)
+            .await?;
+        self.metrics.decision(
+            "connection",
+            if granted { "allowed" } else { "LIMIT_REACHED" },
+        );
+        Ok((granted, active, limit))
+    }
+
+    pub async fn release_connection(
+        &self,
+        user: UserId,
+        connection_id: &str,
+    ) -> Result<(), UsageError> {
+        validate_connection_id(connection_id)?;
+        Ok(self
+            .limiter
+            .release_lease(user.as_uuid(), connection_id)
+            .await?)
+    }
+}
+
+fn validate_connection_id(id: &str) -> Result<(), UsageError> {
+    let valid = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(UsageError::InvalidInput(
+            "connection_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'".into(),
+        ))
+    }
+}
+
+/// The limits a plan sets on one meter.
+fn limit_request(
+    plan: &Plan,
+    user: UserId,
+    meter: Meter,
+    amount: u64,
+    key: &IdempotencyKey,
+    now: i64,
+) -> ConsumeRequest {
+    let quota = |limit: Option<u64>, window: Window| {
+        limit.map(|limit| Quota {
+            limit,
+            window_start_ms: window.start_ms,
+            window_end_ms: window.end_ms,
+        })
+    };
+    let (rate, quota) = match meter {
+        Meter::Messages => (
+            Some(Rate {
+                limit: u64::from(plan.messages_per_minute),
+                period: Duration::from_secs(60),
+            }),
+            None,
+        ),
+        Meter::AgentRuns => (None, quota(plan.agent_runs_per_month, periods::month(now))),
+        Meter::ToolCalls => (None, quota(plan.tool_calls_per_day, periods::day(now))),
+    };
+    ConsumeRequest {
+        user_id: user.as_uuid(),
+        meter: meter.as_str().to_owned(),
+        amount,
+        idempotency_key: key.as_str().to_owned(),
+        rate,
+        quota,
+    }
+}

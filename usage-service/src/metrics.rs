@@ -1,0 +1,71 @@
+//! usage-service's Prometheus metrics.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+use tollgate_shared::metrics::LATENCY_BUCKETS;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct UsageMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    plan_changes: Family<ChangeLabels, Counter>,
+    consume_latency: Histogram,
+}
+
+impl UsageMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            decisions: Family::default(),
+            plan_changes: Family::default(),
+            consume_latency: Histogram::new(LATENCY_BUCKETS),
+        };
+        registry.register(
+            "usage_decisions",
+            "Decisions by kind (authorize, a meter, connection) and outcome (allowed or the deny reason)",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "usage_plan_changes",
+            "Plan changes, applied now or scheduled",
+            metrics.plan_changes.clone(),
+        );
+        registry.register_with_unit(
+            "usage_consume_duration",
+            "Latency of Consume, including the ledger write",
+            Unit::Seconds,
+            metrics.consume_latency.clone(),
+        );
+        metrics
+    }
+
+    pub fn decision(&self, kind: &'static str, outcome: &'static str) {
+        self.decisions
+            .get_or_create(&DecisionLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn plan_change(&self, outcome: &'static str) {
+        self.plan_changes
+            .get_or_create(&ChangeLabels { outcome })
+            .inc();
+    }
+
+    pub fn consume_latency(&self, elapsed: Duration) {
+        self.consume_latency.observe(elapsed.as_secs_f64());
+    }
+}

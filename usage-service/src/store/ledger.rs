@@ -1,0 +1,128 @@
+//! The usage ledger: one row per acknowledged `Consume`, keyed by (user, idempotency key).
+//!
+//! Rows are written in batches (see `crate::ledger` for the group commit); a batch is one
+//! multi-row insert in one transaction, and a key that is already present is reported back so
+//! the caller can tell a retry (same meter and amount) from a conflicting reuse.
+
+use std::collections::HashMap;
+
+use super::{Store, StoreError};
+use crate::domain::{Meter, UserId};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub user: UserId,
+    pub idempotency_key: String,
+    pub meter: Meter,
+    pub amount: u64,
+    pub period_start_ms: i64,
+    pub recorded_at_ms: i64,
+}
+
+/// What happened to one entry of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerWrite {
+    Inserted,
+    /// The key was already recorded with this meter and amount.
+    Duplicate,
+    /// The key was already recorded with another meter or amount.
+    Conflict,
+}
+
+/// Rows per INSERT statement (bind parameters stay well under SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 100;
+
+impl Store {
+    /// Writes a batch in one transaction and says, per entry, whether it was new.
+    pub async fn append_ledger(
+        &self,
+        entries: &[LedgerEntry],
+    ) -> Result<Vec<LedgerWrite>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO ledger (user_id, idempotency_key, meter, amount, period_start, recorded_at) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let base = row * 6;
+                if row > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4,
+                    base + 5,
+                    base + 6
+                ));
+            }
+            sql.push_str(" ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING user_id, idempotency_key");
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for entry in chunk {
+                query = query
+                    .bind(entry.user.to_string())
+                    .bind(entry.idempotency_key.clone())
+                    .bind(entry.meter.as_str())
+                    .bind(entry.amount as i64)
+                    .bind(entry.period_start_ms)
+                    .bind(entry.recorded_at_ms);
+            }
+            inserted.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut claimed = HashMap::new();
+        for entry in entries {
+            let key = (entry.user.to_string(), entry.idempotency_key.clone());
+            // Within one batch, only the first entry with a key was inserted.
+            if inserted.contains(&key) && !claimed.contains_key(&key) {
+                claimed.insert(key, (entry.meter, entry.amount));
+                outcomes.push(LedgerWrite::Inserted);
+                continue;
+            }
+            let existing = match claimed.get(&key) {
+                Some(&(meter, amount)) => Some((meter.as_str().to_owned(), amount as i64)),
+                None => sqlx::query_as::<_, (String, i64)>(
+                    "SELECT meter, amount FROM ledger WHERE user_id = $1 AND idempotency_key = $2",
+                )
+                .bind(&key.0)
+                .bind(&key.1)
+                .fetch_optional(&mut *tx)
+                .await?,
+            };
+            let same = existing.is_some_and(|(meter, amount)| {
+                meter == entry.meter.as_str() && amount == entry.amount as i64
+            });
+            outcomes.push(if same {
+                LedgerWrite::Duplicate
+            } else {
+                LedgerWrite::Conflict
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Units recorded per meter for a user in the period starting at `period_start_ms`.
+    pub async fn usage(
+        &self,
+        user: UserId,
+        period_start_ms: i64,
+    ) -> Result<HashMap<Meter, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT meter, CAST(SUM(amount) AS BIGINT) FROM ledger WHERE user_id = $1 AND period_start = $2 GROUP BY meter",
+        )
+        .bind(user.to_string())
+        .bind(period_start_ms)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(meter, total)| {
+                let meter = Meter::parse(&meter).map_err(|err| StoreError::Corrupt(err.0))?;
+                Ok((meter, total.max(0) as u64))
+            })
+            .collect()
+    }
+}

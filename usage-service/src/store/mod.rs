@@ -1,0 +1,48 @@
+//! Durable state: subscriptions and their history, roles, delegations and the usage ledger,
+//! on PostgreSQL or the embedded SQLite default through `tollgate_shared::db`.
+
+mod access;
+mod ledger;
+mod subscriptions;
+
+use sqlx::AnyPool;
+use tollgate_shared::db;
+
+pub use access::DelegationRow;
+pub use ledger::{LedgerEntry, LedgerWrite};
+pub use subscriptions::{PlanChangeRow, SubscriptionRow};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            pool: db::connect(url, max_connections).await?,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        db::migrate(&self.pool, &MIGRATOR).await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}

@@ -1,0 +1,224 @@
+use std::time::Duration;
+
+use tollgate_proto::usage::v1::{
+    AssignRoleRequest, DelegateRequest, DenyReason, ListPermissionsRequest,
+    RevokeDelegationRequest, RevokeRoleRequest,
+};
+use tollgate_shared::time::unix_now;
+use tonic::Code;
+
+use crate::{both_backends, helpers::*};
+
+async fn assign(app: &TestApp, user: &str, role: &str) {
+    let request = AssignRoleRequest {
+        user_id: user.into(),
+        role: role.into(),
+    };
+    app.client().assign_role(app.admin(request)).await.unwrap();
+}
+
+async fn delegate(
+    app: &TestApp,
+    from: &str,
+    to: &str,
+    permission: &str,
+    expires_at: i64,
+) -> Result<String, tonic::Status> {
+    let request = DelegateRequest {
+        from_user_id: from.into(),
+        to_user_id: to.into(),
+        permission: permission.into(),
+        expires_at,
+    };
+    app.client()
+        .delegate(app.admin(request))
+        .await
+        .map(|response| response.into_inner().delegation_id)
+}
+
+async fn plans_and_roles_combine_with_inheritance(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let member = new_user();
+    let viewer = new_user();
+    let admin = new_user();
+    for user in [&member, &viewer, &admin] {
+        app.change_plan(user, "enterprise", false, &key())
+            .await
+            .unwrap();
+    }
+    assign(&app, &viewer, "viewer").await;
+    assign(&app, &admin, "admin").await;
+
+    // Every user is a member until given a role.
+    assert!(
+        app.authorize(&member, "tool:calculator")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let denied = app.authorize(&viewer, "tool:calculator").await.unwrap();
+    assert_eq!(
+        (denied.allowed, denied.reason()),
+        (false, DenyReason::PermissionDenied)
+    );
+    assert!(app.authorize(&viewer, "tool:search").await.unwrap().allowed);
+    // Admin inherits member and viewer, and adds the audit permission.
+    for action in [
+        "tool:search",
+        "tool:calculator",
+        "tool:admin_audit",
+        "admin:audit",
+    ] {
+        assert!(
+            app.authorize(&admin, action).await.unwrap().allowed,
+            "{action}"
+        );
+    }
+    let audit = app.authorize(&member, "admin:audit").await.unwrap();
+    assert_eq!(audit.reason(), DenyReason::PermissionDenied);
+    assert_eq!(audit.roles, ["member"]);
+
+    // The plan gates first: an admin on free lacks the feature, and is told which plan has it.
+    let free_admin = new_user();
+    assign(&app, &free_admin, "admin").await;
+    let gated = app
+        .authorize(&free_admin, "tool:admin_audit")
+        .await
+        .unwrap();
+    assert_eq!(
+        (gated.reason(), gated.upgrade_to.as_deref()),
+        (DenyReason::PlanFeatureMissing, Some("enterprise"))
+    );
+
+    // Revoking the role takes effect at once.
+    app.client()
+        .revoke_role(app.admin(RevokeRoleRequest {
+            user_id: admin.clone(),
+            role: "admin".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(!app.authorize(&admin, "admin:audit").await.unwrap().allowed);
+}
+
+async fn delegations_grant_what_the_grantor_holds_for_a_time(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (grantor, grantee, third) = (new_user(), new_user(), new_user());
+    for user in [&grantor, &grantee, &third] {
+        app.change_plan(user, "enterprise", false, &key())
+            .await
+            .unwrap();
+    }
+    assign(&app, &grantor, "admin").await;
+    let an_hour = unix_now() + 3600;
+
+    assert!(
+        !app.authorize(&grantee, "admin:audit")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let id = delegate(&app, &grantor, &grantee, "admin:audit", an_hour)
+        .await
+        .unwrap();
+    assert!(
+        app.authorize(&grantee, "admin:audit")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let listed = app
+        .client()
+        .list_permissions(app.check(ListPermissionsRequest {
+            user_id: grantee.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.permissions.contains(&"admin:audit".to_owned()));
+
+    // Held only by delegation: it cannot be passed on, back or onwards (no loops).
+    assert_refused(
+        delegate(&app, &grantee, &third, "admin:audit", an_hour).await,
+        Code::FailedPrecondition,
+        "not_allowed",
+    );
+    assert_refused(
+        delegate(&app, &grantee, &grantor, "admin:audit", an_hour).await,
+        Code::FailedPrecondition,
+        "not_allowed",
+    );
+    // Nobody delegates what it lacks, or to itself, or into the past.
+    assert_refused(
+        delegate(&app, &third, &grantee, "admin:audit", an_hour).await,
+        Code::FailedPrecondition,
+        "not_allowed",
+    );
+    assert_refused(
+        delegate(&app, &grantor, &grantor, "admin:audit", an_hour).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    assert_refused(
+        delegate(&app, &grantor, &third, "admin:audit", unix_now() - 1).await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+
+    // A grantor who loses the role can no longer lend it.
+    app.client()
+        .revoke_role(app.admin(RevokeRoleRequest {
+            user_id: grantor.clone(),
+            role: "admin".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(
+        !app.authorize(&grantee, "admin:audit")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assign(&app, &grantor, "admin").await;
+    assert!(
+        app.authorize(&grantee, "admin:audit")
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    // Revoked: denied at once; revoking twice is NOT_FOUND.
+    app.client()
+        .revoke_delegation(app.admin(RevokeDelegationRequest {
+            delegation_id: id.clone(),
+        }))
+        .await
+        .unwrap();
+    assert!(
+        !app.authorize(&grantee, "admin:audit")
+            .await
+            .unwrap()
+            .allowed
+    );
+    let again = app
+        .client()
+        .revoke_delegation(app.admin(RevokeDelegationRequest { delegation_id: id }))
+        .await;
+    assert_refused(again, Code::NotFound, "unknown_delegation");
+
+    // Expired: denied once its time is up.
+    delegate(&app, &grantor, &third, "admin:audit", unix_now() + 1)
+        .await
+        .unwrap();
+    assert!(app.authorize(&third, "admin:audit").await.unwrap().allowed);
+    let expired = eventually(Duration::from_secs(5), || async {
+        !app.authorize(&third, "admin:audit").await.unwrap().allowed
+    })
+    .await;
+    assert!(expired, "an expired delegation still grants");
+}
+
+both_backends!(
+    plans_and_roles_combine_with_inheritance,
+    delegations_grant_what_the_grantor_holds_for_a_time
+);

@@ -1,0 +1,180 @@
+use tollgate_proto::usage::v1::{AuthorizeRequest, ConsumeRequest, GetUsageRequest};
+use tonic::Code;
+
+use crate::{both_backends, helpers::*};
+
+async fn malformed_requests_get_invalid_argument(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    let huge_key = "k".repeat(129);
+    for (user_id, meter, amount, key_, what) in [
+        ("not-a-uuid", "messages", 1, "k1", "malformed user"),
+        ("", "messages", 1, "k2", "empty user"),
+        (user.as_str(), "bytes", 1, "k3", "unknown meter"),
+        (user.as_str(), "messages", 0, "k4", "zero amount"),
+        (
+            user.as_str(),
+            "messages",
+            u64::MAX,
+            "k5",
+            "overflowing amount",
+        ),
+        (
+            user.as_str(),
+            "messages",
+            1_000_001,
+            "k6",
+            "amount over the maximum",
+        ),
+        (user.as_str(), "messages", 1, "", "empty key"),
+        (
+            user.as_str(),
+            "messages",
+            1,
+            huge_key.as_str(),
+            "oversized key",
+        ),
+        (
+            user.as_str(),
+            "messages",
+            1,
+            "k'; DROP TABLE ledger;--",
+            "hostile key",
+        ),
+    ] {
+        let result = app.consume(user_id, meter, amount, key_).await;
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(reason(&status), "invalid_request", "{what}");
+    }
+    for action in ["tool:teleport", "", "admin:everything", "tool:search\u{0}"] {
+        assert_refused(
+            app.authorize(&user, action).await,
+            Code::InvalidArgument,
+            "invalid_request",
+        );
+    }
+    // Nothing was counted by any of it.
+    assert_eq!(used(&app.usage_of(&user).await, "messages"), 0);
+}
+
+async fn only_service_tokens_with_the_right_scope_are_accepted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let request = || AuthorizeRequest {
+        user_id: new_user(),
+        action: "tool:search".into(),
+    };
+    let missing = app.client().authorize(request()).await;
+    assert_refused(missing, Code::Unauthenticated, "token_missing");
+    let garbage = app
+        .client()
+        .authorize(with_bearer(request(), "not.a.token"))
+        .await;
+    assert_refused(garbage, Code::Unauthenticated, "token_malformed");
+    // A token for another audience (an end user's, or one meant for auth-service) is refused.
+    let elsewhere = app.auth.token("gateway", "auth-service").await;
+    assert_refused(
+        app.client()
+            .authorize(with_bearer(request(), &elsewhere))
+            .await,
+        Code::Unauthenticated,
+        "wrong_audience",
+    );
+    // The right audience without the scope.
+    let outsider = app.auth.token("outsider", "usage-service").await;
+    assert_refused(
+        app.client()
+            .authorize(with_bearer(request(), &outsider))
+            .await,
+        Code::PermissionDenied,
+        "insufficient_scope",
+    );
+    // The gateway may check but not administer.
+    let change = tollgate_proto::usage::v1::ChangePlanRequest {
+        user_id: new_user(),
+        plan_id: "pro".into(),
+        immediate: false,
+        idempotency_key: key(),
+        reason: String::new(),
+    };
+    assert_refused(
+        app.client().change_plan(app.check(change)).await,
+        Code::PermissionDenied,
+        "insufficient_scope",
+    );
+    let usage = GetUsageRequest {
+        user_id: new_user(),
+        at: 0,
+    };
+    app.client().get_usage(app.check(usage)).await.unwrap();
+    let consume = ConsumeRequest {
+        user_id: new_user(),
+        meter: "messages".into(),
+        amount: 1,
+        idempotency_key: key(),
+    };
+    assert!(
+        app.client()
+            .consume(app.check(consume))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+}
+
+async fn health_readiness_and_metrics_are_served(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    app.consume(&user, "messages", 1, &key()).await.unwrap();
+    let ready = eventually(std::time::Duration::from_secs(10), || async {
+        reqwest_get(&format!("{}/readyz", app.http_base)).await.0 == 200
+    })
+    .await;
+    assert!(ready, "never ready");
+    assert_eq!(
+        reqwest_get(&format!("{}/healthz", app.http_base)).await.0,
+        200
+    );
+    let (_, metrics) = reqwest_get(&format!("{}/metrics", app.http_base)).await;
+    assert!(
+        metrics.contains("tollgate_usage_decisions_total{kind=\"messages\",outcome=\"allowed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_usage_consume_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_rpc_server_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+/// A minimal HTTP GET over a real TCP connection: status and body.
+async fn reqwest_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let (host, path) = address.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+both_backends!(
+    malformed_requests_get_invalid_argument,
+    only_service_tokens_with_the_right_scope_are_accepted,
+    health_readiness_and_metrics_are_served,
+);

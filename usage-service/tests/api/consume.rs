@@ -1,0 +1,141 @@
+use std::sync::Arc;
+
+use futures::future::join_all;
+use tollgate_proto::usage::v1::DenyReason;
+use tonic::Code;
+
+use crate::{both_backends, helpers::*};
+
+async fn the_message_rate_allows_the_plan_limit_then_says_when_to_retry(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    for expected_remaining in (0..30).rev() {
+        let answer = app.consume(&user, "messages", 1, &key()).await.unwrap();
+        assert!(answer.allowed);
+        assert_eq!(answer.remaining, expected_remaining);
+        assert_eq!(answer.limit, 30);
+    }
+    let denied = app.consume(&user, "messages", 1, &key()).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.reason(), DenyReason::RateLimited);
+    assert!(
+        denied.retry_after_ms > 0 && denied.retry_after_ms <= 60_000,
+        "{denied:?}"
+    );
+    assert_eq!(denied.upgrade_to.as_deref(), Some("pro"));
+    // Denials are not billed.
+    assert_eq!(used(&app.usage_of(&user).await, "messages"), 30);
+}
+
+async fn quotas_are_exhausted_and_billed_exactly(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    assert!(
+        app.consume(&user, "agent_runs", 60, &key())
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        app.consume(&user, "agent_runs", 40, &key())
+            .await
+            .unwrap()
+            .allowed
+    );
+    let over = app.consume(&user, "agent_runs", 1, &key()).await.unwrap();
+    assert_eq!(
+        (over.allowed, over.reason(), over.remaining),
+        (false, DenyReason::QuotaExceeded, 0)
+    );
+    let usage = app.usage_of(&user).await;
+    assert_eq!(used(&usage, "agent_runs"), 100);
+    assert_eq!(usage.plan_id, "free");
+    assert_eq!(
+        usage
+            .meters
+            .iter()
+            .find(|m| m.meter == "agent_runs")
+            .unwrap()
+            .limit,
+        Some(100)
+    );
+}
+
+async fn a_retried_key_counts_once_and_a_changed_amount_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    let retry = key();
+    let first = app.consume(&user, "tool_calls", 5, &retry).await.unwrap();
+    let second = app.consume(&user, "tool_calls", 5, &retry).await.unwrap();
+    assert!(first.allowed && second.allowed);
+    assert_eq!(used(&app.usage_of(&user).await, "tool_calls"), 5);
+    assert_refused(
+        app.consume(&user, "tool_calls", 6, &retry).await,
+        Code::AlreadyExists,
+        "idempotency_conflict",
+    );
+    assert_refused(
+        app.consume(&user, "agent_runs", 5, &retry).await,
+        Code::AlreadyExists,
+        "idempotency_conflict",
+    );
+    // Keys belong to a user: another user may use the same one.
+    assert!(
+        app.consume(&new_user(), "tool_calls", 6, &retry)
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
+async fn parallel_consumes_never_exceed_the_limit(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let user = new_user();
+    let answers = join_all((0..64).map(|_| {
+        let (app, user) = (Arc::clone(&app), user.clone());
+        tokio::spawn(async move { app.consume(&user, "messages", 1, &key()).await.unwrap() })
+    }))
+    .await;
+    let allowed = answers
+        .into_iter()
+        .filter(|answer| answer.as_ref().unwrap().allowed)
+        .count();
+    assert_eq!(allowed, 30);
+    assert_eq!(used(&app.usage_of(&user).await, "messages"), 30);
+}
+
+async fn the_ledger_survives_a_restart_and_agrees_with_the_answers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (config, database, auth) = (
+        app.config.clone(),
+        Arc::clone(&app.database),
+        Arc::clone(&app.auth),
+    );
+    let user = new_user();
+    let mut acknowledged = 0;
+    for amount in [3, 7, 11, 13, 80] {
+        if app
+            .consume(&user, "agent_runs", amount, &key())
+            .await
+            .unwrap()
+            .allowed
+        {
+            acknowledged += amount;
+        }
+    }
+    assert_eq!(acknowledged, 34);
+    app.stop().await;
+    let restarted = TestApp::start(config, database, auth).await;
+    assert_eq!(
+        used(&restarted.usage_of(&user).await, "agent_runs"),
+        acknowledged
+    );
+}
+
+both_backends!(
+    the_message_rate_allows_the_plan_limit_then_says_when_to_retry,
+    quotas_are_exhausted_and_billed_exactly,
+    a_retried_key_counts_once_and_a_changed_amount_is_refused,
+    parallel_consumes_never_exceed_the_limit,
+    the_ledger_survives_a_restart_and_agrees_with_the_answers,
+);

@@ -1,0 +1,17 @@
+#![allow(clippy::unwrap_used)]
+
+//! usage-service's behavioural suite: the real application (with a real auth-service issuing
+//! and publishing the keys of its service tokens) on real listeners, over real gRPC, on the
+//! embedded default and on PostgreSQL + Redis.
+
+mod helpers;
+
+use tollgate_shared::both_backends;
+
+mod access;
+mod bad_input;
+mod consume;
+mod faults;
+mod leases;
+mod replicas;
+mod subscriptions;
