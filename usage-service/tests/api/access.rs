@@ -222,3 +222,34 @@ both_backends!(
     plans_and_roles_combine_with_inheritance,
     delegations_grant_what_the_grantor_holds_for_a_time
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_evicts_cached_decisions_on_the_other() {
+    let a = TestApp::spawn(Backend::PostgresRedis).await;
+    let b = TestApp::start(
+        a.config.clone(),
+        std::sync::Arc::clone(&a.database),
+        std::sync::Arc::clone(&a.auth),
+    )
+    .await;
+    let user = new_user();
+    // B caches the user's context (free plan, member).
+    assert!(!b.authorize(&user, "tool:web_browse").await.unwrap().allowed);
+    assert!(b.authorize(&user, "tool:calculator").await.unwrap().allowed);
+
+    // Well inside the cache's 10 s lifetime, B must see A's changes.
+    let within = Duration::from_secs(2);
+    a.change_plan(&user, "pro", false, &key()).await.unwrap();
+    let upgraded = eventually(within, || async {
+        b.authorize(&user, "tool:web_browse").await.unwrap().allowed
+    })
+    .await;
+    assert!(upgraded, "B kept a stale plan");
+
+    assign(&a, &user, "viewer").await;
+    let demoted = eventually(within, || async {
+        !b.authorize(&user, "tool:calculator").await.unwrap().allowed
+    })
+    .await;
+    assert!(demoted, "B kept stale roles");
+}
