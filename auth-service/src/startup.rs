@@ -173,6 +173,7 @@ impl Application {
         let http_router = http::routes(auth.clone())
             .merge(health::routes(readiness.clone()))
             .merge(shared_metrics::routes(registry));
+        readiness.set_ready(true);
         let result = Servers {
             grpc_listener,
             grpc_routes,

@@ -1,6 +1,7 @@
 //! Serving a service's two listeners, gRPC and HTTP, with one shutdown sequence: when the
 //! signal fires, readiness turns 503 and gRPC health NOT_SERVING, both listeners stop
-//! accepting, and in-flight requests get `grace` to finish.
+//! accepting, and in-flight requests get `grace` to finish. When to turn ready is the
+//! service's call (after its own dependencies are loaded).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -64,7 +65,6 @@ impl Servers {
         )
         .with_graceful_shutdown(async move { http_shutdown.wait().await });
 
-        readiness.set_ready(true);
         let stop_watch = shutdown.clone();
         let readiness_on_stop = readiness.clone();
         tokio::spawn(async move {

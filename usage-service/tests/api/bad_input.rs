@@ -178,3 +178,24 @@ both_backends!(
     only_service_tokens_with_the_right_scope_are_accepted,
     health_readiness_and_metrics_are_served,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_keys_that_verify_callers_are_loaded() {
+    let database = TestDatabase::create(Backend::Embedded).await;
+    // auth-service is unreachable: usage-service runs but must not claim to be ready.
+    let config = usage_service::Config::for_tests(&database.url, "http://127.0.0.1:1");
+    let shutdown = tollgate_shared::shutdown::Shutdown::new();
+    let app = usage_service::Application::build(config, shutdown.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let server = tokio::spawn(app.run_until_stopped());
+    let alive = eventually(std::time::Duration::from_secs(10), || async {
+        reqwest_get(&format!("{base}/healthz")).await.0 == 200
+    })
+    .await;
+    assert!(alive);
+    assert_eq!(reqwest_get(&format!("{base}/readyz")).await.0, 503);
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
