@@ -25,6 +25,9 @@ use crate::{
     },
 };
 
+/// How long a caller waits for the first key set before being refused.
+const FIRST_KEYS_WAIT: Duration = Duration::from_secs(2);
+
 type Client =
     AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
 
@@ -39,6 +42,8 @@ struct Inner {
     verifier: Verifier,
     client: Client,
     gate: RefreshGate,
+    /// Bumped after every successful refresh, so callers can wait for the first key set.
+    loaded: tokio::sync::watch::Sender<u64>,
 }
 
 /// Lets key refreshes prompted by unknown `kid`s through at most once per interval, without a
@@ -85,6 +90,7 @@ impl JwksVerifier {
                 verifier: Verifier::new(settings, KeySet::default()),
                 client: AuthServiceClient::with_interceptor(channel, TraceInterceptor),
                 gate: RefreshGate::new(min_refresh_interval),
+                loaded: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -119,6 +125,7 @@ impl JwksVerifier {
         let keys = KeySet::from_jwks(&jwks);
         let count = keys.len();
         self.inner.verifier.replace_keys(keys);
+        self.inner.loaded.send_modify(|version| *version += 1);
         Ok(count)
     }
 
@@ -165,6 +172,15 @@ impl JwksVerifier {
                 if let Err(status) = self.refresh().await {
                     tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
                 }
+                verify(&self.inner.verifier)
+            }
+            // Before the first key set has arrived (just after startup), wait briefly for the
+            // refresh already under way rather than refusing every caller.
+            Err(TokenError::UnknownKey) if !self.has_keys() => {
+                let mut loaded = self.inner.loaded.subscribe();
+                let _ =
+                    tokio::time::timeout(FIRST_KEYS_WAIT, loaded.wait_for(|version| *version > 0))
+                        .await;
                 verify(&self.inner.verifier)
             }
             other => other,

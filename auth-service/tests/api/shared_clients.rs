@@ -68,6 +68,19 @@ async fn the_jwks_verifier_follows_key_rotation(backend: Backend) {
         service_audience: "ws-gateway".into(),
         leeway: app.config.jwt_leeway,
     };
+    // A caller that arrives while the first key set is still on its way waits for it.
+    let starting = JwksVerifier::new(
+        app.channel.clone(),
+        settings.clone(),
+        Duration::from_secs(60),
+    );
+    let shutdown = Shutdown::new();
+    let refresher = starting.spawn_refresher(Duration::from_secs(60), shutdown.clone());
+    let early = app.new_user().await;
+    starting.verify_access(&early.access_token).await.unwrap();
+    shutdown.trigger();
+    refresher.await.unwrap();
+
     let verifier = JwksVerifier::new(app.channel.clone(), settings, Duration::ZERO);
     assert!(!verifier.has_keys());
     assert_eq!(verifier.refresh().await.unwrap(), 1);

@@ -120,6 +120,12 @@ impl TestApp {
         let channel =
             tollgate_shared::grpc::channel(&format!("http://{grpc_addr}"), Duration::from_secs(30))
                 .unwrap();
+        // Like a load balancer, send nothing before the service says it is ready.
+        let ready = eventually(Duration::from_secs(20), || async {
+            app_is_ready(&format!("http://{http_addr}/readyz")).await
+        })
+        .await;
+        assert!(ready, "usage-service never became ready");
         let gateway_token = auth.token("gateway", "usage-service").await;
         let admin_token = auth.token("admin", "usage-service").await;
         Self {
@@ -222,6 +228,24 @@ impl TestApp {
             .unwrap()
             .into_inner()
     }
+}
+
+async fn app_is_ready(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let Some((host, path)) = address.split_once('/') else {
+        return false;
+    };
+    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
+        return false;
+    };
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response.starts_with("HTTP/1.1 200")
 }
 
 pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
