@@ -60,3 +60,14 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/readyz"]
 # With no subcommand the binary serves; `docker run IMAGE migrate` runs the migrations alone.
 ENTRYPOINT ["/usr/local/bin/auth-service"]
+
+# --- usage-service ------------------------------------------------------------------------
+FROM runtime AS usage-service
+COPY --from=builder /out/usage-service /usr/local/bin/usage-service
+USER 10001:10001
+ENV USAGE_GRPC_ADDR=0.0.0.0:50052 \
+    USAGE_HTTP_ADDR=0.0.0.0:8082
+EXPOSE 50052 8082
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8082/readyz"]
+ENTRYPOINT ["/usr/local/bin/usage-service"]
