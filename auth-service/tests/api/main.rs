@@ -10,6 +10,7 @@ use tollgate_shared::both_backends;
 
 mod bad_input;
 mod faults;
+mod http;
 mod keys;
 mod login;
 mod refresh;
