@@ -1,16 +1,13 @@
+use std::process::ExitCode;
+
 use auth_service::{Application, Config, config::Command, startup::connect_store};
-use tollgate_shared::{config::parse_or_exit, shutdown::Shutdown, telemetry};
+use tollgate_shared::{config::parse_or_exit, process, shutdown::Shutdown};
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
-    let _telemetry = match telemetry::init("auth-service", config.otlp_endpoint.as_deref()) {
-        Ok(guard) => guard,
-        Err(err) => fail(&format!("OTEL_EXPORTER_OTLP_ENDPOINT: {err}")),
-    };
-    if let Err(err) = run(config).await {
-        fail(&format!("{err:#}"));
-    }
+    let otlp_endpoint = config.otlp_endpoint.clone();
+    process::run("auth-service", otlp_endpoint.as_deref(), run(config)).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -26,9 +23,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("auth-service stopped");
     Ok(())
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("auth-service: {message}");
-    std::process::exit(1);
 }

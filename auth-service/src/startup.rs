@@ -46,30 +46,20 @@ pub struct Application {
     grace: Duration,
 }
 
-/// Connects to the database, failing with one line that names the variable.
+/// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(
+    Store::open(
         config.database_url.expose_secret(),
         config.database_max_connections,
     )
     .await
-    .map_err(|err| anyhow::anyhow!("DATABASE_URL: cannot connect to the database: {err}"))?;
-    store
-        .migrate()
-        .await
-        .context("DATABASE_URL: migrations failed")?;
-    Ok(store)
 }
 
 impl Application {
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         let store = connect_store(&config).await?;
-        let engine = match &config.redis_url {
-            Some(url) => Engine::redis(url.expose_secret(), &config.redis_prefix)
-                .await
-                .map_err(|err| anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}"))?,
-            None => Engine::local(),
-        };
+        let redis_url = config.redis_url.as_ref().map(|url| url.expose_secret());
+        let engine = Engine::from_url(redis_url, &config.redis_prefix).await?;
         let verifier_settings = VerifierSettings {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),

@@ -34,6 +34,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::E
         .await
 }
 
+/// Connects and migrates, failing with one line that names `DATABASE_URL` (never its value,
+/// which may hold a password).
+pub async fn open(url: &str, max_connections: u32, migrator: &Migrator) -> anyhow::Result<AnyPool> {
+    let pool = connect(url, max_connections)
+        .await
+        .map_err(|err| anyhow::anyhow!("DATABASE_URL: cannot connect to the database: {err}"))?;
+    migrate(&pool, migrator)
+        .await
+        .map_err(|err| anyhow::anyhow!("DATABASE_URL: migrations failed: {err}"))?;
+    Ok(pool)
+}
+
 /// Applies pending migrations. PostgreSQL serialises concurrent migrators with an advisory
 /// lock; SQLite has none, so a process that loses the race retries and then finds the
 /// migrations applied.

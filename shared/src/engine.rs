@@ -61,6 +61,17 @@ impl Engine {
         Self::with_redis(None, "tollgate")
     }
 
+    /// The engine a service's configuration asks for: Redis when `url` is set (failing with one
+    /// line naming `REDIS_URL`), the in-process engine otherwise.
+    pub async fn from_url(url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+        match url {
+            Some(url) => Self::redis(url, prefix)
+                .await
+                .map_err(|err| anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}")),
+            None => Ok(Self::local()),
+        }
+    }
+
     /// A Redis-backed engine; fails fast if Redis does not answer.
     pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;

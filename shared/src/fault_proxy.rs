@@ -33,6 +33,27 @@ impl FaultProxy {
         })
     }
 
+    /// A proxy in front of the host and port of a `postgres://…` or `redis://…` URL, and the
+    /// URL rewritten to go through it.
+    pub async fn in_front_of(url: &str) -> io::Result<(Self, String)> {
+        let invalid =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} in {url}"));
+        let mut parsed = url::Url::parse(url).map_err(|_| invalid("not a URL"))?;
+        let host = parsed.host_str().ok_or_else(|| invalid("no host"))?;
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| invalid("no port"))?;
+        let upstream = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| invalid("unresolvable host"))?;
+        let proxy = Self::start(upstream).await?;
+        parsed
+            .set_port(Some(proxy.address().port()))
+            .map_err(|()| invalid("no port"))?;
+        Ok((proxy, parsed.to_string()))
+    }
+
     pub fn address(&self) -> SocketAddr {
         self.address
     }

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod jwks;
 pub mod metrics;
+pub mod process;
 pub mod serve;
 pub mod service_auth;
 pub mod shutdown;

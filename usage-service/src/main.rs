@@ -1,16 +1,13 @@
-use tollgate_shared::{config::parse_or_exit, shutdown::Shutdown, telemetry};
+use std::process::ExitCode;
+
+use tollgate_shared::{config::parse_or_exit, process, shutdown::Shutdown};
 use usage_service::{Application, Config, config::Command, startup::connect_store};
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let config: Config = parse_or_exit();
-    let _telemetry = match telemetry::init("usage-service", config.otlp_endpoint.as_deref()) {
-        Ok(guard) => guard,
-        Err(err) => fail(&format!("OTEL_EXPORTER_OTLP_ENDPOINT: {err}")),
-    };
-    if let Err(err) = run(config).await {
-        fail(&format!("{err:#}"));
-    }
+    let otlp_endpoint = config.otlp_endpoint.clone();
+    process::run("usage-service", otlp_endpoint.as_deref(), run(config)).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -26,9 +23,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("usage-service stopped");
     Ok(())
-}
-
-fn fail(message: &str) -> ! {
-    eprintln!("usage-service: {message}");
-    std::process::exit(1);
 }

@@ -1,7 +1,7 @@
 //! Dependencies cut off mid-flight through a fault proxy (a partition, not a stopped server):
 //! the contract's fallbacks hold and the service recovers by itself.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tollgate_proto::auth::v1::LogoutRequest;
 use tollgate_shared::fault_proxy::FaultProxy;
@@ -9,19 +9,8 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// A proxy in front of the host and port of `url`, and `url` rewritten to go through it.
 async fn proxied(url: &str) -> (FaultProxy, String) {
-    let mut parsed = url::Url::parse(url).unwrap();
-    let upstream: SocketAddr = format!(
-        "{}:{}",
-        parsed.host_str().unwrap(),
-        parsed.port_or_known_default().unwrap()
-    )
-    .parse()
-    .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    parsed.set_port(Some(proxy.address().port())).unwrap();
-    (proxy, parsed.to_string())
+    FaultProxy::in_front_of(url).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

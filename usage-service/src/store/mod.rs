@@ -28,14 +28,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+    /// Connects and migrates, failing with one line that names `DATABASE_URL`.
+    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         Ok(Self {
-            pool: db::connect(url, max_connections).await?,
+            pool: db::open(url, max_connections, &MIGRATOR).await?,
         })
-    }
-
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        db::migrate(&self.pool, &MIGRATOR).await
     }
 
     pub async fn close(&self) {

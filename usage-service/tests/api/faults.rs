@@ -1,7 +1,7 @@
 //! Redis and PostgreSQL cut off through a fault proxy: the documented fallbacks hold, nothing
 //! unacknowledged is billed, nothing acknowledged is lost, and the service recovers by itself.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tollgate_shared::fault_proxy::FaultProxy;
 use tonic::Code;
@@ -10,17 +10,7 @@ use usage_service::config::RedisDownMode;
 use crate::helpers::*;
 
 async fn proxied(url: &str) -> (FaultProxy, String) {
-    let mut parsed = url::Url::parse(url).unwrap();
-    let upstream: SocketAddr = format!(
-        "{}:{}",
-        parsed.host_str().unwrap(),
-        parsed.port_or_known_default().unwrap()
-    )
-    .parse()
-    .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    parsed.set_port(Some(proxy.address().port())).unwrap();
-    (proxy, parsed.to_string())
+    FaultProxy::in_front_of(url).await.unwrap()
 }
 
 async fn with_redis_behind(mode: RedisDownMode) -> (FaultProxy, TestApp) {
