@@ -99,14 +99,10 @@ impl KeyRing {
             .await
     }
 
-    /// Verifies a service token addressed to auth-service, reloading on an unknown key the
-    /// same way.
-    pub async fn verify_service(
-        &self,
-        token: &str,
-        scope: &str,
-    ) -> Result<ServiceClaims, TokenError> {
-        self.with_reload(|verifier| verifier.verify_service(token, scope))
+    /// Verifies a service token addressed to auth-service (whatever its scopes), reloading on
+    /// an unknown key the same way.
+    pub async fn verify_service_token(&self, token: &str) -> Result<ServiceClaims, TokenError> {
+        self.with_reload(|verifier| verifier.verify_service_token(token))
             .await
     }
 

@@ -1,23 +1,31 @@
 //! Argon2id password hashing with the OWASP parameters (19 MiB, 2 passes, 1 lane).
 //!
-//! Hashing runs on the blocking pool, at most `parallelism` at a time so a login flood cannot
-//! exhaust memory, and inside the caller's span. Unknown emails are checked against a dummy
-//! hash so that "no such user" costs the same time as "wrong password".
+//! Hashing runs on a fixed set of `parallelism` threads fed by a bounded queue: a login flood
+//! queues (and is throttled) instead of exhausting memory, and a thread starts the next hash the
+//! moment one ends, so the cores stay busy with hashing rather than with hand-overs. Each hash
+//! runs inside its caller's span. Unknown emails are checked against a dummy hash so that
+//! "no such user" costs the same time as "wrong password".
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
     password_hash::SaltString,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
 use crate::domain::Password;
 
+/// Hashes waiting for a thread before callers are pushed back.
+const QUEUE: usize = 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads; they stop when the last `Passwords` handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Passwords {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     dummy_hash: Arc<str>,
 }
 
@@ -28,18 +36,28 @@ pub fn argon2() -> Argon2<'static> {
 }
 
 impl Passwords {
+    /// Starts `parallelism` hashing threads.
     pub async fn new(parallelism: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..parallelism.max(1) {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || hashing_thread(&queue))?;
+        }
+        let mut passwords = Self {
+            jobs,
+            dummy_hash: Arc::from(""),
+        };
         let dummy =
             Password::for_login(uuid::Uuid::new_v4().to_string()).map_err(anyhow::Error::msg)?;
-        let dummy_hash = tokio::task::spawn_blocking(move || hash_now(&dummy)).await??;
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(parallelism.max(1))),
-            dummy_hash: dummy_hash.into(),
-        })
+        passwords.dummy_hash = passwords.hash(dummy).await?.into();
+        Ok(passwords)
     }
 
     pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
-        self.blocking(move || hash_now(&password)).await?
+        self.on_hashing_thread(move || hash_now(&password)).await?
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no user,
@@ -48,7 +66,7 @@ impl Passwords {
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .blocking(move || {
+            .on_hashing_thread(move || {
                 PasswordHash::new(&hash)
                     .map(|parsed| {
                         argon2()
@@ -61,13 +79,36 @@ impl Passwords {
         Ok(exists && matches)
     }
 
-    async fn blocking<T: Send + 'static>(
+    async fn on_hashing_thread<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await?;
+        let (reply, answer) = oneshot::channel();
         let span = Span::current();
-        Ok(tokio::task::spawn_blocking(move || span.in_scope(work)).await?)
+        let job: Job = Box::new(move || {
+            // The caller may have gone away; its answer is then simply dropped.
+            let _ = reply.send(span.in_scope(work));
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| anyhow::anyhow!("the hashing threads have stopped"))?;
+        Ok(answer.await?)
+    }
+}
+
+/// Takes jobs until every `Passwords` handle (and so the queue's sender) is gone.
+fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while taking a job, never while hashing.
+        let job = queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .blocking_recv();
+        match job {
+            Some(job) => job(),
+            None => return,
+        }
     }
 }
 

@@ -81,7 +81,11 @@ impl Auth {
         let token = token.ok_or(AuthError::InvalidToken(
             tollgate_shared::tokens::TokenError::Missing,
         ))?;
-        Ok(self.keys.verify_service(token, scope).await?)
+        Ok((*self
+            .validator
+            .verify_service(&self.keys, token, scope)
+            .await?)
+            .clone())
     }
 
     /// Rotates the signing key and tells every replica.

@@ -1,11 +1,13 @@
-//! Access-token validation with two caches, so `ValidateToken` rarely touches the database:
+//! Token validation with caches, so `ValidateToken` rarely touches the database or repeats a
+//! signature check:
 //!
 //! - verified claims by the SHA-256 of the token (a hit skips the signature check; the expiry
 //!   is re-checked on every hit);
 //! - session status by session id: "active" entries are trusted for a few seconds, "revoked"
 //!   entries for good. A revocation on this replica writes "revoked" before it answers, and
 //!   other replicas write it when the revocation event arrives, so revocation takes effect at
-//!   once; the short life of "active" entries bounds the damage of a missed event.
+//!   once; the short life of "active" entries bounds the damage of a missed event;
+//! - verified service tokens by their SHA-256 (callers present the same one for minutes).
 //!
 //! When the database is unreachable, sessions not known to be revoked stay valid (CONTRACT §6:
 //! validating existing tokens goes on).
@@ -17,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tollgate_shared::{
     time::{unix_now, unix_now_ms},
-    tokens::{AccessClaims, MAX_TOKEN_BYTES, TokenError, Verified},
+    tokens::{AccessClaims, MAX_TOKEN_BYTES, ServiceClaims, TokenError, Verified},
 };
 use uuid::Uuid;
 
@@ -31,6 +33,8 @@ const ACTIVE_SESSION_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Validator {
     tokens: Cache<[u8; 32], Arc<Verified<AccessClaims>>>,
+    /// Verified service tokens: a caller presents the same one for minutes.
+    service_tokens: Cache<[u8; 32], Arc<ServiceClaims>>,
     sessions: Cache<Uuid, (SessionStatus, Instant)>,
     leeway_secs: i64,
 }
@@ -39,6 +43,7 @@ impl Validator {
     pub fn new(leeway: Duration) -> Self {
         Self {
             tokens: Cache::new(100_000),
+            service_tokens: Cache::new(1_000),
             sessions: Cache::new(100_000),
             leeway_secs: leeway.as_secs() as i64,
         }
@@ -79,6 +84,38 @@ impl Validator {
         let verified = Arc::new(keys.verify_access(token).await?);
         self.tokens.insert(digest, verified.clone());
         Ok(verified)
+    }
+
+    /// Verifies a service token addressed to auth-service and checks its scope, through a cache
+    /// of verified tokens (expiry and scope are checked on every hit).
+    pub async fn verify_service(
+        &self,
+        keys: &KeyRing,
+        token: &str,
+        scope: &str,
+    ) -> Result<Arc<ServiceClaims>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match self.service_tokens.get(&digest) {
+            Some(cached) if cached.exp + self.leeway_secs >= unix_now() => cached,
+            Some(_) => {
+                self.service_tokens.remove(&digest);
+                return Err(TokenError::Expired);
+            }
+            None => {
+                // Verified whatever its scopes, so one cache entry serves every scope.
+                let claims = Arc::new(keys.verify_service_token(token).await?);
+                self.service_tokens.insert(digest, Arc::clone(&claims));
+                claims
+            }
+        };
+        if claims.has_scope(scope) {
+            Ok(claims)
+        } else {
+            Err(TokenError::InsufficientScope)
+        }
     }
 
     async fn session_status(&self, store: &Store, session_id: Uuid) -> SessionStatus {

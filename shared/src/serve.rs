@@ -5,9 +5,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::Routes;
+use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics, shutdown::Shutdown};
@@ -52,15 +52,24 @@ impl Servers {
         let grpc = tonic::transport::Server::builder()
             .layer(TelemetryLayer::new(rpc_metrics))
             .add_routes(grpc_routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                grpc_shutdown.wait().await;
-                health
-                    .set_service_status(service_name, ServingStatus::NotServing)
-                    .await;
-            });
+            // Accepted sockets do not inherit a setting tonic applies only to listeners it binds
+            // itself: without TCP_NODELAY a reply written in two parts waits for a delayed ACK.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                async move {
+                    grpc_shutdown.wait().await;
+                    health
+                        .set_service_status(service_name, ServingStatus::NotServing)
+                        .await;
+                },
+            );
         let http_shutdown = shutdown.clone();
         let http = axum::serve(
-            http_listener,
+            http_listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %err, "TCP_NODELAY could not be set");
+                }
+            }),
             http_router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { http_shutdown.wait().await });
