@@ -13,13 +13,14 @@ use std::{
     time::Duration,
 };
 
+use sha2::{Digest, Sha256};
 use tollgate_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
 use tonic::transport::Channel;
 
 use crate::{
     grpc::TraceInterceptor,
     shutdown::Shutdown,
-    time::unix_now_ms,
+    time::{unix_now, unix_now_ms},
     tokens::{
         AccessClaims, Jwk, KeySet, ServiceClaims, TokenError, Verified, Verifier, VerifierSettings,
     },
@@ -42,6 +43,9 @@ struct Inner {
     verifier: Verifier,
     client: Client,
     gate: RefreshGate,
+    /// Verified service tokens by SHA-256: a caller presents the same one for minutes, and a
+    /// signature check per call would dominate a cheap RPC.
+    service_tokens: quick_cache::sync::Cache<[u8; 32], Arc<ServiceClaims>>,
     /// Bumped after every successful refresh, so callers can wait for the first key set.
     loaded: tokio::sync::watch::Sender<u64>,
 }
@@ -91,6 +95,7 @@ impl JwksVerifier {
                 client: AuthServiceClient::with_interceptor(channel, TraceInterceptor),
                 gate: RefreshGate::new(min_refresh_interval),
                 loaded: tokio::sync::watch::Sender::new(0),
+                service_tokens: quick_cache::sync::Cache::new(1_000),
             }),
         }
     }
@@ -154,13 +159,40 @@ impl JwksVerifier {
             .await
     }
 
+    /// Verifies a service token addressed to this service and holding `scope`, from the cache
+    /// of verified tokens when it can (expiry and scope are checked on every hit).
     pub async fn verify_service(
         &self,
         token: &str,
         scope: &str,
     ) -> Result<ServiceClaims, TokenError> {
-        self.with_unknown_kid_refresh(|verifier| verifier.verify_service(token, scope))
-            .await
+        if token.len() > crate::tokens::MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match self.inner.service_tokens.get(&digest) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(
+                    self.with_unknown_kid_refresh(|verifier| verifier.verify_service_token(token))
+                        .await?,
+                );
+                self.inner
+                    .service_tokens
+                    .insert(digest, Arc::clone(&claims));
+                claims
+            }
+        };
+        let leeway = self.inner.verifier.settings().leeway.as_secs() as i64;
+        if claims.exp + leeway < unix_now() {
+            self.inner.service_tokens.remove(&digest);
+            return Err(TokenError::Expired);
+        }
+        if claims.has_scope(scope) {
+            Ok((*claims).clone())
+        } else {
+            Err(TokenError::InsufficientScope)
+        }
     }
 
     async fn with_unknown_kid_refresh<T>(
