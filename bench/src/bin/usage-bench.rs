@@ -222,7 +222,7 @@ async fn measure(services: &Services, secret: &str) -> anyhow::Result<()> {
         .collect();
     let mut consume = Calls::new(
         consume_states,
-        |(mut client, user, header): (UsageServiceClient<Channel>, String, MetadataValue<_>)| async move {
+        |(mut client, user, header): Caller| async move {
             let mut request = tonic::Request::new(ConsumeRequest {
                 user_id: user.clone(),
                 meter: "messages".into(),
@@ -302,33 +302,23 @@ async fn measure(services: &Services, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn authorize_call(
-    (mut client, user, header): (
-        UsageServiceClient<Channel>,
-        String,
-        MetadataValue<tonic::metadata::Ascii>,
-    ),
-) -> impl std::future::Future<
-    Output = (
-        (
-            UsageServiceClient<Channel>,
-            String,
-            MetadataValue<tonic::metadata::Ascii>,
-        ),
-        Result<(), tonic::Status>,
-    ),
-> {
-    async move {
-        let mut request = tonic::Request::new(AuthorizeRequest {
-            user_id: user.clone(),
-            action: "tool:search".into(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", header.clone());
-        let result = client.authorize(request).await.map(|_| ());
-        ((client, user, header), result)
-    }
+/// A caller of usage-service: its client, its user and its service token header.
+type Caller = (
+    UsageServiceClient<Channel>,
+    String,
+    MetadataValue<tonic::metadata::Ascii>,
+);
+
+async fn authorize_call((mut client, user, header): Caller) -> (Caller, Result<(), tonic::Status>) {
+    let mut request = tonic::Request::new(AuthorizeRequest {
+        user_id: user.clone(),
+        action: "tool:search".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", header.clone());
+    let result = client.authorize(request).await.map(|_| ());
+    ((client, user, header), result)
 }
 
 fn row(name: &str, measured: &Measurement, relative: String, target: &str) {
