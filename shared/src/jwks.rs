@@ -142,12 +142,24 @@ impl JwksVerifier {
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
+            // A failed refresh is retried sooner, from 250 ms doubling up to `period`, so a
+            // service started alongside auth-service becomes ready as soon as it answers.
+            let mut retry = Duration::from_millis(250);
             loop {
-                if let Err(status) = this.refresh().await {
-                    tracing::warn!(code = ?status.code(), "refreshing the JWKS failed");
-                }
+                let wait = match this.refresh().await {
+                    Ok(_) => {
+                        retry = Duration::from_millis(250);
+                        period
+                    }
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), "refreshing the JWKS failed");
+                        let wait = retry.min(period);
+                        retry = (retry * 2).min(period);
+                        wait
+                    }
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(period) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = shutdown.wait() => return,
                 }
             }

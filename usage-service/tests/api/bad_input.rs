@@ -199,3 +199,37 @@ async fn not_ready_until_the_keys_that_verify_callers_are_loaded() {
     shutdown.trigger();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn becomes_ready_by_itself_once_auth_service_answers() {
+    let auth = Auth::spawn(Backend::Embedded).await;
+    let (proxy, auth_url) = tollgate_shared::fault_proxy::FaultProxy::in_front_of(&auth.url)
+        .await
+        .unwrap();
+    proxy.cut();
+    let database = TestDatabase::create(Backend::Embedded).await;
+    let config = usage_service::Config::for_tests(&database.url, &auth_url);
+    let shutdown = tollgate_shared::shutdown::Shutdown::new();
+    let app = usage_service::Application::build(config, shutdown.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.http_addr());
+    let server = tokio::spawn(app.run_until_stopped());
+    let alive = eventually(std::time::Duration::from_secs(10), || async {
+        reqwest_get(&format!("{base}/healthz")).await.0 == 200
+    })
+    .await;
+    assert!(alive);
+    assert_eq!(reqwest_get(&format!("{base}/readyz")).await.0, 503);
+    proxy.restore();
+    let ready = eventually(std::time::Duration::from_secs(20), || async {
+        reqwest_get(&format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "usage-service did not become ready after auth-service came back"
+    );
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
