@@ -15,7 +15,7 @@ use tollgate_shared::{
     grpc::health_and_reflection,
     health::{self, Readiness},
     metrics::{self as shared_metrics, RpcMetrics},
-    serve::Servers,
+    serve::{self, Servers},
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
@@ -102,12 +102,8 @@ impl Application {
             metrics,
         });
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("AUTH_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("AUTH_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+        let grpc_listener = serve::bind(config.grpc_addr, "AUTH_GRPC_ADDR").await?;
+        let http_listener = serve::bind(config.http_addr, "AUTH_HTTP_ADDR").await?;
         Ok(Self {
             auth,
             grpc_listener,

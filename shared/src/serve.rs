@@ -12,6 +12,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics, shutdown::Shutdown};
 
+/// Binds a listener, failing with one line that names the variable the address came from.
+pub async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("{variable}: cannot listen on {addr}: {err}"))
+}
+
 /// Everything a service serves.
 #[derive(Debug)]
 pub struct Servers {

@@ -4,7 +4,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tollgate_proto::usage::v1::usage_service_server::UsageServiceServer;
@@ -15,7 +14,7 @@ use tollgate_shared::{
     health::{self, Readiness},
     jwks::JwksVerifier,
     metrics::{self as shared_metrics, RpcMetrics},
-    serve::Servers,
+    serve::{self, Servers},
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
@@ -94,12 +93,8 @@ impl Application {
             metrics,
         ));
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("USAGE_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("USAGE_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
+        let grpc_listener = serve::bind(config.grpc_addr, "USAGE_GRPC_ADDR").await?;
+        let http_listener = serve::bind(config.http_addr, "USAGE_HTTP_ADDR").await?;
         Ok(Self {
             usage,
             verifier,
