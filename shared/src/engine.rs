@@ -16,6 +16,7 @@ use crate::{events, shutdown::Shutdown};
 use deadpool_redis::{Pool, Runtime};
 use futures::StreamExt;
 use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::{sync::broadcast, time::Instant};
 use uuid::Uuid;
 
@@ -49,10 +50,21 @@ struct Inner {
     bus: broadcast::Sender<BusMessage>,
 }
 
-#[derive(Debug)]
 struct Redis {
     pool: Pool,
+    /// One multiplexed, self-reconnecting connection for hot paths: concurrent commands share
+    /// its socket and are written together, where a pooled connection costs a round trip and
+    /// a system call per command.
+    multiplexed: ConnectionManager,
     client: redis::Client,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -88,7 +100,23 @@ impl Engine {
         let pool = config.create_pool(Some(Runtime::Tokio1))?;
         let mut conn = pool.get().await?;
         let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
-        Ok(Self::with_redis(Some(Redis { pool, client }), prefix))
+        let multiplexed = ConnectionManager::new_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(REDIS_TIMEOUT)
+                .set_number_of_retries(1)
+                .set_max_delay(1_000),
+        )
+        .await?;
+        Ok(Self::with_redis(
+            Some(Redis {
+                pool,
+                multiplexed,
+                client,
+            }),
+            prefix,
+        ))
     }
 
     fn with_redis(redis: Option<Redis>, prefix: &str) -> Self {
@@ -111,6 +139,16 @@ impl Engine {
     /// The Redis pool, for callers with atomic operations of their own (Lua scripts).
     pub fn redis_pool(&self) -> Option<&Pool> {
         self.inner.redis.as_ref().map(|redis| &redis.pool)
+    }
+
+    /// The shared multiplexed Redis connection (cheap to clone), for hot paths where many
+    /// concurrent callers each send one command: they are pipelined on one socket. It
+    /// reconnects by itself after a failure.
+    pub fn redis_multiplexed(&self) -> Option<ConnectionManager> {
+        self.inner
+            .redis
+            .as_ref()
+            .map(|redis| redis.multiplexed.clone())
     }
 
     /// `key` under this deployment's prefix.

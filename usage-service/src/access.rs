@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 
-use tollgate_shared::time::unix_now_ms;
 use uuid::Uuid;
 
 use crate::{
@@ -101,7 +100,7 @@ impl Usage {
         if by_role(&context.roles, permission) {
             return Ok(true);
         }
-        let now = unix_now_ms();
+        let now = self.now_ms();
         for delegation in context
             .delegations
             .iter()
@@ -135,7 +134,7 @@ impl Usage {
     }
 
     pub async fn assign_role(&self, user: UserId, role: Role) -> Result<Vec<Role>, UsageError> {
-        self.store.assign_role(user, role, unix_now_ms()).await?;
+        self.store.assign_role(user, role, self.now_ms()).await?;
         self.role_changed(user).await
     }
 
@@ -158,7 +157,7 @@ impl Usage {
         permission: Permission,
         expires_at_ms: i64,
     ) -> Result<Uuid, UsageError> {
-        let now = unix_now_ms();
+        let now = self.now_ms();
         if from == to {
             return Err(UsageError::InvalidInput(
                 "a user cannot delegate to itself".into(),
@@ -191,7 +190,7 @@ impl Usage {
     pub async fn revoke_delegation(&self, id: Uuid) -> Result<(), UsageError> {
         let grantee = self
             .store
-            .revoke_delegation(id, unix_now_ms())
+            .revoke_delegation(id, self.now_ms())
             .await?
             .ok_or(UsageError::UnknownDelegation)?;
         self.invalidate(grantee).await;

@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate_shared::config::{SecretString, parse_duration, parse_socket_addr};
 
+use crate::clock::Clock;
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "usage-service",
@@ -86,6 +88,11 @@ pub struct Config {
     /// OTLP/gRPC endpoint for traces. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// The wall clock (corrected by Redis's once Redis answers); tests give a replica a skewed
+    /// one.
+    #[arg(skip)]
+    pub clock: Clock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -122,6 +129,7 @@ impl Config {
             jwt_leeway: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             otlp_endpoint: None,
+            clock: Clock::system(),
         }
     }
 }

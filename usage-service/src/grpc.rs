@@ -4,9 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tollgate_proto::usage::v1::{self as pb, usage_service_server::UsageService};
-use tollgate_shared::{
-    grpc::bearer_token, jwks::JwksVerifier, time::unix_now_ms, tokens::TokenError,
-};
+use tollgate_shared::{grpc::bearer_token, jwks::JwksVerifier, tokens::TokenError};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -206,7 +204,7 @@ impl UsageService for UsageGrpc {
         let pb::GetUsageRequest { user_id, at } = request.into_inner();
         let user = UserId::parse(&user_id).map_err(UsageError::from)?;
         let at_ms = if at == 0 {
-            unix_now_ms()
+            self.usage.now_ms()
         } else {
             at.saturating_mul(1000)
         };

@@ -3,20 +3,26 @@
 //! `Consume` must not acknowledge anything that is not durable, yet one INSERT per call would
 //! make the database the ceiling of throughput. Callers hand their entry to one writer task
 //! through a bounded queue and wait for it; the writer takes everything queued (up to a batch
-//! size), writes it in one transaction, and answers every caller of the batch. Under load the
-//! batches grow by themselves while the previous one commits; at rest each entry is written
-//! alone with no added delay.
+//! size), writes it as one statement, and answers every caller of the batch. Under load the
+//! batches grow by themselves while earlier ones commit; at rest each entry is written alone
+//! with no added delay. On PostgreSQL a few batches are in flight at once, so the round trip and
+//! WAL flush of one batch overlap with the next (PostgreSQL merges concurrent flushes); SQLite
+//! has one writer anyway, so there it is one batch at a time.
 //!
-//! On shutdown the writer drains the queue before it stops, so every accepted entry is either
-//! written and acknowledged or answered with an error: nothing acknowledged is ever lost.
+//! On shutdown the writer drains the queue and waits for the batches in flight before it stops,
+//! so every accepted entry is either written and acknowledged or answered with an error:
+//! nothing acknowledged is ever lost.
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
 use tollgate_shared::shutdown::Shutdown;
 
-use crate::store::{LedgerEntry, LedgerWrite, Store, StoreError};
+use crate::store::{LedgerEntry, LedgerWrite, ROWS_PER_STATEMENT, Store, StoreError};
 
-/// Largest batch one transaction writes.
-const MAX_BATCH: usize = 512;
+/// Largest batch one statement writes.
+const MAX_BATCH: usize = ROWS_PER_STATEMENT;
 /// Entries waiting for the writer before callers are pushed back.
 const QUEUE: usize = 8_192;
 
@@ -60,31 +66,42 @@ async fn write_loop(
     mut receiver: mpsc::Receiver<(LedgerEntry, Reply)>,
     shutdown: Shutdown,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let parallelism = store.write_parallelism();
+    let mut in_flight = JoinSet::new();
+    let mut closing = false;
     loop {
+        if in_flight.len() >= parallelism {
+            in_flight.join_next().await;
+            continue;
+        }
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         let received = tokio::select! {
             biased;
             count = receiver.recv_many(&mut batch, MAX_BATCH) => count,
-            () = shutdown.wait() => {
-                // Stop accepting, then write whatever is already queued.
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+            () = shutdown.wait(), if !closing => {
+                // Stop accepting; what is already queued is still written below.
                 receiver.close();
-                receiver.recv_many(&mut batch, MAX_BATCH).await
+                closing = true;
+                continue;
             }
         };
         if received == 0 {
-            return;
+            break;
         }
-        write_batch(&store, &mut batch).await;
+        let store = store.clone();
+        in_flight.spawn(async move { write_batch(&store, batch).await });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
-async fn write_batch(store: &Store, batch: &mut Vec<(LedgerEntry, Reply)>) {
+async fn write_batch(store: &Store, batch: Vec<(LedgerEntry, Reply)>) {
     let entries: Vec<LedgerEntry> = batch.iter().map(|(entry, _)| entry.clone()).collect();
     let result = store.append_ledger(&entries).await;
     if let Err(err) = &result {
         log_failure(err, entries.len());
     }
-    for (index, (_, reply)) in batch.drain(..).enumerate() {
+    for (index, (_, reply)) in batch.into_iter().enumerate() {
         let answer = match &result {
             Ok(outcomes) => Ok(outcomes[index]),
             Err(_) => Err(LedgerError::Unavailable),

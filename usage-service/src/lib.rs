@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
-use tollgate_shared::time::unix_now_ms;
-
 use crate::{
     access::DenyReason,
     domain::{IdempotencyKey, Meter, UserId},
     error::UsageError,
-    limits::{ConsumeRequest, Decision, Denial, Quota, Rate},
+    limits::{ConsumeRequest, Decision, Denial, LimitError, Quota, Rate},
     periods::{self, Window},
     plans::Plan,
     store::{LedgerEntry, LedgerWrite},
@@ -58,9 +56,20 @@ impl Usage {
         }
         let started = std::time::Instant::now();
         let context = self.context(user).await?;
-        let now = unix_now_ms();
-        let request = limit_request(&context.plan, user, meter, amount, &key, now);
-        let decision = self.limiter.consume(&request).await?;
+        let mut now = self.now_ms();
+        let mut attempts = 0;
+        let (request, decision) = loop {
+            let request = limit_request(&context.plan, user, meter, amount, &key, now);
+            match self.limiter.consume(&request).await {
+                // This replica's clock disagreed with the shared one about the quota window:
+                // choose the windows again at the shared clock's now.
+                Err(LimitError::StaleWindow { now_ms }) if attempts < 2 => {
+                    attempts += 1;
+                    now = now_ms;
+                }
+                result => break (request, result?),
+            }
+        };
         let result = if decision.allowed && !decision.replayed {
             self.record(&request, decision, now).await
         } else {

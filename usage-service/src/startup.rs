@@ -87,7 +87,7 @@ impl Application {
         let usage = Arc::new(Usage::new(
             store,
             catalogue,
-            Limiter::new(engine.clone(), mode),
+            Limiter::new(engine.clone(), mode, config.clock.clone()),
             ledger,
             engine,
             metrics,

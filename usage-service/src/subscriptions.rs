@@ -2,8 +2,6 @@
 //! request, a downgrade at the end of the billing period unless asked to apply at once. Changes
 //! are idempotent by key and recorded for billing.
 
-use tollgate_shared::time::unix_now_ms;
-
 use crate::{
     domain::{IdempotencyKey, PlanId, UserId},
     error::UsageError,
@@ -44,7 +42,7 @@ impl Usage {
         user: UserId,
     ) -> Result<(SubscriptionRow, Subscription), UsageError> {
         for _ in 0..MAX_ATTEMPTS {
-            let now = unix_now_ms();
+            let now = self.now_ms();
             let stored = self.store.subscription(user).await?;
             let next = match &stored {
                 Some(row) if row.period_end_ms > now => {
@@ -109,7 +107,7 @@ impl Usage {
                 }
                 return Ok((current, prior.effective_at_ms <= prior.created_at_ms));
             }
-            let now = unix_now_ms();
+            let now = self.now_ms();
             let current_rank = self
                 .catalogue
                 .get(&current.plan)

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use quick_cache::sync::Cache;
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
-use tollgate_shared::{engine::Engine, shutdown::Shutdown, time::unix_now_ms};
+use tollgate_shared::{engine::Engine, shutdown::Shutdown};
 
 use crate::{
     domain::{Role, UserId},
@@ -63,6 +63,11 @@ impl Usage {
         }
     }
 
+    /// Now, Unix ms, on the clock every replica agrees on (see [`crate::clock`]).
+    pub fn now_ms(&self) -> i64 {
+        self.limiter.clock().now_ms()
+    }
+
     /// Whether the limiter is serving from its local fallback because Redis failed.
     pub fn limiter_degraded(&self) -> bool {
         self.limiter.redis_degraded()
@@ -79,7 +84,7 @@ impl Usage {
         {
             return Ok(context);
         }
-        let now = unix_now_ms();
+        let now = self.now_ms();
         let subscription = self.subscription(user).await?;
         let plan = self
             .catalogue

@@ -60,7 +60,10 @@ mod tests;
 
 use std::{sync::Arc, time::Duration};
 
+use redis::aio::ConnectionManager;
 use tollgate_shared::engine::Engine;
+
+use crate::clock::Clock;
 use uuid::Uuid;
 
 use self::{decision::MAX_EXACT, health::Health, local::LocalStore};
@@ -142,6 +145,11 @@ pub enum LimitError {
     /// The key was already spent on a different meter or amount.
     #[error("the idempotency key was used with a different meter or amount")]
     IdempotencyConflict,
+    /// The request's quota window does not contain the shared clock's now (`now_ms`): this
+    /// replica's clock is off, or the window just turned. Nothing was counted; ask again with
+    /// windows chosen at `now_ms`.
+    #[error("the quota window is not the current one")]
+    StaleWindow { now_ms: i64 },
     /// Redis is down and the limiter is in [`RedisDownMode::Closed`].
     #[error("the limiter is unavailable")]
     Unavailable,
@@ -165,6 +173,7 @@ pub struct Limiter {
 #[derive(Debug)]
 struct Inner {
     engine: Engine,
+    clock: Clock,
     mode: RedisDownMode,
     local: LocalStore,
     health: Health,
@@ -220,10 +229,11 @@ impl<'a> Plan<'a> {
 
 impl Limiter {
     /// A limiter on `engine`'s Redis (or in-process, for a local engine).
-    pub fn new(engine: Engine, mode: RedisDownMode) -> Self {
+    pub fn new(engine: Engine, mode: RedisDownMode, clock: Clock) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
+                clock,
                 mode,
                 local: LocalStore::new(),
                 health: Health::new(),
@@ -237,8 +247,14 @@ impl Limiter {
     pub async fn consume(&self, request: &ConsumeRequest) -> Result<Decision, LimitError> {
         let plan = Plan::new(request);
         let keys = plan.redis_keys(&self.inner.engine);
+        let clock = &self.inner.clock;
         let routed = self
-            .on_redis(async |conn| redis_store::consume(conn, &plan, &keys).await)
+            .on_redis(async |conn| {
+                let sent_ms = clock.host_ms();
+                let (server_ms, decision) = redis_store::consume(conn, &plan, &keys).await?;
+                clock.observe(server_ms, sent_ms, clock.host_ms());
+                Ok(decision)
+            })
             .await;
         match routed {
             Route::Redis(decision) => decision,
@@ -326,6 +342,11 @@ impl Limiter {
         }
     }
 
+    /// The clock quota windows are chosen by: Redis's, as last observed.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     /// Whether the last Redis call failed (for metrics/readiness).
     pub fn redis_degraded(&self) -> bool {
         self.inner.health.degraded()
@@ -334,16 +355,15 @@ impl Limiter {
     /// Runs `op` on Redis within the timeout, or says where to go instead.
     async fn on_redis<T>(
         &self,
-        op: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Route<T> {
-        let Some(pool) = self.inner.engine.redis_pool() else {
+        let Some(mut conn) = self.inner.engine.redis_multiplexed() else {
             return Route::Local;
         };
         if !self.inner.health.should_try() {
             return self.fallback();
         }
         let attempt = tokio::time::timeout(health::REDIS_TIMEOUT, async {
-            let mut conn = pool.get().await.map_err(|err| err.to_string())?;
             op(&mut conn).await.map_err(|err| err.to_string())
         })
         .await;

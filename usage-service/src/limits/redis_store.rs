@@ -14,7 +14,7 @@
 
 use std::sync::LazyLock;
 
-use deadpool_redis::Connection;
+use redis::aio::ConnectionManager as Connection;
 use redis::{RedisResult, Script};
 
 use super::{
@@ -31,10 +31,14 @@ local now_ms = math.floor(now_us / 1000)
 ";
 
 /// KEYS: gcra, quota, idempotency. ARGV: amount, idempotency record ('' for none), has rate,
-/// rate limit, period µs, has quota, quota limit, window end ms, idempotency ttl ms.
-/// Returns {conflict, replayed, now_ms, rate ok, rate remaining, rate reset ms, rate retry ms,
-/// quota ok, quota used after}.
+/// rate limit, period µs, has quota, quota limit, window end ms, idempotency ttl ms, window
+/// start ms. Returns {status (0 ok, 1 idempotency conflict, 2 the quota window is not the
+/// current one), replayed, now_ms, rate ok, rate remaining, rate reset ms, rate retry ms, quota
+/// ok, quota used after}.
 const CONSUME: &str = r"
+if ARGV[6] == '1' and (now_ms < tonumber(ARGV[10]) or now_ms >= tonumber(ARGV[8])) then
+  return {2, 0, now_ms, 0, 0, 0, 0, 0, 0}
+end
 local amount = tonumber(ARGV[1])
 local replayed = 0
 if ARGV[2] ~= '' then
@@ -175,12 +179,12 @@ pub(super) struct Keys {
     pub idempotency: String,
 }
 
-/// Runs the consume script.
+/// Runs the consume script; answers Redis's clock (Unix ms) with the decision.
 pub(super) async fn consume(
     conn: &mut Connection,
     plan: &Plan<'_>,
     keys: &Keys,
-) -> RedisResult<Result<Decision, LimitError>> {
+) -> RedisResult<(i64, Result<Decision, LimitError>)> {
     let mut call = CONSUME_SCRIPT.prepare_invoke();
     call.key(&keys.gcra)
         .key(&keys.quota)
@@ -188,11 +192,15 @@ pub(super) async fn consume(
         .arg(plan.amount)
         .arg(plan.idempotency_record.as_deref().unwrap_or(""));
     push_limits(&mut call, plan);
-    let window_end = plan.quota.map_or(0, |quota| quota.window_end_ms);
-    call.arg(window_end).arg(IDEMPOTENCY_TTL.as_millis() as u64);
+    let (window_start, window_end) = plan
+        .quota
+        .map_or((0, 0), |quota| (quota.window_start_ms, quota.window_end_ms));
+    call.arg(window_end)
+        .arg(IDEMPOTENCY_TTL.as_millis() as u64)
+        .arg(window_start);
     let reply: Vec<i64> = call.invoke_async(conn).await?;
     let [
-        conflict,
+        status,
         replayed,
         now_ms,
         rate_ok,
@@ -208,8 +216,10 @@ pub(super) async fn consume(
             "unexpected reply from the consume script",
         )));
     };
-    if conflict == 1 {
-        return Ok(Err(LimitError::IdempotencyConflict));
+    match status {
+        1 => return Ok((now_ms, Err(LimitError::IdempotencyConflict))),
+        2 => return Ok((now_ms, Err(LimitError::StaleWindow { now_ms }))),
+        _ => {}
     }
     let rate = plan.rate.map(|(limit, _)| Verdict {
         allowed: rate_ok == 1,
@@ -227,7 +237,7 @@ pub(super) async fn consume(
             now_ms,
         )
     });
-    Ok(Ok(combine(now_ms, replayed == 1, rate, quota)))
+    Ok((now_ms, Ok(combine(now_ms, replayed == 1, rate, quota))))
 }
 
 /// Runs the refund script; true if units were given back.

@@ -8,6 +8,7 @@ use tollgate_shared::{engine::Engine, fault_proxy::FaultProxy, time::unix_now_ms
 use uuid::Uuid;
 
 use super::*;
+use crate::clock::Clock;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -27,12 +28,16 @@ fn fresh_prefix() -> String {
 }
 
 async fn redis_limiter(prefix: &str, mode: RedisDownMode) -> Limiter {
-    Limiter::new(Engine::redis(&redis_url(), prefix).await.unwrap(), mode)
+    Limiter::new(
+        Engine::redis(&redis_url(), prefix).await.unwrap(),
+        mode,
+        Clock::system(),
+    )
 }
 
 /// The same semantics must hold on both stores.
 async fn both_stores() -> Vec<(&'static str, Limiter)> {
-    let local = Limiter::new(Engine::local(), RedisDownMode::Closed);
+    let local = Limiter::new(Engine::local(), RedisDownMode::Closed, Clock::system());
     let redis = redis_limiter(&fresh_prefix(), RedisDownMode::Closed).await;
     vec![("local", local), ("redis", redis)]
 }
@@ -111,7 +116,7 @@ async fn parallel_consumes_on_redis_allow_exactly_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_consumes_in_process_allow_exactly_the_limit() {
-    let limiter = Limiter::new(Engine::local(), RedisDownMode::Local);
+    let limiter = Limiter::new(Engine::local(), RedisDownMode::Local, Clock::system());
     let allowed = allowed_of_64(&[limiter], Uuid::new_v4(), per_minute(30)).await;
     assert_eq!(allowed, 30);
 }
@@ -231,12 +236,7 @@ async fn quota_exhaustion_is_reported_and_counts_nothing() {
         // The denied call recorded no key (another amount is no conflict) and spent no rate.
         let again = limiter.consume(&call(2, "b")).await.unwrap();
         assert_eq!(again.denial, Some(Denial::QuotaExceeded), "{store}");
-        let next_window = Quota {
-            limit: 1000,
-            window_start_ms: quota.window_end_ms,
-            window_end_ms: quota.window_end_ms + DAY_MS,
-        };
-        let probe = request(user, 0, "", Some(per_minute(100)), Some(next_window));
+        let probe = request(user, 0, "", Some(per_minute(100)), None);
         let probe = limiter.consume(&probe).await.unwrap();
         assert_eq!(
             (probe.remaining, probe.limit),
@@ -244,6 +244,45 @@ async fn quota_exhaustion_is_reported_and_counts_nothing() {
             "{store}: {probe:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_window_that_is_not_redis_s_current_one_is_refused_and_counts_nothing() {
+    let limiter = redis_limiter(&fresh_prefix(), RedisDownMode::Closed).await;
+    let user = Uuid::new_v4();
+    let today = today(5);
+    // What a replica whose clock runs a day fast would ask for.
+    let tomorrow = Quota {
+        limit: 5,
+        window_start_ms: today.window_end_ms,
+        window_end_ms: today.window_end_ms + DAY_MS,
+    };
+    let stale = limiter
+        .consume(&request(user, 5, "k", None, Some(tomorrow)))
+        .await;
+    let Err(LimitError::StaleWindow { now_ms }) = stale else {
+        panic!("expected a stale window, got {stale:?}");
+    };
+    assert!((now_ms - unix_now_ms()).abs() < 60_000);
+    assert!((limiter.clock().now_ms() - unix_now_ms()).abs() < 60_000);
+
+    // Nothing was counted, and the key was not recorded.
+    let current = limiter
+        .consume(&request(user, 5, "k", None, Some(today)))
+        .await
+        .unwrap();
+    assert!(current.allowed && !current.replayed, "{current:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_learns_redis_s_clock_however_wrong_the_host_s_is() {
+    let skew = 40 * DAY_MS;
+    let engine = Engine::redis(&redis_url(), &fresh_prefix()).await.unwrap();
+    let limiter = Limiter::new(engine, RedisDownMode::Closed, Clock::skewed(skew));
+    assert!(limiter.clock().now_ms() - unix_now_ms() > skew - 60_000);
+    let probe = request(Uuid::new_v4(), 0, "", Some(per_minute(10)), None);
+    limiter.consume(&probe).await.unwrap();
+    assert!((limiter.clock().now_ms() - unix_now_ms()).abs() < 60_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,8 +362,8 @@ async fn an_outage_falls_back_or_refuses_and_then_recovers() {
     let proxied = Engine::redis(&format!("redis://{}", proxy.address()), &prefix)
         .await
         .unwrap();
-    let local_mode = Limiter::new(proxied.clone(), RedisDownMode::Local);
-    let closed_mode = Limiter::new(proxied, RedisDownMode::Closed);
+    let local_mode = Limiter::new(proxied.clone(), RedisDownMode::Local, Clock::system());
+    let closed_mode = Limiter::new(proxied, RedisDownMode::Closed, Clock::system());
     let direct = redis_limiter(&prefix, RedisDownMode::Closed).await;
     assert_counted_on_shared_redis(&local_mode, &direct).await;
 

@@ -4,7 +4,7 @@
 //! multi-row insert in one transaction, and a key that is already present is reported back so
 //! the caller can tell a retry (same meter and amount) from a conflicting reuse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Store, StoreError};
 use crate::domain::{Meter, UserId};
@@ -29,49 +29,68 @@ pub enum LedgerWrite {
     Conflict,
 }
 
-/// Rows per INSERT statement (bind parameters stay well under SQLite's limit).
-const ROWS_PER_STATEMENT: usize = 100;
+/// Rows per INSERT statement (bind parameters stay well under SQLite's limit); the group
+/// commit never hands [`Store::append_ledger`] a longer batch.
+pub const ROWS_PER_STATEMENT: usize = 100;
 
 impl Store {
-    /// Writes a batch in one transaction and says, per entry, whether it was new.
+    /// Writes a batch of at most [`ROWS_PER_STATEMENT`] entries as one statement (so one round
+    /// trip and one commit, atomic without an explicit transaction) and says, per entry, whether
+    /// it was new.
     pub async fn append_ledger(
         &self,
         entries: &[LedgerEntry],
     ) -> Result<Vec<LedgerWrite>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut inserted = std::collections::HashSet::new();
-        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO ledger (user_id, idempotency_key, meter, amount, period_start, recorded_at) VALUES ",
-            );
-            for row in 0..chunk.len() {
-                let base = row * 6;
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5,
-                    base + 6
-                ));
-            }
-            sql.push_str(" ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING user_id, idempotency_key");
-            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-            for entry in chunk {
-                query = query
-                    .bind(entry.user.to_string())
-                    .bind(entry.idempotency_key.clone())
-                    .bind(entry.meter.as_str())
-                    .bind(entry.amount as i64)
-                    .bind(entry.period_start_ms)
-                    .bind(entry.recorded_at_ms);
-            }
-            inserted.extend(query.fetch_all(&mut *tx).await?);
+        debug_assert!(entries.len() <= ROWS_PER_STATEMENT);
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut sql = String::from(
+            "INSERT INTO ledger (user_id, idempotency_key, meter, amount, period_start, recorded_at) VALUES ",
+        );
+        for row in 0..entries.len() {
+            let base = row * 6;
+            if row > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                base + 1,
+                base + 2,
+                base + 3,
+                base + 4,
+                base + 5,
+                base + 6
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING user_id, idempotency_key",
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for entry in entries {
+            query = query
+                .bind(entry.user.to_string())
+                .bind(entry.idempotency_key.clone())
+                .bind(entry.meter.as_str())
+                .bind(entry.amount as i64)
+                .bind(entry.period_start_ms)
+                .bind(entry.recorded_at_ms);
+        }
+        let inserted: HashSet<(String, String)> =
+            query.fetch_all(self.pool()).await?.into_iter().collect();
+        if inserted.len() == entries.len() {
+            return Ok(vec![LedgerWrite::Inserted; entries.len()]);
+        }
+        self.resolve_conflicts(entries, &inserted).await
+    }
+
+    /// Tells retries (same meter and amount) from conflicting reuses of a key, for the entries
+    /// the insert skipped. Rare: only retries and misuse get here.
+    async fn resolve_conflicts(
+        &self,
+        entries: &[LedgerEntry],
+        inserted: &HashSet<(String, String)>,
+    ) -> Result<Vec<LedgerWrite>, StoreError> {
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut claimed = HashMap::new();
         for entry in entries {
@@ -89,7 +108,7 @@ impl Store {
                 )
                 .bind(&key.0)
                 .bind(&key.1)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(self.pool())
                 .await?,
             };
             let same = existing.is_some_and(|(meter, amount)| {
@@ -101,7 +120,6 @@ impl Store {
                 LedgerWrite::Conflict
             });
         }
-        tx.commit().await?;
         Ok(outcomes)
     }
 

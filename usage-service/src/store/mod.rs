@@ -9,7 +9,7 @@ use sqlx::AnyPool;
 use tollgate_shared::db;
 
 pub use access::DelegationRow;
-pub use ledger::{LedgerEntry, LedgerWrite};
+pub use ledger::{LedgerEntry, LedgerWrite, ROWS_PER_STATEMENT};
 pub use subscriptions::{PlanChangeRow, SubscriptionRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -25,6 +25,9 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Whether several transactions may write at once (PostgreSQL), or writers queue for one
+    /// lock anyway (SQLite).
+    concurrent_writes: bool,
 }
 
 impl Store {
@@ -32,7 +35,13 @@ impl Store {
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         Ok(Self {
             pool: db::open(url, max_connections, &MIGRATOR).await?,
+            concurrent_writes: !url.starts_with("sqlite:"),
         })
+    }
+
+    /// How many writes are worth having in flight at once.
+    pub fn write_parallelism(&self) -> usize {
+        if self.concurrent_writes { 4 } else { 1 }
     }
 
     pub async fn close(&self) {
