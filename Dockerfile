@@ -71,3 +71,13 @@ EXPOSE 50052 8082
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8082/readyz"]
 ENTRYPOINT ["/usr/local/bin/usage-service"]
+
+# --- ws-gateway ---------------------------------------------------------------------------
+FROM runtime AS ws-gateway
+COPY --from=builder /out/ws-gateway /usr/local/bin/ws-gateway
+USER 10001:10001
+ENV GATEWAY_ADDR=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/readyz"]
+ENTRYPOINT ["/usr/local/bin/ws-gateway"]

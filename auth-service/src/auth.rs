@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     clients::ClientRegistry, domain::RefreshToken, error::AuthError, keys::KeyRing,
-    metrics::AuthMetrics, passwords::Passwords, store::Store, throttle::Throttle,
-    validation::Validator,
+    metrics::AuthMetrics, passwords::Passwords, revocation_feed::RevocationFeed, store::Store,
+    throttle::Throttle, validation::Validator,
 };
 
 /// Token lifetimes and names.
@@ -51,6 +51,8 @@ pub struct Auth {
     pub(crate) validator: Validator,
     pub(crate) tokens: TokenSettings,
     pub(crate) metrics: AuthMetrics,
+    /// Every revocation made here or heard from other replicas, for `WatchRevocations`.
+    pub(crate) feed: Arc<RevocationFeed>,
 }
 
 impl Auth {
@@ -138,7 +140,10 @@ impl Auth {
                 match message {
                     Ok(message) if message.channel == REVOCATIONS_CHANNEL => {
                         match serde_json::from_str::<Revocation>(&message.payload) {
-                            Ok(revocation) => this.validator.mark_revoked(revocation.session_id),
+                            Ok(revocation) => {
+                                this.validator.mark_revoked(revocation.session_id);
+                                this.feed.record(revocation);
+                            }
                             Err(err) => {
                                 tracing::warn!(error = %err, "ignoring a malformed revocation event")
                             }
@@ -147,6 +152,8 @@ impl Auth {
                     Ok(message) if message.channel == KEYS_CHANNEL => this.reload_keys().await,
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
+                        // Missed revocations still reach the validator through the session
+                        // cache's short life; revocation watchers miss them.
                         tracing::warn!(missed, "event listener lagged; reloading keys");
                         this.reload_keys().await;
                     }

@@ -16,7 +16,9 @@ use tollgate_shared::tokens::TokenError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{clients::ClientError, domain::InvalidInput, store::StoreError};
+use crate::{
+    clients::ClientError, domain::InvalidInput, revocation_feed::Lagged, store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -42,6 +44,8 @@ pub enum AuthError {
     PermissionDenied,
     #[error("too many attempts, retry later")]
     Throttled { retry_after: Duration },
+    #[error("{0}; reconnect with since_ms")]
+    WatcherLagged(Lagged),
     #[error("a dependency is unavailable, retry later")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -128,6 +132,7 @@ impl AuthError {
             Self::InvalidAudience => "invalid_target",
             Self::PermissionDenied => "insufficient_scope",
             Self::Throttled { .. } => "too_many_attempts",
+            Self::WatcherLagged(_) => "watcher_lagged",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -157,6 +162,7 @@ impl AuthError {
             | Self::InvalidClient => Code::Unauthenticated,
             Self::InvalidScope | Self::PermissionDenied => Code::PermissionDenied,
             Self::Throttled { .. } => Code::ResourceExhausted,
+            Self::WatcherLagged(_) => Code::DataLoss,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -175,7 +181,7 @@ impl AuthError {
             | Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WatcherLagged(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -2,8 +2,9 @@
 //! the boundary (naming every field, so a new one fails the build until handled) and domain
 //! results back.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc};
 
+use futures::{Stream, StreamExt};
 use tollgate_proto::auth::v1::{self as pb, auth_service_server::AuthService};
 use tollgate_shared::grpc::bearer_token;
 use tonic::{Request, Response, Status};
@@ -14,7 +15,7 @@ use crate::{
     error::AuthError,
 };
 
-/// Scope a caller of `ValidateToken` needs.
+/// Scope a caller of `ValidateToken` and `WatchRevocations` needs.
 pub const SCOPE_VALIDATE: &str = "auth.validate";
 /// Scope a caller of `RotateSigningKey` needs.
 pub const SCOPE_ADMIN: &str = "auth.admin";
@@ -55,8 +56,27 @@ impl From<TokenPair> for pb::TokenPair {
     }
 }
 
+fn revocation_to_pb(revocation: tollgate_shared::events::Revocation) -> pb::Revocation {
+    let tollgate_shared::events::Revocation {
+        session_id,
+        user_id,
+        revoked_at_ms,
+        reason,
+    } = revocation;
+    pb::Revocation {
+        session_id: session_id.to_string(),
+        user_id: user_id.to_string(),
+        revoked_at_ms,
+        reason,
+    }
+}
+
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
+    type WatchRevocationsStream = RevocationStream;
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -213,5 +233,20 @@ impl AuthService for AuthGrpc {
             kid,
             previous_kid,
         }))
+    }
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.auth
+            .authorize_service(bearer_token(request.metadata()), SCOPE_VALIDATE)
+            .await?;
+        let pb::WatchRevocationsRequest { since_ms } = request.into_inner();
+        let stream = self.auth.feed.watch(since_ms).map(|item| {
+            item.map(revocation_to_pb)
+                .map_err(|lagged| Status::from(AuthError::WatcherLagged(lagged)))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

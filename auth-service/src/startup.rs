@@ -29,6 +29,7 @@ use crate::{
     keys::KeyRing,
     metrics::AuthMetrics,
     passwords::Passwords,
+    revocation_feed::RevocationFeed,
     store::Store,
     throttle::{Throttle, ThrottleSettings},
     validation::Validator,
@@ -100,6 +101,7 @@ impl Application {
                 service_token_ttl: config.service_token_ttl,
             },
             metrics,
+            feed: Arc::new(RevocationFeed::new(shutdown.clone())),
         });
 
         let grpc_listener = serve::bind(config.grpc_addr, "AUTH_GRPC_ADDR").await?;

@@ -19,3 +19,4 @@ mod replicas;
 mod service_tokens;
 mod sessions;
 mod shared_clients;
+mod watch;

@@ -1,0 +1,264 @@
+//! One WebSocket connection, from the upgrade to the last frame.
+//!
+//! Two tasks per connection, both owned by it:
+//!
+//! - the **writer** drains the bounded send queue into the socket. Whoever closes the
+//!   connection first sets its close signal; the writer sends that close frame ahead of
+//!   anything still queued (`close_now`), or in order after it (`close_after_queue`).
+//! - the **controller** (this module's [`serve`]) reads frames, answers requests one at a
+//!   time (while a request waits on usage-service or auth-service, no further frame is read:
+//!   natural backpressure), and keeps the timers: `token_expiring`, expiry (4003), pings and
+//!   the dead-peer check, lease renewal.
+//!
+//! Nothing ever waits on a slow client except its own writer: events, replies and run steps
+//! are offered to the queue with `try_send`, and a full queue closes the connection with 4010.
+//! When the connection ends, its runs are cancelled, it leaves the hub, its lease is released,
+//! and the writer and the closing handshake get a bounded grace before the socket is dropped.
+//! Shutdown sends 1001 the same way.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::{sync::watch, time::Instant};
+use tokio_tungstenite::tungstenite;
+use tollgate_shared::time::unix_now_ms;
+
+use crate::{
+    error::CloseCode,
+    handshake::{Refusal, Session, open_session},
+    hub::{ConnectionHandle, Mailbox},
+    live::Live,
+    protocol::{ClientMessage, Outbound},
+    state::{Shared, Slot},
+    validation::AuthFailure,
+};
+
+/// How long the writer gets to send the close frame, and the client to answer it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The gateway closes with this code, after what is already queued.
+    Close(CloseCode),
+    /// The close was already signalled (a revocation, a slow consumer): nothing to add.
+    ClosedBy(CloseCode),
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The peer is gone: end of stream, an I/O error, or no sign of life after a ping.
+    Gone,
+}
+
+/// Serves an upgraded connection; `session` is `None` when the client must authenticate
+/// in-band.
+pub async fn serve(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    connection_id: Arc<str>,
+    slot: Slot,
+    session: Option<Session>,
+) {
+    let (sink, stream) = socket.split();
+    run(shared, sink, stream, connection_id, slot, session).await;
+}
+
+/// The connection logic, over any sink and stream of WebSocket messages.
+pub async fn run<Si, St>(
+    shared: Arc<Shared>,
+    sink: Si,
+    mut stream: St,
+    connection_id: Arc<str>,
+    slot: Slot,
+    session: Option<Session>,
+) where
+    Si: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
+    St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
+{
+    let (handle, mailbox) = ConnectionHandle::new(connection_id.clone(), shared.config.send_queue);
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(sink, mailbox)));
+
+    let authenticated = match session {
+        Some(session) => Ok(session),
+        // Boxed, like every one-off step here, so the connection's long-lived state machine
+        // stays small: an idle connection should cost a few KiB.
+        None => Box::pin(authenticate(&shared, &mut stream, &connection_id)).await,
+    };
+    let (end, lease) = match authenticated {
+        Err(end) => (end, None),
+        Ok(session) => {
+            let user = session.identity.user_id;
+            let registration =
+                shared
+                    .hub
+                    .register(user, session.identity.session_id, Arc::clone(&handle));
+            // A revocation heard between validation and registration would have missed us.
+            if shared.revoked.is_revoked(session.identity.session_id) {
+                handle.close_now(CloseCode::SessionRevoked);
+            }
+            let mut live = Live::new(
+                Arc::clone(&shared),
+                Arc::clone(&handle),
+                connection_id.clone(),
+                session,
+            );
+            let end = live.run(&mut stream).await;
+            let lease_held = Box::pin(live.stop()).await;
+            drop(registration);
+            (end, lease_held.then_some(user))
+        }
+    };
+
+    // The lease goes first, so a client that saw the close frame may reconnect at once.
+    if let Some(user) = lease {
+        Box::pin(shared.limits.release(user, &connection_id)).await;
+    }
+    match end {
+        End::Close(code) => {
+            handle.close_after_queue(code);
+            shared.metrics.closed(code);
+        }
+        End::ClosedBy(code) => shared.metrics.closed(code),
+        End::ClientClosed | End::Gone => writer.0.abort(),
+    }
+    handle.shut();
+    Box::pin(finish(&mut writer, &mut stream, end)).await;
+    tracing::debug!(?end, "connection closed");
+    drop(slot);
+}
+
+/// Lets the writer send the close frame, then reads until the client answers it (this also
+/// flushes tungstenite's automatic reply to a client-initiated close), each within the grace.
+async fn finish<St>(writer: &mut AbortOnDrop, stream: &mut St, end: End)
+where
+    St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
+{
+    let closed = tokio::time::timeout(CLOSE_GRACE, &mut writer.0)
+        .await
+        .is_ok();
+    if closed || matches!(end, End::ClientClosed) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Waits for `{"type":"auth"}` (at most `GATEWAY_AUTH_TIMEOUT`) and admits its token.
+async fn authenticate<St>(
+    shared: &Shared,
+    stream: &mut St,
+    connection_id: &str,
+) -> Result<Session, End>
+where
+    St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
+{
+    let deadline = Instant::now() + shared.config.auth_timeout;
+    let token = loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            () = tokio::time::sleep_until(deadline) => return Err(End::Close(CloseCode::AuthTimeout)),
+            () = shared.shutdown.wait() => return Err(End::Close(CloseCode::GoingAway)),
+        };
+        match frame {
+            None => return Err(End::Gone),
+            Some(Err(err)) => return Err(frame_error(err)),
+            Some(Ok(Message::Text(text))) => match ClientMessage::parse(text.as_str()) {
+                Ok(ClientMessage::Auth { token, .. }) => break token,
+                // Anything else first is not authentication.
+                _ => return Err(End::Close(CloseCode::AuthTimeout)),
+            },
+            Some(Ok(Message::Binary(_))) => return Err(End::Close(CloseCode::Unsupported)),
+            Some(Ok(Message::Close(_))) => return Err(End::ClientClosed),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+        }
+    };
+    let identity = shared
+        .validator
+        .validate(&token)
+        .await
+        .map_err(|failure| match failure {
+            AuthFailure::Invalid(_) => End::Close(CloseCode::InvalidToken),
+            AuthFailure::Unavailable => End::Close(CloseCode::TryAgainLater),
+        })?;
+    open_session(shared, identity, connection_id)
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::TooManyConnections => End::Close(CloseCode::TooManyConnections),
+            Refusal::Unavailable => End::Close(CloseCode::TryAgainLater),
+        })
+}
+
+/// What a read error means for the connection.
+pub fn frame_error(err: axum::Error) -> End {
+    let err = err.into_inner();
+    match err.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TooBig),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
+        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
+        _ => End::Gone,
+    }
+}
+
+/// Milliseconds from now until the Unix second `at` (zero if past).
+pub fn millis_until(at: i64) -> u64 {
+    (at.saturating_mul(1000) - unix_now_ms()).max(0) as u64
+}
+
+/// The writer: the send queue into the socket, a signalled close frame first.
+async fn write_loop<Si>(mut sink: Si, mailbox: Mailbox)
+where
+    Si: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let Mailbox {
+        handle,
+        close: mut closing_signal,
+    } = mailbox;
+    loop {
+        let next = tokio::select! {
+            biased;
+            code = closing(&mut closing_signal) => Outbound::Close(code),
+            item = handle.next_queued() => item,
+        };
+        let message = match next {
+            Outbound::Text(text) => Message::Text(text),
+            Outbound::Ping => Message::Ping(Default::default()),
+            Outbound::Close(code) => {
+                let frame = CloseFrame {
+                    code: code.code(),
+                    reason: code.reason().into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        };
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn closing(close: &mut watch::Receiver<Option<CloseCode>>) -> CloseCode {
+    let signalled = close.wait_for(Option::is_some).await.map(|code| *code);
+    match signalled {
+        Ok(code) => code.unwrap_or(CloseCode::Normal),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// A task that is aborted if its owner goes away first.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

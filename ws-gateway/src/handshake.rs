@@ -1,0 +1,340 @@
+//! The upgrade request of `/ws` (CONTRACT §5): everything decided before a WebSocket exists.
+//!
+//! In order, each refusal answered over HTTP with no upgrade: draining (503), node full (503),
+//! too many attempts from the address (429), then the token. A token may come in the
+//! `Authorization: Bearer` header or as the `bearer.<token>` subprotocol next to
+//! `tollgate.v1` (the server selects `tollgate.v1` and never echoes the token); two different
+//! tokens are ambiguous (401), and a query-string token is refused (401) unless the operator
+//! allows it. A presented token is validated (401, or 503 in strict mode while auth-service is
+//! unreachable) and the user's connection lease taken (429 at the plan's limit). Without a
+//! token the upgrade goes ahead and the connection expects `{"type":"auth"}` first.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        ConnectInfo, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, Uri, header},
+    response::{IntoResponse, Response},
+};
+use tollgate_shared::{grpc::extract_trace_context, tokens::TokenError};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::{
+    connection,
+    error::GatewayError,
+    limits::Lease,
+    state::{Shared, Slot},
+    usage::Profile,
+    validation::{AuthFailure, Identity},
+};
+
+/// The subprotocol the gateway speaks.
+pub const SUBPROTOCOL: &str = "tollgate.v1";
+/// The prefix of the subprotocol that carries a token.
+const BEARER_PREFIX: &str = "bearer.";
+/// Read buffer of each connection: small, so idle connections stay cheap; it grows for a
+/// large frame.
+const READ_BUFFER: usize = 1024;
+/// How long a client refused for its plan's connection limit should wait.
+const PLAN_LIMIT_RETRY: Duration = Duration::from_secs(5);
+
+/// An authenticated user, admitted to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub identity: Identity,
+    pub profile: Profile,
+    /// Whether usage-service granted a lease (false: admitted under the emergency limit
+    /// while usage-service was unreachable; the connection keeps asking).
+    pub lease_held: bool,
+}
+
+/// Why an authenticated user may not connect now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    TooManyConnections,
+    Unavailable,
+}
+
+/// Takes the connection's lease and reads the user's plan and roles, both at once.
+pub async fn open_session(
+    shared: &Shared,
+    identity: Identity,
+    connection_id: &str,
+) -> Result<Session, Refusal> {
+    let user = identity.user_id;
+    let (lease, profile) = tokio::join!(
+        shared
+            .limits
+            .lease(user, connection_id, shared.config.lease_ttl),
+        shared.limits.usage().profile(user),
+    );
+    let lease_held = match lease {
+        Lease::Granted => true,
+        Lease::Denied { .. } => return Err(Refusal::TooManyConnections),
+        Lease::Unavailable
+            if (shared.hub.connections_of(user) as u64) < shared.limits.emergency_limit() =>
+        {
+            tracing::warn!("usage-service unreachable; admitting under the emergency limit");
+            false
+        }
+        Lease::Unavailable => return Err(Refusal::Unavailable),
+    };
+    let span = tracing::Span::current();
+    span.record("user_id", tracing::field::display(user));
+    span.record("session_id", tracing::field::display(identity.session_id));
+    Ok(Session {
+        identity,
+        profile,
+        lease_held,
+    })
+}
+
+/// `GET /ws`.
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            return GatewayError::NotWebSocket { status }.into_response();
+        }
+    };
+    let connection_id: Arc<str> = Uuid::now_v7().simple().to_string().into();
+    let span = tracing::info_span!(
+        "ws.connection",
+        otel.name = "ws.connection",
+        connection_id = %connection_id,
+        peer = %peer.ip(),
+        user_id = tracing::field::Empty,
+        session_id = tracing::field::Empty,
+    );
+    // The connection continues the trace of whoever opened it.
+    let _ = span.set_parent(extract_trace_context(&headers));
+    let admitted = admit(&shared, peer, &headers, &uri, &connection_id)
+        .instrument(span.clone())
+        .await;
+    let (slot, session) = match admitted {
+        Ok(admitted) => admitted,
+        Err(err) => return err.into_response(),
+    };
+    let lease = session
+        .as_ref()
+        .filter(|session| session.lease_held)
+        .map(|session| (session.identity.user_id, connection_id.clone()));
+    let on_failure = {
+        let shared = Arc::clone(&shared);
+        move |err: axum::Error| {
+            tracing::debug!(error = %err, "the WebSocket upgrade failed");
+            if let Some((user, connection_id)) = lease {
+                let limits = shared.limits.clone();
+                shared.connections.spawn(async move {
+                    limits.release(user, &connection_id).await;
+                });
+            }
+        }
+    };
+    let tracker = shared.connections.clone();
+    configure(ws, &shared)
+        .on_failed_upgrade(on_failure)
+        .on_upgrade(move |socket| {
+            tracker.track_future(
+                connection::serve(shared, socket, connection_id, slot, session).instrument(span),
+            )
+        })
+}
+
+async fn admit(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    connection_id: &str,
+) -> Result<(Slot, Option<Session>), GatewayError> {
+    if shared.shutdown.is_triggered() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    let slot = shared.reserve_slot().ok_or(GatewayError::Overloaded)?;
+    shared
+        .limits
+        .admit_address(peer.ip())
+        .await
+        .map_err(|retry_after| GatewayError::ConnectRateLimited { retry_after })?;
+    let Some(token) = presented_token(headers, uri, shared.config.allow_query_token)? else {
+        return Ok((slot, None));
+    };
+    let identity = shared
+        .validator
+        .validate(&token)
+        .await
+        .map_err(|failure| match failure {
+            AuthFailure::Invalid(err) => GatewayError::InvalidToken(err),
+            AuthFailure::Unavailable => GatewayError::AuthUnavailable,
+        })?;
+    let session = open_session(shared, identity, connection_id)
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::TooManyConnections => GatewayError::TooManyConnections {
+                retry_after: PLAN_LIMIT_RETRY,
+            },
+            Refusal::Unavailable => GatewayError::DependencyUnavailable,
+        })?;
+    Ok((slot, Some(session)))
+}
+
+fn configure(ws: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
+    let max = shared.config.max_frame_bytes;
+    // Outgoing frames are bounded by what the gateway writes (events up to the publish
+    // limit); the write buffer holds about one of them while the peer is slow.
+    let largest_outgoing = max.max(shared.config.publish_max_bytes) + 1024;
+    ws.protocols([SUBPROTOCOL])
+        .max_frame_size(max)
+        .max_message_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * largest_outgoing)
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// The one token presented on the upgrade request, if any.
+pub fn presented_token(
+    headers: &HeaderMap,
+    uri: &Uri,
+    allow_query: bool,
+) -> Result<Option<String>, GatewayError> {
+    let mut tokens: Vec<&str> = Vec::new();
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(bearer)
+            .ok_or(GatewayError::InvalidToken(TokenError::Malformed))?;
+        tokens.push(token);
+    }
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        tokens.extend(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter_map(|protocol| protocol.strip_prefix(BEARER_PREFIX)),
+        );
+    }
+    let query = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            matches!(key, "access_token" | "token").then_some(value)
+        });
+    for token in query {
+        if !allow_query {
+            return Err(GatewayError::QueryTokenRefused);
+        }
+        tokens.push(token);
+    }
+    tokens.dedup();
+    match tokens.as_slice() {
+        [] => Ok(None),
+        [""] => Err(GatewayError::InvalidToken(TokenError::Missing)),
+        [token] => Ok(Some((*token).to_owned())),
+        [first, rest @ ..] if rest.iter().all(|token| token == first) => {
+            Ok(Some((*first).to_owned()))
+        }
+        _ => Err(GatewayError::AmbiguousToken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn uri(query: &str) -> Uri {
+        format!("/ws{query}").parse().unwrap()
+    }
+
+    #[test]
+    fn each_position_yields_the_token() {
+        let auth = headers(&[(header::AUTHORIZATION, "Bearer abc.def.ghi")]);
+        assert_eq!(
+            presented_token(&auth, &uri(""), false).unwrap().as_deref(),
+            Some("abc.def.ghi")
+        );
+        let protocol = headers(&[(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "tollgate.v1, bearer.abc.def.ghi",
+        )]);
+        assert_eq!(
+            presented_token(&protocol, &uri(""), false)
+                .unwrap()
+                .as_deref(),
+            Some("abc.def.ghi")
+        );
+        assert_eq!(
+            presented_token(&HeaderMap::new(), &uri("?access_token=abc"), true)
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&HeaderMap::new(), &uri(""), false).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn ambiguity_and_query_tokens_are_refused() {
+        let both = headers(&[
+            (header::AUTHORIZATION, "Bearer one"),
+            (header::SEC_WEBSOCKET_PROTOCOL, "tollgate.v1, bearer.two"),
+        ]);
+        assert!(matches!(
+            presented_token(&both, &uri(""), false),
+            Err(GatewayError::AmbiguousToken)
+        ));
+        let same = headers(&[
+            (header::AUTHORIZATION, "Bearer one"),
+            (header::SEC_WEBSOCKET_PROTOCOL, "tollgate.v1, bearer.one"),
+        ]);
+        assert_eq!(
+            presented_token(&same, &uri(""), false).unwrap().as_deref(),
+            Some("one")
+        );
+        assert!(matches!(
+            presented_token(&HeaderMap::new(), &uri("?token=abc"), false),
+            Err(GatewayError::QueryTokenRefused)
+        ));
+        let basic = headers(&[(header::AUTHORIZATION, "Basic dXNlcjpwdw==")]);
+        assert!(matches!(
+            presented_token(&basic, &uri(""), false),
+            Err(GatewayError::InvalidToken(TokenError::Malformed))
+        ));
+    }
+}

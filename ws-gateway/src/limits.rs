@@ -1,0 +1,192 @@
+//! Plans and limits at the gateway (CONTRACT §5):
+//!
+//! - connection attempts per client address, counted on the engine (Redis when set, so the
+//!   count spans nodes): 429 with `Retry-After` beyond `GATEWAY_CONNECT_RATE` a minute;
+//! - concurrent connections per user, by plan and across nodes: a lease at usage-service per
+//!   connection (`AcquireConnection`, renewed by the connection, released on close);
+//! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`.
+//!
+//! When usage-service cannot be asked, metered actions answer "unavailable" (the client gets
+//! `dependency_unavailable`) unless `GATEWAY_USAGE_FAIL_OPEN` is set: then they are allowed
+//! under a local emergency limit (`GATEWAY_EMERGENCY_LIMIT` per user, meter and minute on this
+//! node), counted on an in-process engine of its own. Permissions (`Authorize`) are never
+//! guessed: a tool whose permission cannot be checked is refused either way.
+
+use std::{net::IpAddr, time::Duration};
+
+use tollgate_shared::engine::Engine;
+use uuid::Uuid;
+
+use crate::{
+    metrics::GatewayMetrics,
+    usage::{Denial, LeaseAnswer, UsageClient, Verdict},
+};
+
+/// The window of the per-address connection count.
+const CONNECT_WINDOW: Duration = Duration::from_secs(60);
+/// The window of the emergency limit.
+const EMERGENCY_WINDOW: Duration = Duration::from_secs(60);
+
+/// A usage-service meter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meter {
+    Messages,
+    AgentRuns,
+    ToolCalls,
+}
+
+impl Meter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::AgentRuns => "agent_runs",
+            Self::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// The outcome of a metered action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Metered {
+    Allowed,
+    Denied {
+        reason: Denial,
+        retry_after: Duration,
+        upgrade_to: Option<String>,
+    },
+    /// usage-service could not be asked (and fail-open is off, or the emergency limit is hit).
+    Unavailable,
+}
+
+/// The outcome of asking for a connection lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    Granted,
+    Denied { limit: u32 },
+    Unavailable,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    engine: Engine,
+    emergency: Engine,
+    usage: UsageClient,
+    connect_rate: u64,
+    fail_open: bool,
+    emergency_limit: u64,
+    metrics: GatewayMetrics,
+}
+
+impl Limits {
+    pub fn new(
+        engine: Engine,
+        usage: UsageClient,
+        connect_rate: u64,
+        fail_open: bool,
+        emergency_limit: u64,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            engine,
+            emergency: Engine::local(),
+            usage,
+            connect_rate,
+            fail_open,
+            emergency_limit,
+            metrics,
+        }
+    }
+
+    pub fn usage(&self) -> &UsageClient {
+        &self.usage
+    }
+
+    pub fn emergency_limit(&self) -> u64 {
+        self.emergency_limit
+    }
+
+    /// Counts a connection attempt from `address`; `Err(retry_after)` beyond the rate.
+    pub async fn admit_address(&self, address: IpAddr) -> Result<(), Duration> {
+        let count = self
+            .engine
+            .hit(&format!("gateway:connect:{address}"), CONNECT_WINDOW)
+            .await;
+        if count.value > self.connect_rate {
+            self.metrics.decision("connect", "denied");
+            Err(count.resets_in.max(Duration::from_secs(1)))
+        } else {
+            self.metrics.decision("connect", "allowed");
+            Ok(())
+        }
+    }
+
+    /// Takes or renews the lease of `connection_id` among the user's connections.
+    pub async fn lease(&self, user: Uuid, connection_id: &str, ttl: Duration) -> Lease {
+        match self
+            .usage
+            .acquire_connection(user, connection_id, ttl)
+            .await
+        {
+            Ok(LeaseAnswer { granted: true, .. }) => {
+                self.metrics.decision("connections", "allowed");
+                Lease::Granted
+            }
+            Ok(LeaseAnswer { limit, .. }) => {
+                self.metrics.decision("connections", "denied");
+                Lease::Denied { limit }
+            }
+            Err(_) => {
+                self.metrics.decision("connections", "unavailable");
+                Lease::Unavailable
+            }
+        }
+    }
+
+    pub async fn release(&self, user: Uuid, connection_id: &str) {
+        self.usage.release_connection(user, connection_id).await;
+    }
+
+    /// Counts `amount` of `meter` for `user` under the idempotency `key`.
+    pub async fn meter(&self, user: Uuid, meter: Meter, key: String) -> Metered {
+        let kind = meter.as_str();
+        match self.usage.consume(user, kind, 1, key).await {
+            Ok(Verdict::Allowed) => {
+                self.metrics.decision(kind, "allowed");
+                Metered::Allowed
+            }
+            Ok(Verdict::Denied {
+                reason,
+                retry_after,
+                upgrade_to,
+            }) => {
+                self.metrics.decision(kind, "denied");
+                Metered::Denied {
+                    reason,
+                    retry_after,
+                    upgrade_to,
+                }
+            }
+            Err(_) if self.fail_open => {
+                let count = self
+                    .emergency
+                    .hit(&format!("{kind}:{user}"), EMERGENCY_WINDOW)
+                    .await;
+                if count.value <= self.emergency_limit {
+                    self.metrics.decision(kind, "fail_open");
+                    Metered::Allowed
+                } else {
+                    self.metrics.decision(kind, "denied");
+                    Metered::Denied {
+                        reason: Denial::RateLimited,
+                        retry_after: count.resets_in,
+                        upgrade_to: None,
+                    }
+                }
+            }
+            Err(_) => {
+                self.metrics.decision(kind, "unavailable");
+                Metered::Unavailable
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The authenticated part of a connection: the controller loop of [`crate::connection`].
+//!
+//! Requests are answered one at a time: each becomes a boxed future (metering through
+//! usage-service, then the action) polled inside the loop, so timers, closes from elsewhere
+//! and shutdown are still noticed while it waits, and no further frame is read until it is
+//! answered. Its [`Reply`] is then applied to the connection's state.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures::{Stream, StreamExt, future::BoxFuture};
+use tokio::{
+    sync::watch,
+    time::{Instant, MissedTickBehavior, interval_at, sleep_until},
+};
+
+use crate::{
+    agent::{RunRequest, Tool},
+    connection::{End, frame_error, millis_until},
+    error::{CloseCode, ErrorCode},
+    handshake::Session,
+    hub::ConnectionHandle,
+    limits::{Lease, Meter, Metered},
+    protocol::{ClientMessage, Outbound, RequestId, ServerMessage},
+    runs::{RunContext, Runs, UsageToolGate},
+    state::Shared,
+    validation::{AuthFailure, Identity},
+};
+
+/// What a finished request asks of the connection.
+enum Reply {
+    Frame(Utf8Bytes),
+    RateLimited {
+        id: Option<RequestId>,
+        retry_after: Duration,
+    },
+    Refreshed {
+        id: Option<RequestId>,
+        identity: Identity,
+    },
+    StartRun {
+        id: Option<RequestId>,
+        request: RunRequest,
+    },
+    Cancel {
+        id: Option<RequestId>,
+        run_id: String,
+    },
+    Close(CloseCode),
+}
+
+/// What woke the controller loop.
+enum Event {
+    Frame(Option<Result<Message, axum::Error>>),
+    Reply(Reply),
+    Closed(CloseCode),
+    Warn,
+    Expired,
+    Ping,
+    Renew,
+    Renewed(Lease),
+    RunFinished,
+    Shutdown,
+}
+
+/// What a request does once it has passed the message meter.
+enum Action {
+    Ping,
+    Refresh(String),
+    Run(RunRequest),
+    Cancel(String),
+}
+
+#[derive(Debug)]
+pub struct Live {
+    shared: Arc<Shared>,
+    handle: Arc<ConnectionHandle>,
+    connection_id: Arc<str>,
+    session: Session,
+    /// The connection's runs, made with the first one.
+    runs: Option<Runs>,
+    /// What the connection's runs share, made with the first run (most connections never
+    /// run an agent, and an idle connection should stay small).
+    context: Option<RunContext>,
+    closing: watch::Receiver<Option<CloseCode>>,
+    seq: u64,
+    bad_frames: u32,
+    violations: u32,
+    warned: bool,
+    last_seen: Instant,
+}
+
+impl Live {
+    pub fn new(
+        shared: Arc<Shared>,
+        handle: Arc<ConnectionHandle>,
+        connection_id: Arc<str>,
+        session: Session,
+    ) -> Self {
+        Self {
+            runs: None,
+            closing: handle.closing(),
+            shared,
+            handle,
+            connection_id,
+            session,
+            context: None,
+            seq: 0,
+            bad_frames: 0,
+            violations: 0,
+            warned: false,
+            last_seen: Instant::now(),
+        }
+    }
+
+    fn send(&self, frame: Utf8Bytes) {
+        self.handle
+            .offer(Outbound::Text(frame), &self.shared.metrics);
+    }
+
+    /// Runs until the connection should end.
+    pub async fn run<St>(&mut self, stream: &mut St) -> End
+    where
+        St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
+    {
+        let config = &self.shared.config;
+        let (ping_every, pong_timeout) = (config.ping_interval, config.pong_timeout);
+        let renew_every = (config.lease_ttl / 3).max(Duration::from_secs(1));
+        let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut renew = interval_at(Instant::now() + renew_every, renew_every);
+        renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pending: Option<BoxFuture<'static, Reply>> = None;
+        let mut renewal: Option<BoxFuture<'static, Lease>> = None;
+
+        let identity = self.session.identity;
+        self.send(
+            ServerMessage::Connected {
+                connection_id: &self.connection_id,
+                session_id: identity.session_id,
+                user_id: identity.user_id,
+                plan: &self.session.profile.plan,
+                roles: &self.session.profile.roles,
+                expires_at: identity.expires_at,
+            }
+            .encode(),
+        );
+
+        loop {
+            let (warn_at, expire_at) = self.deadlines();
+            let event = tokio::select! {
+                frame = stream.next(), if pending.is_none() => Event::Frame(frame),
+                reply = poll(&mut pending), if pending.is_some() => Event::Reply(reply),
+                code = self.closing.wait_for(Option::is_some) => {
+                    Event::Closed(code.ok().and_then(|code| *code).unwrap_or(CloseCode::Normal))
+                }
+                () = sleep_until(warn_at), if !self.warned => Event::Warn,
+                () = sleep_until(expire_at) => Event::Expired,
+                _ = ping.tick() => Event::Ping,
+                _ = renew.tick(), if renewal.is_none() => Event::Renew,
+                lease = poll(&mut renewal), if renewal.is_some() => Event::Renewed(lease),
+                () = next_finished(&mut self.runs) => Event::RunFinished,
+                () = self.shared.shutdown.wait() => Event::Shutdown,
+            };
+            match event {
+                Event::Frame(frame) => {
+                    if let Some(end) = self.on_frame(frame, &mut pending) {
+                        return end;
+                    }
+                }
+                Event::Reply(reply) => {
+                    pending = None;
+                    if let Some(end) = self.on_reply(reply) {
+                        return end;
+                    }
+                }
+                Event::Closed(code) => return End::ClosedBy(code),
+                Event::Warn => {
+                    self.warned = true;
+                    let expires_in_ms = millis_until(self.session.identity.expires_at);
+                    self.send(ServerMessage::TokenExpiring { expires_in_ms }.encode());
+                }
+                Event::Expired => return End::Close(CloseCode::TokenExpired),
+                Event::Ping => {
+                    if self.last_seen.elapsed() > ping_every + pong_timeout {
+                        tracing::info!("no sign of life after a ping; dropping the connection");
+                        return End::Gone;
+                    }
+                    self.handle.offer(Outbound::Ping, &self.shared.metrics);
+                }
+                Event::Renew => {
+                    let (shared, user, id) = (
+                        Arc::clone(&self.shared),
+                        self.session.identity.user_id,
+                        self.connection_id.clone(),
+                    );
+                    renewal = Some(Box::pin(async move {
+                        shared
+                            .limits
+                            .lease(user, &id, shared.config.lease_ttl)
+                            .await
+                    }));
+                }
+                Event::Renewed(lease) => {
+                    renewal = None;
+                    match lease {
+                        Lease::Granted => self.session.lease_held = true,
+                        Lease::Denied { .. } => return End::Close(CloseCode::TooManyConnections),
+                        Lease::Unavailable => {}
+                    }
+                }
+                Event::RunFinished => {}
+                Event::Shutdown => return End::Close(CloseCode::GoingAway),
+            }
+        }
+    }
+
+    /// Cancels the runs; returns whether a lease is held (to release).
+    pub async fn stop(&mut self) -> bool {
+        if let Some(runs) = self.runs.as_mut() {
+            runs.stop().await;
+        }
+        self.session.lease_held
+    }
+
+    /// When to send `token_expiring`, and when to close for expiry.
+    fn deadlines(&self) -> (Instant, Instant) {
+        let config = &self.shared.config;
+        let exp =
+            Instant::now() + Duration::from_millis(millis_until(self.session.identity.expires_at));
+        let warn = exp
+            .checked_sub(config.token_expiry_warning)
+            .unwrap_or_else(Instant::now);
+        (warn, exp + config.jwt_leeway)
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, axum::Error>>,
+        pending: &mut Option<BoxFuture<'static, Reply>>,
+    ) -> Option<End> {
+        let frame = match frame {
+            None => return Some(End::Gone),
+            Some(Err(err)) => return Some(frame_error(err)),
+            Some(Ok(frame)) => frame,
+        };
+        self.last_seen = Instant::now();
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Binary(_) => return Some(End::Close(CloseCode::Unsupported)),
+            Message::Close(_) => return Some(End::ClientClosed),
+            Message::Ping(_) | Message::Pong(_) => return None,
+        };
+        let message = match ClientMessage::parse(text.as_str()) {
+            Ok(message) => message,
+            Err(bad) => {
+                self.bad_frames += 1;
+                self.send(
+                    ServerMessage::Error {
+                        id: bad.id.as_ref(),
+                        code: ErrorCode::BadRequest.as_str(),
+                        message: &bad.message,
+                        run_id: None,
+                        upgrade_to: None,
+                    }
+                    .encode(),
+                );
+                return (self.bad_frames >= self.shared.config.max_bad_frames)
+                    .then_some(End::Close(CloseCode::PolicyViolation));
+            }
+        };
+        self.bad_frames = 0;
+        let (id, action) = match message {
+            ClientMessage::Auth { id, .. } => {
+                self.send(ServerMessage::error(
+                    id.as_ref(),
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated; use refresh_token",
+                ));
+                return None;
+            }
+            ClientMessage::Ping { id } => (id, Action::Ping),
+            ClientMessage::RefreshToken { id, token } => (id, Action::Refresh(token)),
+            ClientMessage::CancelRun { id, run_id } => (id, Action::Cancel(run_id)),
+            ClientMessage::RunAgent {
+                id,
+                agent,
+                input,
+                tools,
+            } => match self.run_request(agent, input, tools) {
+                Ok(request) => (id, Action::Run(request)),
+                Err((code, message)) => {
+                    self.send(
+                        ServerMessage::Error {
+                            id: id.as_ref(),
+                            code: code.as_str(),
+                            message: &message,
+                            run_id: None,
+                            upgrade_to: None,
+                        }
+                        .encode(),
+                    );
+                    return None;
+                }
+            },
+        };
+        self.seq += 1;
+        *pending = Some(Box::pin(request(
+            Arc::clone(&self.shared),
+            self.session.identity,
+            format!("{}:{}", self.connection_id, self.seq),
+            id,
+            action,
+        )));
+        None
+    }
+
+    /// Validates a `run_agent` before anything is counted.
+    fn run_request(
+        &self,
+        agent: String,
+        input: String,
+        tools: Vec<String>,
+    ) -> Result<RunRequest, (ErrorCode, String)> {
+        if self.runs.as_ref().is_some_and(Runs::is_full) {
+            return Err((
+                ErrorCode::TooManyRuns,
+                "too many runs in flight on this connection".into(),
+            ));
+        }
+        let tools = tools
+            .iter()
+            .map(|tool| {
+                tool.parse::<Tool>().map_err(|_| {
+                    let shown: String = tool.chars().filter(|c| !c.is_control()).take(32).collect();
+                    (ErrorCode::BadRequest, format!("unknown tool `{shown}`"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RunRequest::new(agent, input, tools).map_err(|err| (ErrorCode::BadRequest, err.to_string()))
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Option<End> {
+        if let Reply::RateLimited { id, retry_after } = reply {
+            self.violations += 1;
+            self.send(
+                ServerMessage::RateLimited {
+                    id: id.as_ref(),
+                    retry_after_ms: retry_after.as_millis() as u64,
+                }
+                .encode(),
+            );
+            return (self.violations >= self.shared.config.max_rate_violations)
+                .then_some(End::Close(CloseCode::RateLimited));
+        }
+        self.violations = 0;
+        match reply {
+            Reply::RateLimited { .. } => {}
+            Reply::Frame(frame) => self.send(frame),
+            Reply::Refreshed { id, identity } => {
+                self.session.identity = identity;
+                self.warned = false;
+                self.send(
+                    ServerMessage::TokenRefreshed {
+                        id: id.as_ref(),
+                        expires_at: identity.expires_at,
+                    }
+                    .encode(),
+                );
+            }
+            Reply::StartRun { id, request } => {
+                let context = self.context.get_or_insert_with(|| RunContext {
+                    executor: Arc::clone(&self.shared.executor),
+                    gate: Arc::new(UsageToolGate::new(
+                        self.shared.limits.clone(),
+                        self.session.identity.user_id,
+                    )),
+                    handle: Arc::clone(&self.handle),
+                    metrics: self.shared.metrics.clone(),
+                });
+                let max = self.shared.config.max_runs_per_connection;
+                self.runs
+                    .get_or_insert_with(|| Runs::new(max))
+                    .start(context, request, id);
+            }
+            Reply::Cancel { id, run_id } => {
+                if !self.runs.as_mut().is_some_and(|runs| runs.cancel(&run_id)) {
+                    self.send(ServerMessage::error(
+                        id.as_ref(),
+                        ErrorCode::UnknownRun,
+                        "no such run on this connection",
+                    ));
+                }
+            }
+            Reply::Close(code) => return Some(End::Close(code)),
+        }
+        None
+    }
+}
+
+/// The next run to end, if the connection has runs (pending forever otherwise).
+async fn next_finished(runs: &mut Option<Runs>) {
+    match runs {
+        Some(runs) => runs.next_finished().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls an optional future that the caller has checked is present.
+async fn poll<T>(future: &mut Option<BoxFuture<'static, T>>) -> T {
+    match future.as_mut() {
+        Some(future) => Pin::new(future).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One request: the message meter, then the action.
+async fn request(
+    shared: Arc<Shared>,
+    identity: Identity,
+    key: String,
+    id: Option<RequestId>,
+    action: Action,
+) -> Reply {
+    let user = identity.user_id;
+    let unavailable = |id: Option<RequestId>, what: &'static str| {
+        Reply::Frame(ServerMessage::error(
+            id.as_ref(),
+            ErrorCode::DependencyUnavailable,
+            what,
+        ))
+    };
+    match shared.limits.meter(user, Meter::Messages, key).await {
+        Metered::Allowed => {}
+        Metered::Denied { retry_after, .. } => return Reply::RateLimited { id, retry_after },
+        Metered::Unavailable => {
+            return unavailable(id, "usage-service is unavailable, try again later");
+        }
+    }
+    match action {
+        Action::Ping => Reply::Frame(ServerMessage::Pong { id: id.as_ref() }.encode()),
+        Action::Cancel(run_id) => Reply::Cancel { id, run_id },
+        Action::Refresh(token) => match shared.validator.validate(&token).await {
+            Ok(new) if new.user_id == identity.user_id && new.session_id == identity.session_id => {
+                Reply::Refreshed { id, identity: new }
+            }
+            Ok(_) => Reply::Close(CloseCode::SessionMismatch),
+            Err(AuthFailure::Invalid(_)) => Reply::Close(CloseCode::InvalidToken),
+            Err(AuthFailure::Unavailable) => {
+                unavailable(id, "authentication is unavailable, try again later")
+            }
+        },
+        Action::Run(request) => {
+            let key = request.run_id.to_string();
+            match shared.limits.meter(user, Meter::AgentRuns, key).await {
+                Metered::Allowed => Reply::StartRun { id, request },
+                Metered::Denied { upgrade_to, .. } => Reply::Frame(
+                    ServerMessage::Error {
+                        id: id.as_ref(),
+                        code: ErrorCode::QuotaExceeded.as_str(),
+                        message: "the agent run quota is used up",
+                        run_id: None,
+                        upgrade_to: upgrade_to.as_deref(),
+                    }
+                    .encode(),
+                ),
+                Metered::Unavailable => {
+                    unavailable(id, "usage-service is unavailable, try again later")
+                }
+            }
+        }
+    }
+}

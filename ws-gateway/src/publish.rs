@@ -1,0 +1,65 @@
+//! `POST /v1/publish`: backends send an event to a user (CONTRACT §5).
+//!
+//! The caller presents a service token for audience `ws-gateway` with scope `publish` (401
+//! without a valid one, 403 without the scope); the body is `{"user_id", "data"}` (400 for
+//! anything else, 413 over `GATEWAY_PUBLISH_MAX_BYTES`). The credentials are checked before
+//! the body is read. 202 means the event went out on the bus to every node; a user with no
+//! connection simply receives nothing (delivery is at most once, without storage).
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate_shared::tokens::TokenError;
+use uuid::Uuid;
+
+use crate::{error::GatewayError, handshake::bearer, protocol::clip, state::Shared};
+
+/// The scope a publisher's service token must hold.
+pub const SCOPE_PUBLISH: &str = "publish";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    user_id: Uuid,
+    data: Value,
+}
+
+pub async fn publish(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), GatewayError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer)
+        .ok_or(GatewayError::Unauthenticated(TokenError::Missing))?;
+    shared
+        .services
+        .verify_service(token, SCOPE_PUBLISH)
+        .await
+        .map_err(|err| match err {
+            TokenError::InsufficientScope => GatewayError::Forbidden,
+            other => GatewayError::Unauthenticated(other),
+        })?;
+    let bytes = axum::body::to_bytes(body, shared.config.publish_max_bytes)
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge)?;
+    let request: PublishRequest = serde_json::from_slice(&bytes)
+        .map_err(|err| GatewayError::BadRequest(clip(err.to_string(), 200)))?;
+    if request.data.is_null() {
+        return Err(GatewayError::BadRequest("`data` must not be null".into()));
+    }
+    shared
+        .delivery
+        .publish(request.user_id, &request.data)
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))))
+}

@@ -1,0 +1,248 @@
+//! Hearing session revocations and acting on them within a second (CONTRACT §2): every open
+//! connection of a revoked session closes with 4004, on every gateway node.
+//!
+//! Two sources, because neither alone covers every deployment:
+//!
+//! - auth-service's `WatchRevocations` stream, always. It is the only way to hear auth-service
+//!   when the two share no Redis (the embedded default runs each service as its own process).
+//!   The watcher reconnects with backoff, asking for the revocations since the last one it
+//!   saw, so a dropped stream or a lagging watcher (which auth-service cuts off with
+//!   DATA_LOSS) misses nothing that auth-service still remembers.
+//! - with Redis, the engine bus (`auth:revocations`), which reaches every node even while the
+//!   watch stream is reconnecting.
+//!
+//! Both feed [`Revocations::apply`], which deduplicates by session id through the bounded
+//! [`RevocationList`] of recently revoked sessions. That list is also what `degraded`
+//! validation consults while auth-service is unreachable.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use quick_cache::sync::Cache;
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tollgate_proto::auth::v1::{WatchRevocationsRequest, auth_service_client::AuthServiceClient};
+use tollgate_shared::{
+    engine::Engine,
+    events::{REVOCATIONS_CHANNEL, Revocation},
+    service_auth::ServiceAuthInterceptor,
+    shutdown::Shutdown,
+};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{error::CloseCode, hub::Hub, metrics::GatewayMetrics};
+
+/// Sessions remembered as revoked. Access tokens live minutes, so a few hundred thousand
+/// recent revocations cover every token that could still be presented at any realistic rate.
+const REMEMBERED: usize = 200_000;
+
+/// How far back a reconnecting watcher asks, to allow for clock skew between replicas.
+const REPLAY_SLACK_MS: i64 = 5_000;
+
+/// Recently revoked session ids, bounded.
+#[derive(Debug)]
+pub struct RevocationList {
+    sessions: Cache<Uuid, ()>,
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        Self {
+            sessions: Cache::new(REMEMBERED),
+        }
+    }
+}
+
+impl RevocationList {
+    pub fn is_revoked(&self, session: Uuid) -> bool {
+        self.sessions.get(&session).is_some()
+    }
+
+    /// Records a revocation; true when it was not known yet.
+    pub fn record(&self, session: Uuid) -> bool {
+        if self.is_revoked(session) {
+            return false;
+        }
+        self.sessions.insert(session, ());
+        true
+    }
+}
+
+/// Applies revocations to the list and the hub.
+#[derive(Clone, Debug)]
+pub struct Revocations {
+    list: Arc<RevocationList>,
+    hub: Arc<Hub>,
+    metrics: GatewayMetrics,
+}
+
+impl Revocations {
+    pub fn new(list: Arc<RevocationList>, hub: Arc<Hub>, metrics: GatewayMetrics) -> Self {
+        Self { list, hub, metrics }
+    }
+
+    pub fn list(&self) -> &Arc<RevocationList> {
+        &self.list
+    }
+
+    /// Records the revocation and closes the session's connections on this node (once).
+    pub fn apply(&self, revocation: &Revocation, source: &'static str) {
+        self.metrics.revocation(source);
+        if self.list.record(revocation.session_id) {
+            let closed = self.hub.close_session(
+                revocation.user_id,
+                revocation.session_id,
+                CloseCode::SessionRevoked,
+            );
+            tracing::info!(
+                session_id = %revocation.session_id,
+                user_id = %revocation.user_id,
+                reason = %revocation.reason,
+                source,
+                closed,
+                "session revoked"
+            );
+        }
+    }
+
+    /// Follows auth-service's `WatchRevocations` until shutdown, reconnecting with backoff.
+    pub fn spawn_watcher(
+        &self,
+        channel: Channel,
+        interceptor: ServiceAuthInterceptor,
+        shutdown: Shutdown,
+    ) -> JoinHandle<()> {
+        let this = self.clone();
+        let client = AuthServiceClient::with_interceptor(channel, interceptor);
+        tokio::spawn(async move {
+            let mut since_ms = 0;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut client = client.clone();
+                let request = WatchRevocationsRequest { since_ms };
+                let opened = tokio::select! {
+                    opened = client.watch_revocations(request) => opened,
+                    () = shutdown.wait() => return,
+                };
+                match opened {
+                    Ok(response) => {
+                        tracing::debug!(since_ms, "watching revocations");
+                        this.metrics.revocation_watch_up.set(1);
+                        let mut stream = response.into_inner();
+                        loop {
+                            let item = tokio::select! {
+                                item = stream.next() => item,
+                                () = shutdown.wait() => return,
+                            };
+                            match item {
+                                Some(Ok(message)) => {
+                                    backoff = Duration::from_millis(100);
+                                    match parse(message) {
+                                        Some(revocation) => {
+                                            since_ms = since_ms
+                                                .max(revocation.revoked_at_ms - REPLAY_SLACK_MS);
+                                            this.apply(&revocation, "watch");
+                                        }
+                                        None => tracing::warn!("ignoring a malformed revocation"),
+                                    }
+                                }
+                                Some(Err(status)) => {
+                                    tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream failed; reconnecting");
+                                    break;
+                                }
+                                None => {
+                                    tracing::info!("revocation stream ended; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                        this.metrics.revocation_watch_up.set(0);
+                    }
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), "watching revocations failed; retrying");
+                    }
+                }
+                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff + jitter) => {}
+                    () = shutdown.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    /// Applies revocations from the engine bus (with Redis: from every auth-service replica)
+    /// until shutdown.
+    pub fn spawn_bus_listener(&self, engine: &Engine, shutdown: Shutdown) -> JoinHandle<()> {
+        let mut bus = engine.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = bus.recv() => message,
+                    () = shutdown.wait() => return,
+                };
+                match message {
+                    Ok(message) if message.channel == REVOCATIONS_CHANNEL => {
+                        match serde_json::from_str::<Revocation>(&message.payload) {
+                            Ok(revocation) => this.apply(&revocation, "bus"),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "ignoring a malformed revocation")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "revocation listener lagged; the watch stream covers"
+                        )
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}
+
+fn parse(message: tollgate_proto::auth::v1::Revocation) -> Option<Revocation> {
+    let tollgate_proto::auth::v1::Revocation {
+        session_id,
+        user_id,
+        revoked_at_ms,
+        reason,
+    } = message;
+    Some(Revocation {
+        session_id: session_id.parse().ok()?,
+        user_id: user_id.parse().ok()?,
+        revoked_at_ms,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::ConnectionHandle;
+
+    #[test]
+    fn revocations_close_the_session_once_and_are_remembered() {
+        let metrics = GatewayMetrics::default();
+        let hub = Hub::new(metrics.clone());
+        let revocations = Revocations::new(Arc::default(), hub.clone(), metrics);
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (handle, mailbox) = ConnectionHandle::new("c1".into(), 4);
+        let _registration = hub.register(user, session, handle);
+        let revocation = Revocation {
+            session_id: session,
+            user_id: user,
+            revoked_at_ms: 1,
+            reason: "logout".into(),
+        };
+        revocations.apply(&revocation, "watch");
+        assert_eq!(*mailbox.close.borrow(), Some(CloseCode::SessionRevoked));
+        assert!(revocations.list().is_revoked(session));
+        assert!(!revocations.list().record(session), "deduplicated");
+    }
+}

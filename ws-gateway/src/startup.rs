@@ -1,0 +1,338 @@
+//! Building and running the gateway: `Application::build` connects to Redis (when configured),
+//! prepares the clients of auth-service and usage-service and binds the listener (port 0
+//! allowed); `run_until_stopped` serves until the shutdown signal, then drains.
+//!
+//! Shutdown, in order: readiness turns 503 and the listener stops accepting; every connection
+//! is sent 1001 and closes (each connection task is tracked); once they are all gone, or the
+//! grace period is over, the background tasks stop and `run_until_stopped` returns.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    routing::{get, post},
+    serve::ListenerExt,
+};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tollgate_shared::{
+    config::{ExposeSecret, SecretString},
+    engine::Engine,
+    events::REVOCATIONS_CHANNEL,
+    health::{self, Readiness},
+    jwks::JwksVerifier,
+    metrics as shared_metrics, serve,
+    service_auth::{ClientCredentials, ServiceTokenSource},
+    shutdown::Shutdown,
+    tokens::VerifierSettings,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    agent::{DemoAgent, Executor},
+    breaker::Breaker,
+    config::Config,
+    delivery::{Delivery, EVENTS_CHANNEL},
+    handshake,
+    hub::Hub,
+    limits::Limits,
+    metrics::GatewayMetrics,
+    publish,
+    revocations::{RevocationList, Revocations},
+    state::Shared,
+    usage::UsageClient,
+    validation::TokenValidator,
+};
+
+/// The audience of the service tokens the gateway accepts (publishers').
+pub const SELF_AUDIENCE: &str = "ws-gateway";
+
+#[derive(Debug)]
+pub struct Application {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    engine: Engine,
+    revocations: Revocations,
+    watch_channel: Channel,
+    auth_tokens: ServiceTokenSource,
+    usage_tokens: ServiceTokenSource,
+}
+
+impl Application {
+    /// Builds the gateway with the demo agent.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let executor = Arc::new(DemoAgent::new().with_think_delay(config.agent_think_delay));
+        Self::build_with_executor(config, shutdown, executor).await
+    }
+
+    /// Builds the gateway with another agent executor.
+    pub async fn build_with_executor(
+        config: Config,
+        shutdown: Shutdown,
+        executor: Arc<dyn Executor>,
+    ) -> anyhow::Result<Self> {
+        check(&config)?;
+        let redis_url = config.redis_url.as_ref().map(ExposeSecret::expose_secret);
+        let engine = Engine::from_url(redis_url, &config.redis_prefix).await?;
+        let auth_channel = upstream_channel(&config.auth_service_url, config.upstream_timeout)
+            .map_err(|err| anyhow::anyhow!("AUTH_SERVICE_URL: {err}"))?;
+        let usage_channel = upstream_channel(&config.usage_service_url, config.upstream_timeout)
+            .map_err(|err| anyhow::anyhow!("USAGE_SERVICE_URL: {err}"))?;
+        let watch_channel = streaming_channel(&config.auth_service_url)
+            .map_err(|err| anyhow::anyhow!("AUTH_SERVICE_URL: {err}"))?;
+
+        let mut registry = Registry::with_prefix("tollgate");
+        let metrics = GatewayMetrics::register(&mut registry);
+        let jwks = JwksVerifier::new(
+            auth_channel.clone(),
+            VerifierSettings {
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+                service_audience: SELF_AUDIENCE.into(),
+                leeway: config.jwt_leeway,
+            },
+            Duration::from_secs(1),
+        );
+        let credentials = |audience: &str, scope: &str| ClientCredentials {
+            client_id: config.service_client_id.clone(),
+            client_secret: SecretString::from(config.service_client_secret.expose_secret()),
+            audience: audience.into(),
+            scopes: vec![scope.into()],
+        };
+        let auth_tokens = ServiceTokenSource::start(
+            auth_channel.clone(),
+            credentials("auth-service", "auth.validate"),
+            shutdown.clone(),
+        );
+        let usage_tokens = ServiceTokenSource::start(
+            auth_channel.clone(),
+            credentials("usage-service", "usage.check"),
+            shutdown.clone(),
+        );
+
+        let hub = Hub::new(metrics.clone());
+        let revoked = Arc::new(RevocationList::default());
+        let revocations = Revocations::new(revoked.clone(), hub.clone(), metrics.clone());
+        let breaker = Breaker::new(
+            config.breaker_failures,
+            config.breaker_cool_down,
+            metrics.breaker_state.clone(),
+        );
+        let validator = TokenValidator::new(
+            jwks.clone(),
+            auth_channel,
+            auth_tokens.interceptor(),
+            breaker,
+            revoked.clone(),
+            config.auth_mode,
+            config.validation_cache_ttl,
+            metrics.clone(),
+        );
+        let usage = UsageClient::new(usage_channel, usage_tokens.interceptor(), metrics.clone());
+        let limits = Limits::new(
+            engine.clone(),
+            usage,
+            config.connect_rate,
+            config.usage_fail_open,
+            config.emergency_limit,
+            metrics.clone(),
+        );
+        let delivery = Delivery::new(engine.clone(), hub.clone(), metrics.clone());
+        let listener = serve::bind(config.addr, "GATEWAY_ADDR").await?;
+        let shared = Arc::new(Shared::new(
+            config,
+            validator,
+            jwks,
+            limits,
+            hub,
+            revoked,
+            delivery,
+            executor,
+            metrics,
+            Readiness::new(),
+            shutdown,
+        ));
+        Ok(Self {
+            shared,
+            listener,
+            registry: Arc::new(registry),
+            engine,
+            revocations,
+            watch_channel,
+            auth_tokens,
+            usage_tokens,
+        })
+    }
+
+    /// The state connections share, for tests that drive a connection without a socket.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until the shutdown signal fires, then drains (see the module documentation).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            shared,
+            listener,
+            registry,
+            engine,
+            revocations,
+            watch_channel,
+            auth_tokens,
+            usage_tokens,
+        } = self;
+        let shutdown = shared.shutdown.clone();
+        let jwks = shared.validator.jwks().clone();
+        let mut tasks: Vec<JoinHandle<()>> = vec![
+            jwks.spawn_refresher(Duration::from_secs(60), shutdown.clone()),
+            revocations.spawn_watcher(watch_channel, auth_tokens.interceptor(), shutdown.clone()),
+            revocations.spawn_bus_listener(&engine, shutdown.clone()),
+            shared.delivery.spawn_listener(shutdown.clone()),
+            spawn_readiness(&shared, auth_tokens, usage_tokens),
+        ];
+        tasks.extend(engine.spawn_relay(&[EVENTS_CHANNEL, REVOCATIONS_CHANNEL], shutdown.clone()));
+
+        let router = Router::new()
+            .route("/ws", get(handshake::upgrade))
+            .route("/v1/publish", post(publish::publish))
+            .with_state(Arc::clone(&shared))
+            .merge(health::routes(shared.readiness.clone()))
+            .merge(shared_metrics::routes(registry));
+        let http_shutdown = shutdown.clone();
+        let server = axum::serve(
+            listener.tap_io(|tcp| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %err, "TCP_NODELAY could not be set");
+                }
+            }),
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.wait().await });
+        let connections = shared.connections.clone();
+        let drained = async move {
+            let served = server.await;
+            // No new connections from here on; wait for the open ones to close (1001).
+            connections.close();
+            connections.wait().await;
+            served
+        };
+        let grace = shared.config.shutdown_grace;
+        let result = tokio::select! {
+            served = drained => served.context("serving HTTP"),
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(
+                    open = shared.connections.len(),
+                    "connections did not close within the grace period"
+                );
+                Ok(())
+            }
+        };
+        shutdown.trigger();
+        shared.readiness.set_ready(false);
+        for task in tasks {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+/// Ready once the JWKS is loaded and both service tokens are in hand; not ready from the
+/// moment shutdown starts.
+fn spawn_readiness(
+    shared: &Arc<Shared>,
+    auth_tokens: ServiceTokenSource,
+    usage_tokens: ServiceTokenSource,
+) -> JoinHandle<()> {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let shutdown = shared.shutdown.clone();
+        let wait = async {
+            loop {
+                let ready = shared.validator.jwks().has_keys()
+                    && auth_tokens.header().is_some()
+                    && usage_tokens.header().is_some();
+                if ready {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            () = wait => shared.readiness.set_ready(true),
+            () = shutdown.wait() => {}
+        }
+        shutdown.wait().await;
+        shared.readiness.set_ready(false);
+        // Keep the token sources alive (their refresh tasks stop with them) until shutdown.
+        drop((auth_tokens, usage_tokens));
+    })
+}
+
+/// Calls in flight to one upstream service. Each call holds an encode buffer of several KiB
+/// until it completes, so without a cap a burst (ten thousand clients disconnecting at once,
+/// each releasing its lease) would cost tens of megabytes at once; callers beyond the cap wait
+/// their turn, within their timeout.
+const UPSTREAM_CONCURRENCY: usize = 256;
+
+/// A channel for unary calls: connect and request timeouts (every call is bounded) and a cap
+/// on the calls in flight.
+fn upstream_channel(url: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .concurrency_limit(UPSTREAM_CONCURRENCY)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// A channel for long-lived streams: no per-request timeout (the stream would be cut), HTTP/2
+/// keep-alive to notice a dead peer.
+fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Configuration values that parse but cannot work, named by their variable.
+fn check(config: &Config) -> anyhow::Result<()> {
+    let rules = [
+        (
+            config.max_frame_bytes >= 1024,
+            "GATEWAY_MAX_FRAME_BYTES: must be at least 1024",
+        ),
+        (
+            config.send_queue >= 1,
+            "GATEWAY_SEND_QUEUE: must be at least 1",
+        ),
+        (
+            !config.ping_interval.is_zero(),
+            "GATEWAY_PING_INTERVAL: must be more than 0",
+        ),
+        (
+            (Duration::from_secs(15)..=Duration::from_secs(3600)).contains(&config.lease_ttl),
+            "GATEWAY_LEASE_TTL: must be between 15s and 1h",
+        ),
+        (
+            !config.service_client_secret.expose_secret().is_empty(),
+            "SERVICE_CLIENT_SECRET: must not be empty",
+        ),
+    ];
+    for (ok, message) in rules {
+        anyhow::ensure!(ok, "{message}");
+    }
+    Ok(())
+}

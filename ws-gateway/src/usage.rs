@@ -1,0 +1,245 @@
+//! The gateway's side of usage-service: one client with the gateway's service token and trace
+//! context on every call, a timeout on every call (the channel's), and the proto messages
+//! converted to the few facts the gateway acts on.
+
+use std::{future::Future, time::Duration};
+
+use tokio::time::Instant;
+use tollgate_proto::usage::v1::{self as pb, usage_service_client::UsageServiceClient};
+use tollgate_shared::service_auth::ServiceAuthInterceptor;
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use uuid::Uuid;
+
+use crate::metrics::GatewayMetrics;
+
+type Client = UsageServiceClient<InterceptedService<Channel, ServiceAuthInterceptor>>;
+
+/// usage-service could not give an answer (down, slow, or refusing the gateway itself).
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("usage-service call failed: {code:?}")]
+pub struct Unavailable {
+    pub code: Code,
+}
+
+/// Why usage-service said no.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    PlanFeatureMissing,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    /// A denial without a reason (should not happen).
+    Unspecified,
+}
+
+impl Denial {
+    fn from_pb(reason: i32) -> Self {
+        match pb::DenyReason::try_from(reason) {
+            Ok(pb::DenyReason::PlanFeatureMissing) => Self::PlanFeatureMissing,
+            Ok(pb::DenyReason::PermissionDenied) => Self::PermissionDenied,
+            Ok(pb::DenyReason::QuotaExceeded) => Self::QuotaExceeded,
+            Ok(pb::DenyReason::RateLimited) => Self::RateLimited,
+            Ok(pb::DenyReason::Unspecified) | Err(_) => Self::Unspecified,
+        }
+    }
+}
+
+/// The answer of `Consume` or `Authorize`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied {
+        reason: Denial,
+        retry_after: Duration,
+        upgrade_to: Option<String>,
+    },
+}
+
+/// The answer of `AcquireConnection`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    pub granted: bool,
+    pub active: u32,
+    pub limit: u32,
+}
+
+/// A user's plan and roles, as far as usage-service could tell at connect time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub plan: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UsageClient {
+    client: Client,
+    metrics: GatewayMetrics,
+}
+
+impl UsageClient {
+    pub fn new(
+        channel: Channel,
+        interceptor: ServiceAuthInterceptor,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            client: UsageServiceClient::with_interceptor(channel, interceptor),
+            metrics,
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let result = call(self.client.clone()).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.upstream(method, outcome, started.elapsed());
+        result.map(tonic::Response::into_inner).map_err(|status| {
+            tracing::warn!(method, code = ?status.code(), message = status.message(), "usage-service call failed");
+            Unavailable {
+                code: status.code(),
+            }
+        })
+    }
+
+    /// Plan and roles; a failure yields what is known (`unknown`, no roles) and never blocks a
+    /// connection.
+    pub async fn profile(&self, user: Uuid) -> Profile {
+        let subscription = self.call("GetSubscription", |mut client| async move {
+            client
+                .get_subscription(pb::GetSubscriptionRequest {
+                    user_id: user.to_string(),
+                })
+                .await
+        });
+        let permissions = self.call("ListPermissions", |mut client| async move {
+            client
+                .list_permissions(pb::ListPermissionsRequest {
+                    user_id: user.to_string(),
+                })
+                .await
+        });
+        let (subscription, permissions) = tokio::join!(subscription, permissions);
+        Profile {
+            plan: subscription.map_or_else(|_| "unknown".into(), |s| s.plan_id),
+            roles: permissions.map(|p| p.roles).unwrap_or_default(),
+        }
+    }
+
+    pub async fn authorize(&self, user: Uuid, action: &str) -> Result<Verdict, Unavailable> {
+        let action = action.to_owned();
+        let answer = self
+            .call("Authorize", |mut client| async move {
+                client
+                    .authorize(pb::AuthorizeRequest {
+                        user_id: user.to_string(),
+                        action,
+                    })
+                    .await
+            })
+            .await?;
+        let pb::AuthorizeResponse {
+            allowed,
+            reason,
+            upgrade_to,
+            plan_id: _,
+            roles: _,
+        } = answer;
+        Ok(if allowed {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied {
+                reason: Denial::from_pb(reason),
+                retry_after: Duration::ZERO,
+                upgrade_to,
+            }
+        })
+    }
+
+    pub async fn consume(
+        &self,
+        user: Uuid,
+        meter: &'static str,
+        amount: u64,
+        key: String,
+    ) -> Result<Verdict, Unavailable> {
+        let answer = self
+            .call("Consume", |mut client| async move {
+                client
+                    .consume(pb::ConsumeRequest {
+                        user_id: user.to_string(),
+                        meter: meter.into(),
+                        amount,
+                        idempotency_key: key,
+                    })
+                    .await
+            })
+            .await?;
+        let pb::ConsumeResponse {
+            allowed,
+            reason,
+            remaining: _,
+            limit: _,
+            reset_at_ms: _,
+            retry_after_ms,
+            upgrade_to,
+        } = answer;
+        Ok(if allowed {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied {
+                reason: Denial::from_pb(reason),
+                retry_after: Duration::from_millis(retry_after_ms),
+                upgrade_to,
+            }
+        })
+    }
+
+    pub async fn acquire_connection(
+        &self,
+        user: Uuid,
+        connection_id: &str,
+        ttl: Duration,
+    ) -> Result<LeaseAnswer, Unavailable> {
+        let connection_id = connection_id.to_owned();
+        let ttl_seconds = ttl.as_secs().clamp(5, 3600) as u32;
+        let answer = self
+            .call("AcquireConnection", |mut client| async move {
+                client
+                    .acquire_connection(pb::AcquireConnectionRequest {
+                        user_id: user.to_string(),
+                        connection_id,
+                        ttl_seconds,
+                    })
+                    .await
+            })
+            .await?;
+        let pb::AcquireConnectionResponse {
+            granted,
+            active,
+            limit,
+        } = answer;
+        Ok(LeaseAnswer {
+            granted,
+            active,
+            limit,
+        })
+    }
+
+    pub async fn release_connection(&self, user: Uuid, connection_id: &str) {
+        let connection_id = connection_id.to_owned();
+        let _ = self
+            .call("ReleaseConnection", |mut client| async move {
+                client
+                    .release_connection(pb::ReleaseConnectionRequest {
+                        user_id: user.to_string(),
+                        connection_id,
+                    })
+                    .await
+            })
+            .await;
+    }
+}

@@ -1,0 +1,267 @@
+//! Deciding whether an access token opens (or keeps open) a connection.
+//!
+//! How the local fast path and auth-service's `ValidateToken` combine, in order:
+//!
+//! 1. **Local verification** against the cached JWKS ([`JwksVerifier`]): size, header,
+//!    algorithm, key id, signature, `iss`, `aud`, `exp`/`nbf` with leeway. Garbage, `alg:
+//!    none`, tampered, expired and unknown-`kid` tokens are refused here without a network call
+//!    (an unknown `kid` refreshes the JWKS at a bounded rate first, so a rotated key is picked
+//!    up). This is what keeps a flood of junk from reaching auth-service.
+//! 2. **Cached revocation list**: a session the gateway has heard revoked is refused.
+//! 3. **Positive cache**: a token auth-service confirmed within the last few seconds
+//!    (`GATEWAY_VALIDATION_CACHE_TTL`, never past its `exp`) is accepted again. Reconnect storms
+//!    cost one call per token, not one per connection.
+//! 4. **`ValidateToken`** through the circuit breaker, for what only auth-service knows: whether
+//!    the session is still live (revoked, logged out everywhere, refresh-token reuse). Its
+//!    refusal is final; a revoked session goes on the revocation list.
+//! 5. **auth-service unreachable** (breaker open, or the call failed): in `degraded` mode the
+//!    locally verified, not-known-revoked token is accepted; in `strict` mode the answer is
+//!    "unavailable" (503 at the upgrade, 1013 in-band).
+//!
+//! Every outcome is counted in `gateway_auth_outcomes` by reason.
+
+use std::{sync::Arc, time::Duration};
+
+use quick_cache::sync::Cache;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tollgate_proto::auth::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient};
+use tollgate_shared::{
+    jwks::JwksVerifier, service_auth::ServiceAuthInterceptor, time::unix_now, tokens::TokenError,
+};
+use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
+use uuid::Uuid;
+
+use crate::{
+    breaker::Breaker, config::AuthMode, metrics::GatewayMetrics, revocations::RevocationList,
+};
+
+type Client = AuthServiceClient<InterceptedService<Channel, ServiceAuthInterceptor>>;
+
+/// Tokens confirmed by auth-service, remembered briefly.
+const CACHED_TOKENS: usize = 50_000;
+
+/// Who a valid token speaks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Why a token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("{0}")]
+    Invalid(TokenError),
+    /// auth-service cannot be asked and the mode is `strict`.
+    #[error("authentication is unavailable")]
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct TokenValidator {
+    jwks: JwksVerifier,
+    client: Client,
+    breaker: Breaker,
+    revoked: Arc<RevocationList>,
+    confirmed: Cache<[u8; 32], (Identity, Instant)>,
+    mode: AuthMode,
+    cache_ttl: Duration,
+    metrics: GatewayMetrics,
+}
+
+impl TokenValidator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        jwks: JwksVerifier,
+        channel: Channel,
+        interceptor: ServiceAuthInterceptor,
+        breaker: Breaker,
+        revoked: Arc<RevocationList>,
+        mode: AuthMode,
+        cache_ttl: Duration,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            jwks,
+            client: AuthServiceClient::with_interceptor(channel, interceptor),
+            breaker,
+            revoked,
+            confirmed: Cache::new(CACHED_TOKENS),
+            mode,
+            cache_ttl,
+            metrics,
+        }
+    }
+
+    pub fn jwks(&self) -> &JwksVerifier {
+        &self.jwks
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The token's identity, or why not. See the module documentation for the order.
+    #[tracing::instrument(skip_all, fields(outcome = tracing::field::Empty))]
+    pub async fn validate(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let result = self.decide(token).await;
+        let (outcome, reason) = match &result {
+            Ok((_, how)) => ("accepted", *how),
+            Err(AuthFailure::Invalid(err)) => ("rejected", err.reason()),
+            Err(AuthFailure::Unavailable) => ("unavailable", "auth_unavailable"),
+        };
+        self.metrics.auth(outcome, reason);
+        tracing::Span::current().record("outcome", reason);
+        result.map(|(identity, _)| identity)
+    }
+
+    async fn decide(&self, token: &str) -> Result<(Identity, &'static str), AuthFailure> {
+        let verified = self
+            .jwks
+            .verify_access(token)
+            .await
+            .map_err(AuthFailure::Invalid)?;
+        let claims = verified.claims;
+        let identity = Identity {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            expires_at: claims.exp,
+        };
+        if self.revoked.is_revoked(identity.session_id) {
+            return Err(AuthFailure::Invalid(TokenError::Revoked));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((cached, until)) = self.confirmed.get(&digest)
+            && Instant::now() < until
+        {
+            return Ok((cached, "cached"));
+        }
+
+        let Some(permit) = self.breaker.try_call() else {
+            return self.fallback(identity);
+        };
+        let started = Instant::now();
+        let answer = self
+            .client
+            .clone()
+            .validate_token(ValidateTokenRequest {
+                token: token.to_owned(),
+            })
+            .await;
+        let elapsed = started.elapsed();
+        match answer {
+            Ok(response) => {
+                permit.success();
+                self.metrics.upstream("ValidateToken", "ok", elapsed);
+                let response = response.into_inner();
+                if response.user_id != identity.user_id.to_string()
+                    || response.session_id != identity.session_id.to_string()
+                {
+                    // auth-service and the JWKS disagree about the same token: refuse it.
+                    tracing::error!("ValidateToken answered for another user or session");
+                    return Err(AuthFailure::Invalid(TokenError::BadSignature));
+                }
+                let left = Duration::from_secs(
+                    identity.expires_at.saturating_sub(unix_now()).max(0) as u64,
+                );
+                self.confirmed.insert(
+                    digest,
+                    (identity, Instant::now() + self.cache_ttl.min(left)),
+                );
+                Ok((identity, "validated"))
+            }
+            Err(status) if refusal(status.code()) => {
+                permit.success();
+                self.metrics.upstream("ValidateToken", "refused", elapsed);
+                let err = reason_of(&status);
+                if err == TokenError::Revoked {
+                    self.revoked.record(identity.session_id);
+                }
+                Err(AuthFailure::Invalid(err))
+            }
+            Err(status) => {
+                permit.failure();
+                self.metrics.upstream("ValidateToken", "error", elapsed);
+                if status.code() == Code::PermissionDenied {
+                    tracing::error!(
+                        "auth-service refuses the gateway's service token: is auth.validate granted?"
+                    );
+                } else {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "ValidateToken failed");
+                }
+                self.fallback(identity)
+            }
+        }
+    }
+
+    fn fallback(&self, identity: Identity) -> Result<(Identity, &'static str), AuthFailure> {
+        match self.mode {
+            AuthMode::Degraded => Ok((identity, "degraded")),
+            AuthMode::Strict => Err(AuthFailure::Unavailable),
+        }
+    }
+}
+
+/// Codes by which auth-service refuses the token itself (as opposed to failing to answer).
+fn refusal(code: Code) -> bool {
+    matches!(code, Code::Unauthenticated | Code::InvalidArgument)
+}
+
+/// The `TokenError` behind auth-service's machine-readable reason.
+fn reason_of(status: &tonic::Status) -> TokenError {
+    const ALL: [TokenError; 13] = [
+        TokenError::Missing,
+        TokenError::TooLarge,
+        TokenError::Malformed,
+        TokenError::UnsupportedAlgorithm,
+        TokenError::WrongType,
+        TokenError::UnknownKey,
+        TokenError::BadSignature,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::WrongIssuer,
+        TokenError::WrongAudience,
+        TokenError::Revoked,
+        TokenError::InsufficientScope,
+    ];
+    let reason = status
+        .metadata()
+        .get("tollgate-reason")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    ALL.into_iter()
+        .find(|err| err.reason() == reason)
+        .unwrap_or(if status.code() == Code::InvalidArgument {
+            TokenError::Malformed
+        } else {
+            TokenError::Revoked
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_service_reasons_map_back_to_token_errors() {
+        let mut status = tonic::Status::unauthenticated("revoked");
+        status
+            .metadata_mut()
+            .insert("tollgate-reason", "session_revoked".parse().unwrap());
+        assert_eq!(reason_of(&status), TokenError::Revoked);
+        let mut status = tonic::Status::unauthenticated("expired");
+        status
+            .metadata_mut()
+            .insert("tollgate-reason", "token_expired".parse().unwrap());
+        assert_eq!(reason_of(&status), TokenError::Expired);
+        assert_eq!(
+            reason_of(&tonic::Status::invalid_argument("?")),
+            TokenError::Malformed
+        );
+        assert!(refusal(Code::Unauthenticated));
+        assert!(!refusal(Code::Unavailable));
+    }
+}

@@ -1,0 +1,20 @@
+#![allow(clippy::unwrap_used)]
+
+//! ws-gateway's behavioural suite: real auth-service and usage-service applications, one or
+//! two real gateways on real listeners, and a real WebSocket client, on the embedded default
+//! (SQLite, in-process engine) and on PostgreSQL + Redis.
+
+mod client;
+mod helpers;
+
+use tollgate_shared::both_backends;
+
+mod connect;
+mod faults;
+mod frames;
+mod lifecycle;
+mod limits;
+mod nodes;
+mod publish;
+mod runs;
+mod shutdown;
