@@ -34,7 +34,7 @@ pub struct Config {
     pub usage_service_url: String,
 
     /// `redis://…`. Unset: the in-process engine (a single gateway node).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key and channel; must match auth-service's to hear its
@@ -46,8 +46,14 @@ pub struct Config {
     #[arg(long, env = "SERVICE_CLIENT_ID", default_value = "ws-gateway")]
     pub service_client_id: String,
 
-    /// This gateway's client secret at auth-service.
-    #[arg(long, env = "SERVICE_CLIENT_SECRET")]
+    /// This gateway's client secret at auth-service (required).
+    #[arg(
+        long,
+        env = "SERVICE_CLIENT_SECRET",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub service_client_secret: SecretString,
 
     /// Expected `iss` of tokens.

@@ -173,7 +173,7 @@ impl TokenValidator {
                 );
                 Ok((identity, "validated"))
             }
-            Err(status) if refusal(status.code()) => {
+            Err(status) if refusal(&status) => {
                 permit.success();
                 self.metrics.upstream("ValidateToken", "refused", elapsed);
                 let err = reason_of(&status);
@@ -205,9 +205,12 @@ impl TokenValidator {
     }
 }
 
-/// Codes by which auth-service refuses the token itself (as opposed to failing to answer).
-fn refusal(code: Code) -> bool {
-    matches!(code, Code::Unauthenticated | Code::InvalidArgument)
+/// Whether auth-service refused the user's token itself (as opposed to failing to answer, or
+/// refusing the gateway's own credentials: the user's token is never empty here, so a missing
+/// token can only be the gateway's service token).
+fn refusal(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument)
+        && reason_of(status) != TokenError::Missing
 }
 
 /// The `TokenError` behind auth-service's machine-readable reason.
@@ -261,7 +264,14 @@ mod tests {
             reason_of(&tonic::Status::invalid_argument("?")),
             TokenError::Malformed
         );
-        assert!(refusal(Code::Unauthenticated));
-        assert!(!refusal(Code::Unavailable));
+        assert!(refusal(&status));
+        assert!(!refusal(&tonic::Status::unavailable("down")));
+        let mut ours = tonic::Status::unauthenticated("no token");
+        ours.metadata_mut()
+            .insert("tollgate-reason", "token_missing".parse().unwrap());
+        assert!(
+            !refusal(&ours),
+            "a refusal of the gateway's own credentials"
+        );
     }
 }

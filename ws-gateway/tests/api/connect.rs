@@ -44,7 +44,11 @@ async fn each_token_position_connects(backend: Backend) {
 }
 
 /// Tokens that must never open a connection.
-fn hostile_tokens(services: &Services, valid: &str) -> Vec<(&'static str, String)> {
+fn hostile_tokens(
+    services: &Services,
+    pair: &tollgate_proto::auth::v1::TokenPair,
+) -> Vec<(&'static str, String)> {
+    let valid = &pair.access_token;
     let (header, rest) = valid.split_once('.').unwrap();
     let (payload, signature) = rest.split_once('.').unwrap();
     let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"at+jwt"}"#);
@@ -73,6 +77,7 @@ fn hostile_tokens(services: &Services, valid: &str) -> Vec<(&'static str, String
         ),
         ("unknown kid", unknown_kid),
         ("20 KB", "a".repeat(20 * 1024)),
+        ("expired", services.mint(pair, -120)),
     ]
 }
 
@@ -81,7 +86,7 @@ async fn hostile_tokens_are_refused_in_every_position() {
     let services = Services::spawn(Backend::Embedded).await;
     let gateway = Gateway::start(services.gateway_config()).await;
     let pair = services.register().await;
-    for (what, token) in hostile_tokens(&services, &pair.access_token) {
+    for (what, token) in hostile_tokens(&services, &pair) {
         for present in [Present::Header(&token), Present::Subprotocol(&token)] {
             let refused = gateway
                 .connect(present)
@@ -177,6 +182,26 @@ async fn in_band_authentication_must_come_first_and_in_time() {
         (error["code"].as_str(), error["id"].as_str()),
         (Some("already_authenticated"), Some("a2"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_gets_json_answers() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let gateway = Gateway::start(services.gateway_config()).await;
+    let response = reqwest::get(gateway.url("/ws")).await.unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "websocket_required");
+    let health = reqwest::get(gateway.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = gateway.metrics().await;
+    for series in [
+        "tollgate_gateway_connections_active",
+        "tollgate_gateway_auth_breaker_state",
+        "tollgate_gateway_revocation_watch_up",
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
 }
 
 both_backends!(each_token_position_connects);

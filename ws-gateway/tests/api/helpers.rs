@@ -199,16 +199,17 @@ impl Services {
     }
 
     /// A token for `pair`'s user and session, signed with the active key, expiring in
-    /// `ttl_secs` (for expiry tests).
+    /// `ttl_secs` (negative: already expired).
     pub fn mint(&self, pair: &auth_pb::TokenPair, ttl_secs: i64) -> String {
         let now = unix_now();
+        let issued = now.min(now + ttl_secs - 60);
         let claims = AccessClaims {
             iss: self.auth_config.issuer.clone(),
             sub: pair.user_id.parse().unwrap(),
             aud: self.auth_config.audience.clone(),
             exp: now + ttl_secs,
-            iat: now,
-            nbf: now,
+            iat: issued,
+            nbf: issued,
             jti: Uuid::new_v4().to_string(),
             sid: pair.session_id.parse().unwrap(),
         };
