@@ -22,7 +22,7 @@ use crate::{
     hub::ConnectionHandle,
     limits::{Lease, Meter, Metered},
     protocol::{ClientMessage, Outbound, RequestId, ServerMessage},
-    runs::{RunContext, Runs, UsageToolGate},
+    runs::{Finished, RunContext, Runs, UsageToolGate},
     state::Shared,
     validation::{AuthFailure, Identity},
 };
@@ -59,7 +59,7 @@ enum Event {
     Ping,
     Renew,
     Renewed(Lease),
-    RunFinished,
+    RunFinished(Finished),
     Shutdown,
 }
 
@@ -159,7 +159,7 @@ impl Live {
                 _ = ping.tick() => Event::Ping,
                 _ = renew.tick(), if renewal.is_none() => Event::Renew,
                 lease = poll(&mut renewal), if renewal.is_some() => Event::Renewed(lease),
-                () = next_finished(&mut self.runs) => Event::RunFinished,
+                finished = next_finished(&mut self.runs) => Event::RunFinished(finished),
                 () = self.shared.shutdown.wait() => Event::Shutdown,
             };
             match event {
@@ -209,7 +209,8 @@ impl Live {
                         Lease::Unavailable => {}
                     }
                 }
-                Event::RunFinished => {}
+                Event::RunFinished(Finished::Ended) => {}
+                Event::RunFinished(Finished::Crashed) => return End::Close(CloseCode::Internal),
                 Event::Shutdown => return End::Close(CloseCode::GoingAway),
             }
         }
@@ -399,7 +400,7 @@ impl Live {
 }
 
 /// The next run to end, if the connection has runs (pending forever otherwise).
-async fn next_finished(runs: &mut Option<Runs>) {
+async fn next_finished(runs: &mut Option<Runs>) -> Finished {
     match runs {
         Some(runs) => runs.next_finished().await,
         None => std::future::pending().await,

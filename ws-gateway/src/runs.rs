@@ -105,6 +105,15 @@ pub struct Runs {
     max: usize,
 }
 
+/// How a run task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// It returned (completed, cancelled, failed or disconnected).
+    Ended,
+    /// It panicked.
+    Crashed,
+}
+
 impl Runs {
     pub fn new(max: usize) -> Self {
         Self {
@@ -220,16 +229,20 @@ impl Runs {
         }
     }
 
-    /// Waits for the next run to end (pending forever when there is none).
-    pub async fn next_finished(&mut self) {
+    /// Waits for the next run to end (pending forever when there is none) and says whether it
+    /// ended in a panic: a bug in an executor, after which the connection is closed with 1011
+    /// rather than left with a run that will never answer.
+    pub async fn next_finished(&mut self) -> Finished {
         match self.tasks.join_next().await {
             Some(Ok(run_id)) => {
                 self.cancels.remove(&run_id);
+                Finished::Ended
             }
             Some(Err(err)) => {
                 tracing::error!(error = %err, "a run task failed");
                 let failed = err.id();
                 self.cancels.retain(|_, (_, task)| *task != failed);
+                Finished::Crashed
             }
             None => std::future::pending().await,
         }

@@ -272,8 +272,19 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway and waits until it reports ready.
     pub async fn start(config: Config) -> Self {
+        let executor = std::sync::Arc::new(
+            ws_gateway::agent::DemoAgent::new().with_think_delay(config.agent_think_delay),
+        );
+        Self::start_with_executor(config, executor).await
+    }
+
+    /// Starts a gateway whose runs use `executor`.
+    pub async fn start_with_executor(
+        config: Config,
+        executor: std::sync::Arc<dyn ws_gateway::agent::Executor>,
+    ) -> Self {
         let shutdown = Shutdown::new();
-        let app = Application::build(config, shutdown.clone())
+        let app = Application::build_with_executor(config, shutdown.clone(), executor)
             .await
             .expect("the gateway builds");
         let addr = app.addr();

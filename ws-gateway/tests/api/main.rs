@@ -9,6 +9,7 @@ mod helpers;
 
 use tollgate_shared::both_backends;
 
+mod closing;
 mod connect;
 mod faults;
 mod frames;
