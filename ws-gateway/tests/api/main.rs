@@ -12,6 +12,7 @@ use tollgate_shared::both_backends;
 mod closing;
 mod connect;
 mod faults;
+mod flood;
 mod frames;
 mod lifecycle;
 mod limits;
