@@ -22,9 +22,18 @@ pub fn parse_socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
 
 /// Turns a clap parse failure into one clear line on stderr and a non-zero exit.
 ///
-/// `--help` and `--version` still print normally and exit 0.
+/// `--help` and `--version` still print normally and exit 0. Every option read from an
+/// environment variable `X` can also come from a file named by `X_FILE` (Docker and Kubernetes
+/// secrets are mounted as files), see [`file_arguments`].
 pub fn parse_or_exit<T: clap::Parser>() -> T {
-    match T::try_parse() {
+    let arguments = match file_arguments::<T>(|name| std::env::var_os(name)) {
+        Ok(from_files) => std::env::args_os().chain(from_files),
+        Err(line) => {
+            eprintln!("{line}");
+            std::process::exit(2);
+        }
+    };
+    match T::try_parse_from(arguments) {
         Ok(config) => config,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
@@ -32,6 +41,33 @@ pub fn parse_or_exit<T: clap::Parser>() -> T {
             std::process::exit(2);
         }
     }
+}
+
+/// Arguments for the options whose environment variable `X` is unset but `X_FILE` names a file:
+/// `--option <the file's contents, without the trailing newline>`. An unreadable file is an
+/// error naming the variable (never the contents).
+pub fn file_arguments<T: clap::CommandFactory>(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, String> {
+    let mut arguments = Vec::new();
+    for argument in T::command().get_arguments() {
+        let (Some(variable), Some(long)) = (argument.get_env(), argument.get_long()) else {
+            continue;
+        };
+        let variable = variable.to_string_lossy();
+        let file_variable = format!("{variable}_FILE");
+        if env(&variable).is_some() {
+            continue;
+        }
+        let Some(path) = env(&file_variable) else {
+            continue;
+        };
+        let contents = std::fs::read_to_string(&path)
+            .map_err(|err| format!("{file_variable}: cannot read {path:?}: {err}"))?;
+        arguments.push(format!("--{long}").into());
+        arguments.push(contents.trim_end_matches(['\r', '\n']).to_owned().into());
+    }
+    Ok(arguments)
 }
 
 /// One line for a configuration error, naming the environment variable behind the argument.
@@ -81,6 +117,53 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Secrets {
+        #[arg(long, env = "TOLLGATE_TEST_ONLY_SECRET")]
+        secret: String,
+        #[arg(long, env = "TOLLGATE_TEST_ONLY_NAME", default_value = "x")]
+        name: String,
+    }
+
+    #[test]
+    fn a_variable_can_come_from_the_file_its_file_variable_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret-from-a-file\n").unwrap();
+        let env = |name: &str| {
+            (name == "TOLLGATE_TEST_ONLY_SECRET_FILE").then(|| path.clone().into_os_string())
+        };
+        let arguments = file_arguments::<Secrets>(env).unwrap();
+        let parsed: Secrets = clap::Parser::try_parse_from(
+            std::iter::once(std::ffi::OsString::from("test")).chain(arguments),
+        )
+        .unwrap();
+        assert_eq!(parsed.secret, "s3cret-from-a-file");
+        assert_eq!(parsed.name, "x");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_is_named_by_its_variable() {
+        let env = |name: &str| {
+            (name == "TOLLGATE_TEST_ONLY_SECRET_FILE").then(|| "/nonexistent/secret".into())
+        };
+        let err = file_arguments::<Secrets>(env).unwrap_err();
+        assert!(
+            err.starts_with("TOLLGATE_TEST_ONLY_SECRET_FILE: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_set_variable_wins_over_its_file() {
+        let env = |name: &str| match name {
+            "TOLLGATE_TEST_ONLY_SECRET" => Some("direct".into()),
+            "TOLLGATE_TEST_ONLY_SECRET_FILE" => Some("/nonexistent/secret".into()),
+            _ => None,
+        };
+        assert!(file_arguments::<Secrets>(env).unwrap().is_empty());
     }
 
     #[test]

@@ -30,12 +30,15 @@ async fn shutdown_closes_every_connection_with_1001() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_drains_on_sigterm_exits_0_and_never_logs_a_token() {
     let services = Services::spawn(Backend::Embedded).await;
+    let secret_file = std::env::temp_dir().join(format!("gateway-secret-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ws-gateway"))
         .env_clear()
         .env("GATEWAY_ADDR", "127.0.0.1:0")
         .env("AUTH_SERVICE_URL", services.auth_url())
         .env("USAGE_SERVICE_URL", services.usage_url())
-        .env("SERVICE_CLIENT_SECRET", SECRET)
+        // The secret comes from a file, as Docker and Kubernetes secrets are mounted.
+        .env("SERVICE_CLIENT_SECRET_FILE", &secret_file)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,6 +129,7 @@ async fn the_binary_drains_on_sigterm_exits_0_and_never_logs_a_token() {
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "{exit:?}");
+    let _ = std::fs::remove_file(&secret_file);
     for reader in readers {
         reader.join().unwrap();
     }
