@@ -3,16 +3,21 @@
 //! `/healthz` answers 200 while the process runs; `/readyz` answers 200 only while the service
 //! is ready and not shutting down, so load balancers drain it first.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
+use tokio::sync::watch;
 
-/// Whether the service should receive traffic. Cloning shares the flag.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the service should receive traffic. Cloning shares the flag; [`Readiness::watch`]
+/// follows its changes (gRPC health mirrors it).
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
 
 impl Readiness {
     pub fn new() -> Self {
@@ -20,11 +25,16 @@ impl Readiness {
     }
 
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.0.send_replace(ready);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        *self.0.borrow()
+    }
+
+    /// A receiver that sees every later change.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
     }
 }
 

@@ -51,9 +51,24 @@ impl Servers {
             shutdown,
             grace,
         } = self;
-        health
-            .set_service_status(service_name, ServingStatus::Serving)
-            .await;
+        // gRPC health of the service follows readiness, so a gRPC readiness probe (Kubernetes'
+        // native one) sends no traffic before the service is ready, nor while it drains.
+        let mirror = {
+            let (health, mut ready) = (health.clone(), readiness.watch());
+            tokio::spawn(async move {
+                loop {
+                    let status = if *ready.borrow_and_update() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    health.set_service_status(service_name, status).await;
+                    if ready.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
 
         let grpc_shutdown = shutdown.clone();
         let grpc = tonic::transport::Server::builder()
@@ -93,12 +108,14 @@ impl Servers {
                 http.await.map_err(anyhow::Error::from)
             })
         };
-        tokio::select! {
+        let result = tokio::select! {
             result = servers => result.map(|_| ()),
             () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("in-flight requests did not finish within the grace period");
                 Ok(())
             }
-        }
+        };
+        mirror.abort();
+        result
     }
 }

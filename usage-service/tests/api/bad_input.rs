@@ -1,5 +1,8 @@
 use tollgate_proto::usage::v1::{AuthorizeRequest, ConsumeRequest, GetUsageRequest};
 use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{both_backends, helpers::*};
 
@@ -214,6 +217,7 @@ async fn becomes_ready_by_itself_once_auth_service_answers() {
         .await
         .unwrap();
     let base = format!("http://{}", app.http_addr());
+    let grpc = format!("http://{}", app.grpc_addr());
     let server = tokio::spawn(app.run_until_stopped());
     let alive = eventually(std::time::Duration::from_secs(10), || async {
         reqwest_get(&format!("{base}/healthz")).await.0 == 200
@@ -221,6 +225,8 @@ async fn becomes_ready_by_itself_once_auth_service_answers() {
     .await;
     assert!(alive);
     assert_eq!(reqwest_get(&format!("{base}/readyz")).await.0, 503);
+    // gRPC health (what a Kubernetes gRPC readiness probe asks) agrees with /readyz.
+    assert_eq!(grpc_health(&grpc).await, Some(ServingStatus::NotServing));
     proxy.restore();
     let ready = eventually(std::time::Duration::from_secs(20), || async {
         reqwest_get(&format!("{base}/readyz")).await.0 == 200
@@ -230,6 +236,20 @@ async fn becomes_ready_by_itself_once_auth_service_answers() {
         ready,
         "usage-service did not become ready after auth-service came back"
     );
+    let serving = eventually(std::time::Duration::from_secs(10), || async {
+        grpc_health(&grpc).await == Some(ServingStatus::Serving)
+    })
+    .await;
+    assert!(serving, "gRPC health did not follow readiness");
     shutdown.trigger();
     server.await.unwrap().unwrap();
+}
+
+async fn grpc_health(url: &str) -> Option<ServingStatus> {
+    let channel = tollgate_shared::grpc::channel(url, std::time::Duration::from_secs(5)).ok()?;
+    let request = HealthCheckRequest {
+        service: "tollgate.usage.v1.UsageService".into(),
+    };
+    let answer = HealthClient::new(channel).check(request).await.ok()?;
+    ServingStatus::try_from(answer.into_inner().status).ok()
 }
