@@ -13,7 +13,7 @@ use opentelemetry::propagation::{Extractor, Injector};
 use tonic::{
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     service::Interceptor,
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -88,15 +88,17 @@ impl Interceptor for TraceInterceptor {
     }
 }
 
-/// A lazily connecting channel with connect and per-request timeouts: no call waits forever.
+/// A lazily connecting channel with connect and per-request timeouts (no call waits forever),
+/// balanced over every address of the host (see [`crate::balance`]).
 pub fn channel(url: &str, request_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
+    crate::balance::balanced_channel(url, move |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(request_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+    })
 }
 
 /// gRPC health (reporter plus service) and reflection over Tollgate's descriptor set.

@@ -3,6 +3,7 @@
 //! plumbing. Nothing here knows about a particular service's domain.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod config;
 pub mod db;
 pub mod engine;

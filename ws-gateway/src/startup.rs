@@ -17,6 +17,7 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tollgate_shared::{
+    balance::balanced_channel,
     config::{ExposeSecret, SecretString},
     engine::Engine,
     events::REVOCATIONS_CHANNEL,
@@ -27,7 +28,7 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{
     agent::{DemoAgent, Executor},
@@ -285,26 +286,28 @@ const UPSTREAM_CONCURRENCY: usize = 256;
 /// A channel for unary calls: connect and request timeouts (every call is bounded) and a cap
 /// on the calls in flight.
 fn upstream_channel(url: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .concurrency_limit(UPSTREAM_CONCURRENCY)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
+    balanced_channel(url, move |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .concurrency_limit(UPSTREAM_CONCURRENCY)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+    })
 }
 
 /// A channel for long-lived streams: no per-request timeout (the stream would be cut), HTTP/2
 /// keep-alive to notice a dead peer.
 fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    balanced_channel(url, |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+    })
 }
 
 /// Configuration values that parse but cannot work, named by their variable.
