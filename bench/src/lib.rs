@@ -12,6 +12,7 @@ pub mod phases;
 pub mod report;
 mod run;
 pub mod server;
+pub mod ws;
 
 use rand::{Rng as _, distributions::Alphanumeric};
 

@@ -1,0 +1,585 @@
+//! `ws-loadgen`: ws-gateway under load, in one bounded run on loopback (see `BENCHMARKS.md`).
+//!
+//! 1. **Connects per second.** Closed-loop clients each open a WebSocket with
+//!    `Authorization: Bearer <access token>`, read `connected` and close, again and again.
+//!    The baseline is the same client loop against an unauthenticated echo server on the same
+//!    server stack (axum, the gateway's WebSocket settings, its own process and runtime), in
+//!    alternating slices (ABBA). Each gateway connect also costs calls to auth-service and
+//!    usage-service; the gateway's own counters tell how many, and the report prints them.
+//! 2. **Publish-to-client latency.** A thousand authenticated connections receive events
+//!    published at a fixed rate through `POST /v1/publish` (open loop); the latency is receive
+//!    time minus send time, and events that never arrive are counted. Once with one connection
+//!    per user (every event its own publish), once fanned out to several connections per user.
+//! 3. **Agent-run round trip.** `run_agent` with `calculator` and `search` until
+//!    `agent_completed`, closed loop, with its usage-service calls.
+//!
+//! Every phase lasts a fixed time and the run stops by itself; nothing is asserted.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use futures::SinkExt as _;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+use tollgate_bench::{
+    cores,
+    load::{Calls, Measurement, Plan, Timing, Workload},
+    ws::{
+        client::{self, Ws},
+        echo,
+        observe::{
+            self, AUTH_OUTCOMES, Counters, DECISIONS, EVENTS_DELIVERED, QUEUE_DROPS, ServerCpu,
+            Split,
+        },
+        publish,
+        stack::{self, Stack, User},
+    },
+};
+use tonic::Status;
+
+/// Targets from the issue.
+const CONNECT_MIN_RATIO: f64 = 0.6;
+const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ws-loadgen",
+    about = "Loads ws-gateway on loopback: connects against an echo baseline, publish latency, agent runs"
+)]
+struct Args {
+    /// The ws-gateway binary (a release build).
+    #[arg(long, default_value = "target/release/ws-gateway")]
+    gateway_bin: PathBuf,
+    /// Measured seconds of each workload.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Slices the measured time of the closed-loop phases is cut into (the connect phase and
+    /// its baseline alternate slice by slice).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Unmeasured warm-up of each workload, in seconds.
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
+    /// Clients connecting and closing in a loop.
+    #[arg(long, default_value_t = 32)]
+    connect_concurrency: usize,
+    /// Connections receiving published events.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Events delivered per second in the publish phases (published per second in the
+    /// one-connection-per-user phase; divided by `--fanout` in the fan-out phase).
+    #[arg(long, default_value_t = 10_000)]
+    events_per_second: u64,
+    /// Connections per user in the fan-out phase.
+    #[arg(long, default_value_t = 10)]
+    fanout: usize,
+    /// Publishing HTTP connections (at most one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    publishers: usize,
+    /// Seconds the receivers keep listening after the last publish.
+    #[arg(long, default_value_t = 1)]
+    drain_seconds: u64,
+    /// Connections running agents in a loop in the loaded agent-run phase (a single one runs
+    /// first, unloaded).
+    #[arg(long, default_value_t = 16)]
+    run_concurrency: usize,
+    /// Phases to run, comma separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::all())]
+    phases: Vec<Phase>,
+    /// The gateway's `RUST_LOG`.
+    #[arg(long, default_value = "info")]
+    rust_log: String,
+    /// Write the gateway's log here (discarded by default).
+    #[arg(long)]
+    gateway_log: Option<PathBuf>,
+    /// Internal: serve the echo baseline (the run starts itself this way).
+    #[arg(long, hide = true)]
+    serve_echo: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    Connect,
+    Publish,
+    Fanout,
+    Runs,
+}
+
+impl Phase {
+    fn all() -> Vec<Self> {
+        vec![Self::Connect, Self::Publish, Self::Fanout, Self::Runs]
+    }
+}
+
+impl Args {
+    fn measure(&self) -> Duration {
+        Duration::from_secs(self.seconds.max(1))
+    }
+
+    fn plan(&self) -> Plan {
+        let rounds = self.rounds.max(1);
+        Plan {
+            warmup: Duration::from_secs(self.warmup_seconds),
+            slice: Timing {
+                settle: Duration::from_millis(250),
+                measure: self.measure() / rounds as u32,
+            },
+            rounds,
+        }
+    }
+
+    fn runs(&self, phase: Phase) -> bool {
+        self.phases.contains(&phase)
+    }
+
+    fn users_needed(&self) -> usize {
+        let mut needed = 1;
+        if self.runs(Phase::Connect) {
+            needed = needed.max(self.connect_concurrency);
+        }
+        if self.runs(Phase::Publish) {
+            needed = needed.max(self.connections);
+        }
+        if self.runs(Phase::Fanout) {
+            needed = needed.max(self.connections.div_ceil(self.fanout.max(1)));
+        }
+        if self.runs(Phase::Runs) {
+            needed = needed.max(self.run_concurrency);
+        }
+        needed
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.serve_echo {
+        return match echo::serve_until_stdin_closes() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("ws-loadgen echo server: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The clients get one worker per core, like the gateway's runtime and the services'.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores())
+        .thread_name("clients")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ws-loadgen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ws-loadgen: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Sockets on each side, plus upstream channels, publishers and spare.
+    let needed = (args.connections + args.publishers + args.connect_concurrency) as u64 + 256;
+    observe::check_open_files(needed)?;
+    progress("starting auth-service and usage-service (SQLite), ws-gateway and the echo server");
+    let stack = Stack::start(&stack::Settings {
+        gateway_bin: args.gateway_bin.clone(),
+        rust_log: args.rust_log.clone(),
+        gateway_log: args.gateway_log.clone(),
+    })
+    .await?;
+    let measured = tokio::select! {
+        measured = measure(&args, &stack) => measured,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = stack.stop().await;
+    let report = measured?;
+    println!("{report}");
+    stopped
+}
+
+fn progress(message: &str) {
+    eprintln!("ws-loadgen: {message}");
+}
+
+/// A row of the results table.
+struct Row {
+    phase: String,
+    clients: String,
+    ops: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+    cpu: Option<Split>,
+    relative: String,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn closed_loop(phase: &str, measurement: &Measurement, cpu: Option<Split>) -> Self {
+        Self {
+            phase: phase.into(),
+            clients: measurement.concurrency.to_string(),
+            ops: measurement.ops_per_sec(),
+            p50: measurement.quantile(0.5),
+            p99: measurement.quantile(0.99),
+            errors: measurement.errors,
+            cpu,
+            relative: "—".into(),
+            target: "—".into(),
+            met: None,
+        }
+    }
+
+    fn render(&self) -> String {
+        let met = match self.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "—",
+        };
+        // CPU time per operation: what one connect, event or run costs each side.
+        let per_op = self.cpu.map_or_else(
+            || "n/a".into(),
+            |cpu| {
+                let micros = |cores: f64| cores / self.ops.max(f64::MIN_POSITIVE) * 1e6;
+                format!("{:.0} / {:.0} µs", micros(cpu.own), micros(cpu.server))
+            },
+        );
+        format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {per_op} | {} | {} | {} |",
+            self.phase,
+            self.clients,
+            self.ops,
+            millis(self.p50),
+            millis(self.p99),
+            self.errors,
+            Split::describe(self.cpu),
+            self.relative,
+            self.target,
+            met
+        )
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.3} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn quantile(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> Duration {
+    Duration::from_micros(histogram.value_at_quantile(quantile))
+}
+
+async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
+    let count = args.users_needed();
+    progress(&format!("registering {count} users"));
+    let users = stack.register(count).await?;
+    // One connect end to end before anything is measured: usage-service answers, the
+    // gateway's channels are up.
+    let gateway = stack.gateway.ws_url();
+    let first = users
+        .first()
+        .map(|user| user.token.clone())
+        .unwrap_or_default();
+    client::connect_once(&gateway, &first).await?;
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if args.runs(Phase::Connect) {
+        progress("connects: echo baseline and gateway, alternating");
+        connect_phase(args, stack, &users, &mut rows, &mut notes).await?;
+    }
+    let publish_token = stack.publish_token().await?;
+    let publish_settings = |users: &[User], rate: f64| publish::Settings {
+        ws_url: gateway.clone(),
+        http_addr: stack.gateway.addr,
+        token: publish_token.clone(),
+        users: users.to_vec(),
+        connections: args.connections,
+        rate,
+        publishers: args.publishers,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        measure: args.measure(),
+        drain: Duration::from_secs(args.drain_seconds),
+        server_pid: stack.gateway.pid,
+    };
+    let events = args.events_per_second as f64;
+    if args.runs(Phase::Publish) {
+        progress(&format!(
+            "publish: {} connections of {} users, {events} events/s",
+            args.connections, args.connections
+        ));
+        let settings = publish_settings(&users[..args.connections.min(users.len())], events);
+        publish_phase(stack, &settings, &mut rows, &mut notes).await?;
+    }
+    if args.runs(Phase::Fanout) {
+        let fanout = args.fanout.max(1);
+        let fanned = args.connections.div_ceil(fanout).min(users.len());
+        progress(&format!(
+            "publish, fanned out: {} connections of {fanned} users, {} events/s published",
+            args.connections,
+            events / fanout as f64
+        ));
+        let settings = publish_settings(&users[..fanned], events / fanout as f64);
+        publish_phase(stack, &settings, &mut rows, &mut notes).await?;
+    }
+    if args.runs(Phase::Runs) {
+        progress("agent runs: one client, then several");
+        runs_phase(args, stack, &users, &mut rows, &mut notes).await?;
+    }
+
+    let mut out = format!(
+        "ws-loadgen: {} cores; auth-service and usage-service in-process (SQLite, in-process \
+         engine); ws-gateway {} as its own process (RUST_LOG={}, GATEWAY_CONNECT_RATE={}); \
+         {} s measured per workload.\n\n",
+        cores(),
+        args.gateway_bin.display(),
+        args.rust_log,
+        stack::CONNECT_RATE,
+        args.measure().as_secs(),
+    );
+    out.push_str(
+        "| Phase | Clients | ops/s | p50 | p99 | Errors | CPU loadgen / server / other | CPU per op loadgen / server | Relative | Target | Met |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
+    );
+    for row in &rows {
+        out.push_str(&row.render());
+        out.push('\n');
+    }
+    out.push_str(
+        "\nCPU, in cores kept busy during the measured windows: this process (clients, \
+         auth-service, usage-service) / the server under test (ws-gateway, or the echo \
+         server for the baseline) / everything else; per op, the first two divided by ops/s \
+         (an op is a connect, a delivered event or an agent run).\n\n",
+    );
+    for note in notes {
+        out.push_str(&format!("- {note}\n"));
+    }
+    Ok(out)
+}
+
+/// A connecting client: where it connects, with which token.
+type Connector = (Arc<str>, Arc<str>);
+
+async fn connect_call((url, token): Connector) -> (Connector, Result<(), Status>) {
+    let result = client::connect_once(&url, &token)
+        .await
+        .map_err(|err| Status::internal(format!("{err:#}")));
+    ((url, token), result)
+}
+
+async fn connect_phase(
+    args: &Args,
+    stack: &Stack,
+    users: &[User],
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let callers = args.connect_concurrency.max(1);
+    // The same requests to both servers, token included (the echo server ignores it).
+    let states = |url: String| -> Vec<Connector> {
+        let url: Arc<str> = url.into();
+        (0..callers)
+            .map(|index| {
+                (
+                    Arc::clone(&url),
+                    users[index % users.len()].token.clone().into(),
+                )
+            })
+            .collect()
+    };
+    let mut echo_calls = Calls::new(states(stack.echo.ws_url()), connect_call);
+    let mut gateway_calls = Calls::new(states(stack.gateway.ws_url()), connect_call);
+    let mut baseline = ServerCpu::new(&mut echo_calls, stack.echo.pid);
+    let mut subject = ServerCpu::new(&mut gateway_calls, stack.gateway.pid);
+    let before = Counters::scrape(stack.gateway.addr).await?;
+    let (echo, gateway) = args.plan().against(&mut baseline, &mut subject).await;
+    let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
+
+    let ratio = gateway.ops_per_sec() / echo.ops_per_sec().max(f64::MIN_POSITIVE);
+    rows.push(Row {
+        relative: "baseline".into(),
+        ..Row::closed_loop("WebSocket echo connect (baseline)", &echo, baseline.split())
+    });
+    rows.push(Row {
+        relative: format!("{ratio:.2} × echo"),
+        target: format!("≥ {CONNECT_MIN_RATIO} × echo"),
+        met: Some(ratio >= CONNECT_MIN_RATIO && gateway.errors == 0),
+        ..Row::closed_loop("Authenticated connect", &gateway, subject.split())
+    });
+    let accepted = delta.sum(AUTH_OUTCOMES, &["outcome=\"accepted\""]);
+    notes.push(format!(
+        "Authenticated connect: {accepted:.0} upgrades accepted during the phase (warm-up and \
+         settle included); upstream calls per accepted connect: {}; token checks: {}.",
+        delta.upstream_per(accepted),
+        observe::auth_reasons(&delta),
+    ));
+    for (name, measurement) in [("echo", &echo), ("gateway", &gateway)] {
+        if let Some(error) = &measurement.first_error {
+            notes.push(format!("First error of the {name} connects: {error}"));
+        }
+    }
+    Ok(())
+}
+
+async fn publish_phase(
+    stack: &Stack,
+    settings: &publish::Settings,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let before = Counters::scrape(stack.gateway.addr).await?;
+    let outcome = publish::run(settings).await?;
+    let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
+    let per_user = settings.connections.div_ceil(outcome.users.max(1));
+    let name = format!(
+        "Publish → client, {} users × {per_user} conn.",
+        outcome.users
+    );
+    let p99 = quantile(&outcome.latency, 0.99);
+    let kept_up = outcome.publishes_per_sec() >= 0.99 * outcome.rate;
+    let errors = outcome.publish_errors
+        + outcome.lost()
+        + (outcome.closed_early + outcome.close_errors) as u64;
+    rows.push(Row {
+        phase: name.clone(),
+        clients: format!("{} conn.", outcome.connections),
+        ops: outcome.deliveries_per_sec(),
+        p50: quantile(&outcome.latency, 0.5),
+        p99,
+        errors,
+        cpu: outcome.cpu,
+        relative: format!("{:.0} publishes/s", outcome.publishes_per_sec()),
+        target: format!(
+            "{:.0} events/s, p99 < {}, none lost",
+            outcome.rate * per_user as f64,
+            millis(PUBLISH_MAX_P99)
+        ),
+        met: Some(p99 < PUBLISH_MAX_P99 && errors == 0 && kept_up),
+    });
+    notes.push(format!(
+        "{name}: {} events published ({:.0}/s offered), {} publish errors; {} deliveries \
+         owed, {} received, {} lost; latency p99.9 {}, max {}; publisher lag p50 {}, p99 {}; \
+         connections ended early {}, failed closes {}; the gateway counted {:.0} deliveries \
+         queued and {:.0} send-queue drops; upstream calls during the phase (opening and \
+         closing the connections; a publish makes none): {}.",
+        outcome.accepted,
+        outcome.rate,
+        outcome.publish_errors,
+        outcome.expected,
+        outcome.received,
+        outcome.lost(),
+        millis(quantile(&outcome.latency, 0.999)),
+        millis(Duration::from_micros(outcome.latency.max())),
+        millis(quantile(&outcome.lag, 0.5)),
+        millis(quantile(&outcome.lag, 0.99)),
+        outcome.closed_early,
+        outcome.close_errors,
+        delta.sum(EVENTS_DELIVERED, &[]),
+        delta.sum(QUEUE_DROPS, &[]),
+        delta.upstream_totals(),
+    ));
+    if let Some(error) = &outcome.first_error {
+        notes.push(format!("First error of {name}: {error}"));
+    }
+    Ok(())
+}
+
+/// A connection running agents, and the number of its last request.
+struct AgentCaller {
+    ws: Ws,
+    requests: u64,
+}
+
+#[derive(Deserialize)]
+struct RunFrame<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    id: Option<&'a str>,
+}
+
+async fn run_call(mut caller: AgentCaller) -> (AgentCaller, Result<(), Status>) {
+    caller.requests += 1;
+    let id = caller.requests.to_string();
+    let result = run_agent(&mut caller.ws, &id)
+        .await
+        .map_err(|err| Status::internal(format!("{err:#}")));
+    (caller, result)
+}
+
+/// One run, from `run_agent` to `agent_completed`; both tools must have run.
+async fn run_agent(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
+    let request = format!(
+        r#"{{"type":"run_agent","id":"{id}","agent":"demo","input":"What is 6 * 7?","tools":["calculator","search"]}}"#
+    );
+    ws.send(Message::Text(request.into())).await?;
+    let mut tools = 0;
+    loop {
+        let text = client::next_text(ws).await?;
+        let frame: RunFrame<'_> = serde_json::from_str(&text)?;
+        match (frame.kind, frame.id) {
+            ("error" | "rate_limited", _) => anyhow::bail!("{text}"),
+            ("tool_completed", Some(of)) if of == id => tools += 1,
+            ("agent_completed", Some(of)) if of == id => {
+                anyhow::ensure!(tools == 2, "the run completed with {tools} of 2 tools");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn runs_phase(
+    args: &Args,
+    stack: &Stack,
+    users: &[User],
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let url = stack.gateway.ws_url();
+    for callers in [1, args.run_concurrency.max(1)] {
+        let mut states = Vec::with_capacity(callers);
+        for user in users.iter().cycle().take(callers) {
+            states.push(AgentCaller {
+                ws: client::open_connected(&url, &user.token).await?,
+                requests: 0,
+            });
+        }
+        let before = Counters::scrape(stack.gateway.addr).await?;
+        // The callers, and with them their sockets, are dropped at the end of this block: the
+        // gateway sees them go.
+        let (measured, cpu) = {
+            let mut calls = Calls::new(states, run_call);
+            let mut workload = ServerCpu::new(&mut calls, stack.gateway.pid);
+            let measured = args.plan().alone(&mut workload as &mut dyn Workload).await;
+            (measured, workload.split())
+        };
+        let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
+        let name = "Agent run (calculator + search)";
+        rows.push(Row::closed_loop(name, &measured, cpu));
+        let runs = delta.sum(DECISIONS, &["kind=\"agent_runs\"", "outcome=\"allowed\""]);
+        notes.push(format!(
+            "{name}, {callers} client(s): {runs:.0} runs admitted during the phase; upstream \
+             calls per run: {}.",
+            delta.upstream_per(runs)
+        ));
+        if let Some(error) = &measured.first_error {
+            notes.push(format!(
+                "First error of {name}, {callers} client(s): {error}"
+            ));
+        }
+    }
+    Ok(())
+}

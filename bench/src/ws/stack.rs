@@ -1,0 +1,375 @@
+//! The stack under load, as `gateway-memory` sets it up: auth-service and usage-service in
+//! this process on the embedded default (SQLite files in a temporary directory, the in-process
+//! engine, no Redis), on a Tokio runtime of their own with one worker per core; ws-gateway as
+//! a separate process from its release binary; and the echo baseline ([`super::echo`]) as a
+//! second child process.
+//!
+//! Why the embedded default: it is what `cargo run --release` runs, it needs no server, and
+//! on two cores a PostgreSQL and a Redis process would take CPU from the gateway that the
+//! numbers are about. The gateway then runs on the in-process engine too (one node).
+//!
+//! Everything the run could be throttled by is opened up and said so: the plan allows a
+//! million connections per user and more messages, agent runs and tool calls than a run can
+//! use (the quotas are still counted, so the full metering path runs), and the gateway's
+//! per-address connect rate (`GATEWAY_CONNECT_RATE`, 120 per minute by default) is raised to a
+//! billion, since every client connects from 127.0.0.1.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, ChildStdin, Command},
+    sync::oneshot,
+};
+use tollgate_proto::auth::v1::{
+    IssueServiceTokenRequest, RegisterRequest, auth_service_client::AuthServiceClient,
+};
+use tollgate_shared::shutdown::Shutdown;
+use tonic::transport::Channel;
+
+use crate::{cores, random_alphanumeric, random_lowercase};
+
+/// Limits no run reaches: every connect, message, agent run and tool call is allowed.
+pub const PLANS: &str = r#"
+[[plans]]
+id = "free"
+max_connections = 1000000
+messages_per_minute = 4000000000
+agent_runs_per_month = 1000000000000
+tool_calls_per_day = 1000000000000
+tools = ["search", "calculator"]
+"#;
+
+/// Connection attempts per address per minute the gateway is given.
+pub const CONNECT_RATE: u64 = 1_000_000_000;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A registered user and its access token (valid for 15 minutes, longer than a run).
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    pub token: String,
+}
+
+/// How the stack is started.
+#[derive(Debug)]
+pub struct Settings {
+    /// The ws-gateway release binary.
+    pub gateway_bin: PathBuf,
+    /// `RUST_LOG` of the gateway.
+    pub rust_log: String,
+    /// Where the gateway's log (JSON lines on stdout) goes; discarded when `None`.
+    pub gateway_log: Option<PathBuf>,
+}
+
+/// auth-service and usage-service on their own runtime and thread.
+#[derive(Debug)]
+struct Services {
+    auth: SocketAddr,
+    usage: SocketAddr,
+    shutdown: Shutdown,
+    thread: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A server running as a child process.
+#[derive(Debug)]
+pub struct ChildServer {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    child: Child,
+    /// The echo server stops when its stdin closes.
+    stdin: Option<ChildStdin>,
+}
+
+impl ChildServer {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    pub gateway: ChildServer,
+    pub echo: ChildServer,
+    auth: SocketAddr,
+    publisher_secret: String,
+    services: Services,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let plans = dir.path().join("plans.toml");
+        std::fs::write(&plans, PLANS)?;
+        let gateway_secret = random_alphanumeric(32);
+        let publisher_secret = random_alphanumeric(32);
+        let services = start_services(dir.path(), &gateway_secret, &publisher_secret, plans)
+            .await
+            .context("starting auth-service and usage-service")?;
+        let gateway = start_gateway(settings, &services, &gateway_secret).await?;
+        let echo = start_echo().await?;
+        Ok(Self {
+            gateway,
+            echo,
+            auth: services.auth,
+            publisher_secret,
+            services,
+            _dir: dir,
+        })
+    }
+
+    fn auth_client(&self) -> anyhow::Result<AuthServiceClient<Channel>> {
+        let channel =
+            tollgate_shared::grpc::channel(&format!("http://{}", self.auth), STARTUP_PATIENCE)?;
+        Ok(AuthServiceClient::new(channel))
+    }
+
+    /// Registers `count` users, a few at a time (each registration hashes a password).
+    pub async fn register(&self, count: usize) -> anyhow::Result<Vec<User>> {
+        let client = self.auth_client()?;
+        let run = random_lowercase(8);
+        stream::iter(0..count)
+            .map(|index| {
+                let mut client = client.clone();
+                let email = format!("loadgen-{run}-{index}@example.com");
+                async move {
+                    let pair = client
+                        .register(RegisterRequest {
+                            email,
+                            password: PASSWORD.into(),
+                        })
+                        .await
+                        .context("registering a user")?
+                        .into_inner();
+                    anyhow::Ok(User {
+                        id: pair.user_id,
+                        token: pair.access_token,
+                    })
+                }
+            })
+            .buffered(2 * cores())
+            .try_collect()
+            .await
+    }
+
+    /// A service token of the `backend` client: audience `ws-gateway`, scope `publish`.
+    pub async fn publish_token(&self) -> anyhow::Result<String> {
+        Ok(self
+            .auth_client()?
+            .issue_service_token(IssueServiceTokenRequest {
+                client_id: "backend".into(),
+                client_secret: self.publisher_secret.clone(),
+                audience: "ws-gateway".into(),
+                scopes: vec!["publish".into()],
+            })
+            .await
+            .context("issuing the publisher's service token")?
+            .into_inner()
+            .access_token)
+    }
+
+    /// Stops the gateway (SIGTERM, so it drains), the echo server and the services.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let Self {
+            gateway,
+            echo,
+            services,
+            ..
+        } = self;
+        let stopped = stop_gateway(gateway).await;
+        stop_child(echo).await;
+        services.shutdown.trigger();
+        let thread = services.thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("joining the services' thread")?
+            .map_err(|_| anyhow::anyhow!("the services' thread panicked"))?;
+        stopped.and(joined)
+    }
+}
+
+/// How long anything may take to start.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+async fn start_services(
+    dir: &Path,
+    gateway_secret: &str,
+    publisher_secret: &str,
+    plans: PathBuf,
+) -> anyhow::Result<Services> {
+    let sqlite = |name: &str| format!("sqlite://{}", dir.join(name).display());
+    let mut auth_config = auth_service::Config::for_tests(&sqlite("auth.db"));
+    // The gateway's client and the publishing backend, as in ws-gateway's tests.
+    auth_config.service_clients = auth_service::clients::ClientRegistry::parse(&format!(
+        "ws-gateway:{gateway_secret}:auth.validate+usage.check,backend:{publisher_secret}:publish"
+    ))
+    .map_err(anyhow::Error::msg)?;
+    auth_config.login_max_per_address = u64::MAX;
+    let usage_db = sqlite("usage.db");
+
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let (ready, addresses) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores())
+        .thread_name("services")
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("services-main".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let auth = auth_service::Application::build(auth_config, stop.clone()).await?;
+                let auth_addr = auth.grpc_addr();
+                let mut usage_config =
+                    usage_service::Config::for_tests(&usage_db, &format!("http://{auth_addr}"));
+                usage_config.plans_file = Some(plans);
+                let usage = usage_service::Application::build(usage_config, stop.clone()).await?;
+                let _ = ready.send((auth_addr, usage.grpc_addr()));
+                let (auth, usage) =
+                    tokio::join!(auth.run_until_stopped(), usage.run_until_stopped());
+                auth.and(usage)
+            })
+        })?;
+    let Ok((auth, usage)) = addresses.await else {
+        let outcome = tokio::task::spawn_blocking(move || thread.join()).await?;
+        return match outcome {
+            Ok(Err(err)) => Err(err),
+            _ => Err(anyhow::anyhow!("the services stopped while starting")),
+        };
+    };
+    Ok(Services {
+        auth,
+        usage,
+        shutdown,
+        thread,
+    })
+}
+
+async fn start_gateway(
+    settings: &Settings,
+    services: &Services,
+    secret: &str,
+) -> anyhow::Result<ChildServer> {
+    // The gateway binds the port itself; a free port is picked here first (as
+    // `gateway-memory` does) so its address is known without parsing its log.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stdout = match &settings.gateway_log {
+        Some(path) => Stdio::from(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(&settings.gateway_bin)
+        .env_clear()
+        .env("GATEWAY_ADDR", addr.to_string())
+        .env("AUTH_SERVICE_URL", format!("http://{}", services.auth))
+        .env("USAGE_SERVICE_URL", format!("http://{}", services.usage))
+        .env("SERVICE_CLIENT_SECRET", secret)
+        .env("GATEWAY_CONNECT_RATE", CONNECT_RATE.to_string())
+        .env("GATEWAY_SHUTDOWN_GRACE", "5s")
+        .env("RUST_LOG", &settings.rust_log)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release -p ws-gateway`)",
+                settings.gateway_bin.display()
+            )
+        })?;
+    let pid = child.id().context("the gateway exited at once")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the gateway exited while starting: {status}");
+        }
+        if let Ok((status, _)) = super::http::get(addr, "/readyz").await
+            && status.is_success()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < STARTUP_PATIENCE,
+            "the gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(ChildServer {
+        addr,
+        pid,
+        child,
+        stdin: None,
+    })
+}
+
+async fn start_echo() -> anyhow::Result<ChildServer> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut child = Command::new(exe)
+        .arg("--serve-echo")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the echo server")?;
+    let pid = child.id().context("the echo server exited at once")?;
+    let stdout = child.stdout.take().context("the echo server's stdout")?;
+    let line = tokio::time::timeout(STARTUP_PATIENCE, BufReader::new(stdout).lines().next_line())
+        .await
+        .context("the echo server did not start in time")??
+        .context("the echo server exited while starting")?;
+    let addr: SocketAddr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the echo server printed {line:?}"))?;
+    Ok(ChildServer {
+        addr,
+        pid,
+        stdin: child.stdin.take(),
+        child,
+    })
+}
+
+/// SIGTERM, so the gateway drains as in production; killed if it takes too long.
+async fn stop_gateway(mut gateway: ChildServer) -> anyhow::Result<()> {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &gateway.pid.to_string()])
+        .status();
+    match tokio::time::timeout(Duration::from_secs(15), gateway.child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            anyhow::ensure!(status.success(), "the gateway exited with {status}");
+            Ok(())
+        }
+        Err(_) => {
+            let _ = gateway.child.kill().await;
+            anyhow::bail!("the gateway did not stop within 15 s of SIGTERM; killed")
+        }
+    }
+}
+
+/// Closing its stdin stops the echo server; killed if it lingers.
+async fn stop_child(mut server: ChildServer) {
+    drop(server.stdin.take());
+    if tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = server.child.kill().await;
+    }
+}
