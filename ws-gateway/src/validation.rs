@@ -2,15 +2,17 @@
 //!
 //! How the local fast path and auth-service's `ValidateToken` combine, in order:
 //!
-//! 1. **Local verification** against the cached JWKS ([`JwksVerifier`]): size, header,
+//! 1. **Positive cache**, keyed by the token's SHA-256: the very same token confirmed by
+//!    auth-service within the last few seconds (`GATEWAY_VALIDATION_CACHE_TTL`, never past its
+//!    `exp`) is accepted again unless its session is on the revocation list, with no signature
+//!    check and no call: identical bytes carry the signature already checked. Reconnect storms
+//!    cost one verification and one call per token, not per connection.
+//! 2. **Local verification** against the cached JWKS ([`JwksVerifier`]): size, header,
 //!    algorithm, key id, signature, `iss`, `aud`, `exp`/`nbf` with leeway. Garbage, `alg:
 //!    none`, tampered, expired and unknown-`kid` tokens are refused here without a network call
 //!    (an unknown `kid` refreshes the JWKS at a bounded rate first, so a rotated key is picked
 //!    up). This is what keeps a flood of junk from reaching auth-service.
-//! 2. **Cached revocation list**: a session the gateway has heard revoked is refused.
-//! 3. **Positive cache**: a token auth-service confirmed within the last few seconds
-//!    (`GATEWAY_VALIDATION_CACHE_TTL`, never past its `exp`) is accepted again. Reconnect storms
-//!    cost one call per token, not one per connection.
+//! 3. **Cached revocation list**: a session the gateway has heard revoked is refused.
 //! 4. **`ValidateToken`** through the circuit breaker, for what only auth-service knows: whether
 //!    the session is still live (revoked, logged out everywhere, refresh-token reuse). Its
 //!    refusal is final; a revoked session goes on the revocation list.
@@ -119,6 +121,18 @@ impl TokenValidator {
     }
 
     async fn decide(&self, token: &str) -> Result<(Identity, &'static str), AuthFailure> {
+        // A token confirmed moments ago (the very same bytes, so the same signature) needs
+        // neither the signature check nor the call again; its session may have been revoked
+        // since, which the revocation list says.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((cached, until)) = self.confirmed.get(&digest)
+            && Instant::now() < until
+        {
+            if self.revoked.is_revoked(cached.session_id) {
+                return Err(AuthFailure::Invalid(TokenError::Revoked));
+            }
+            return Ok((cached, "cached"));
+        }
         let verified = self
             .jwks
             .verify_access(token)
@@ -132,12 +146,6 @@ impl TokenValidator {
         };
         if self.revoked.is_revoked(identity.session_id) {
             return Err(AuthFailure::Invalid(TokenError::Revoked));
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((cached, until)) = self.confirmed.get(&digest)
-            && Instant::now() < until
-        {
-            return Ok((cached, "cached"));
         }
 
         let Some(permit) = self.breaker.try_call() else {
