@@ -1,21 +1,60 @@
-//! A TCP proxy for fault-injection tests: it forwards to an upstream (PostgreSQL, Redis, another
-//! service) until told to cut the link, which closes every open connection and refuses new
-//! ones, like a network partition rather than a stopped server. `restore` heals it.
+//! A TCP proxy for fault-injection tests, in front of PostgreSQL, Redis or another service. It
+//! forwards until told otherwise, and can then misbehave the way networks do:
+//!
+//! - [`cut`](FaultProxy::cut): a partition that the peers notice. Every open connection is
+//!   closed and new ones are refused (accepted, then closed at once), like a network partition
+//!   rather than a stopped server.
+//! - [`blackhole`](FaultProxy::blackhole): a partition that the peers do not notice. Open
+//!   connections stay open but bytes are dropped in both directions; new connections are
+//!   accepted and held without ever reaching the upstream. Only the peers' own timeouts end
+//!   them, which is what a silently dropping firewall or a dead host looks like.
+//! - [`delay`](FaultProxy::delay): added latency. Every chunk of bytes read from then on is
+//!   forwarded `latency` later, in order, in both directions (throughput is kept: later chunks
+//!   are read while earlier ones wait).
+//!
+//! [`restore`](FaultProxy::restore) heals all of it: new connections are forwarded again
+//! without delay. Connections held by a black hole are closed then, since the bytes they lost
+//! leave their protocol stream unusable; a client reconnects as it would after a real outage.
 //!
 //! Available with the `test-util` feature.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{ReadHalf, WriteHalf},
+    },
+    sync::{mpsc, watch},
     task::JoinSet,
+    time::Instant,
+};
+
+/// What the link does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Up,
+    Cut,
+    Blackhole,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct State {
+    link: Link,
+    /// Added to every forwarded chunk, in each direction.
+    delay: Duration,
+}
+
+const HEALTHY: State = State {
+    link: Link::Up,
+    delay: Duration::ZERO,
 };
 
 #[derive(Debug)]
 pub struct FaultProxy {
     address: SocketAddr,
-    link_up: watch::Sender<bool>,
+    state: watch::Sender<State>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,11 +63,11 @@ impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
-        let (link_up, watch) = watch::channel(true);
+        let (state, watch) = watch::channel(HEALTHY);
         let accept_task = tokio::spawn(accept_loop(listener, upstream, watch));
         Ok(Self {
             address,
-            link_up,
+            state,
             accept_task,
         })
     }
@@ -60,11 +99,24 @@ impl FaultProxy {
 
     /// Closes every proxied connection and refuses new ones.
     pub fn cut(&self) {
-        self.link_up.send_replace(false);
+        self.state.send_modify(|state| state.link = Link::Cut);
     }
 
+    /// Drops every byte from now on without closing anything; new connections are accepted and
+    /// held, never forwarded.
+    pub fn blackhole(&self) {
+        self.state.send_modify(|state| state.link = Link::Blackhole);
+    }
+
+    /// Forwards every chunk read from now on `latency` late (in both directions). Combines with
+    /// the other faults; `Duration::ZERO` removes it.
+    pub fn delay(&self, latency: Duration) {
+        self.state.send_modify(|state| state.delay = latency);
+    }
+
+    /// Forwards new connections again, without delay (held connections are closed).
     pub fn restore(&self) {
-        self.link_up.send_replace(true);
+        self.state.send_replace(HEALTHY);
     }
 }
 
@@ -75,30 +127,107 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, link_up: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::Receiver<State>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
-                if !*link_up.borrow() {
-                    drop(client);
-                    continue;
+                let link = state.borrow().link;
+                match link {
+                    Link::Cut => drop(client),
+                    Link::Blackhole => {
+                        connections.spawn(hold(vec![client], state.clone()));
+                    }
+                    Link::Up => {
+                        connections.spawn(forward(client, upstream, state.clone()));
+                    }
                 }
-                connections.spawn(forward(client, upstream, link_up.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut link_up: watch::Receiver<bool>) {
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
+async fn forward(mut client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
+    let mut server = tokio::select! {
+        connected = TcpStream::connect(upstream) => match connected {
+            Ok(server) => server,
+            Err(_) => return,
+        },
+        _ = state.wait_for(|state| state.link != Link::Up) => return,
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let link = {
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = server.split();
+        let (upstream_state, downstream_state) = (state.clone(), state.clone());
+        let pumps = async {
+            tokio::join!(
+                pump(client_read, server_write, upstream_state),
+                pump(server_read, client_write, downstream_state)
+            )
+        };
+        tokio::select! {
+            _ = pumps => return,
+            changed = state.wait_for(|state| state.link != Link::Up) => {
+                changed.map_or(Link::Cut, |state| state.link)
+            }
+        }
+    };
+    if link == Link::Blackhole {
+        hold(vec![client, server], state).await;
+    }
+}
+
+/// Copies `from` to `to`, each chunk held until its due time (the delay when it was read).
+async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, state: watch::Receiver<State>) {
+    let (queue, mut due) = mpsc::channel::<(Instant, Vec<u8>)>(64);
+    let read = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = tokio::select! {
+                read = from.read(&mut buffer) => read,
+                // The writer gave up: nothing more can be delivered.
+                () = queue.closed() => return,
+            };
+            let n = match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let at = Instant::now() + state.borrow().delay;
+            if queue.send((at, buffer[..n].to_vec())).await.is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
+/// Keeps `streams` open, reading and discarding whatever arrives, until the black hole ends;
+/// then closes them.
+async fn hold(mut streams: Vec<TcpStream>, mut state: watch::Receiver<State>) {
+    let discard = async {
+        futures::future::join_all(streams.iter_mut().map(|stream| async move {
+            let mut buffer = [0u8; 4096];
+            while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+        }))
+        .await;
+        // A peer that closed its side gets nothing back: the other peers are still held.
+        std::future::pending::<()>().await;
     };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = link_up.wait_for(|up| !*up) => {}
+        () = discard => {}
+        _ = state.wait_for(|state| state.link != Link::Blackhole) => {}
     }
 }
 
@@ -130,6 +259,14 @@ mod tests {
         Ok(())
     }
 
+    /// Whether `stream` stays silent and open for a while: nothing to read, no close.
+    async fn stays_silent(stream: &mut TcpStream) -> bool {
+        let mut buffer = [0u8; 4];
+        tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer))
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn forwards_cuts_and_restores() {
         let proxy = FaultProxy::start(echo_server().await).await.unwrap();
@@ -148,6 +285,53 @@ mod tests {
         );
 
         proxy.restore();
+        let mut healed = TcpStream::connect(proxy.address()).await.unwrap();
+        round_trip(&mut healed).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delays_every_chunk_until_restored() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut open = TcpStream::connect(proxy.address()).await.unwrap();
+        round_trip(&mut open).await.unwrap();
+
+        proxy.delay(Duration::from_millis(200));
+        let started = Instant::now();
+        round_trip(&mut open).await.unwrap();
+        // There and back: two delayed chunks.
+        assert!(started.elapsed() >= Duration::from_millis(400));
+
+        proxy.restore();
+        let mut fresh = TcpStream::connect(proxy.address()).await.unwrap();
+        let started = Instant::now();
+        round_trip(&mut fresh).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn a_black_hole_holds_connections_silently_then_closes_them() {
+        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+        let mut open = TcpStream::connect(proxy.address()).await.unwrap();
+        round_trip(&mut open).await.unwrap();
+
+        proxy.blackhole();
+        open.write_all(b"ping").await.unwrap();
+        assert!(stays_silent(&mut open).await, "bytes got through");
+        let mut held = TcpStream::connect(proxy.address()).await.unwrap();
+        held.write_all(b"ping").await.unwrap();
+        assert!(
+            stays_silent(&mut held).await,
+            "a new connection got through"
+        );
+
+        proxy.restore();
+        for stream in [&mut open, &mut held] {
+            let mut buffer = [0u8; 4];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .expect("a held connection is closed on restore");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
         let mut healed = TcpStream::connect(proxy.address()).await.unwrap();
         round_trip(&mut healed).await.unwrap();
     }

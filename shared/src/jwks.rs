@@ -3,7 +3,9 @@
 //!
 //! Keys are fetched over gRPC (`GetJwks`) at startup, refreshed periodically, and refreshed
 //! early when a token names an unknown `kid`, at most once per `min_refresh_interval`, so a
-//! flood of forged kids cannot turn into a flood of JWKS requests.
+//! flood of forged kids cannot turn into a flood of JWKS requests. A token whose kid is unknown
+//! within that interval waits for the next refresh rather than being refused, so a key rotated
+//! just after a fetch is accepted at once.
 
 use std::{
     sync::{
@@ -26,8 +28,9 @@ use crate::{
     },
 };
 
-/// How long a caller waits for the first key set before being refused.
-const FIRST_KEYS_WAIT: Duration = Duration::from_secs(2);
+/// How long a caller waits for a key set on its way (the first one, or a refresh another
+/// caller started) before being refused.
+const KEYS_WAIT: Duration = Duration::from_secs(2);
 
 type Client =
     AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
@@ -69,6 +72,13 @@ impl RefreshGate {
     /// Notes a refresh that happened now (a scheduled one, say).
     pub fn record(&self) {
         self.last_ms.store(unix_now_ms(), Ordering::SeqCst);
+    }
+
+    /// How long until a refresh may be claimed again.
+    pub fn until_open(&self) -> Duration {
+        let elapsed = unix_now_ms() - self.last_ms.load(Ordering::SeqCst);
+        let remaining = self.interval.as_millis() as i64 - elapsed;
+        Duration::from_millis(remaining.max(0) as u64)
     }
 
     /// Claims the right to refresh now, if the last refresh is old enough.
@@ -223,8 +233,32 @@ impl JwksVerifier {
             Err(TokenError::UnknownKey) if !self.has_keys() => {
                 let mut loaded = self.inner.loaded.subscribe();
                 let _ =
-                    tokio::time::timeout(FIRST_KEYS_WAIT, loaded.wait_for(|version| *version > 0))
-                        .await;
+                    tokio::time::timeout(KEYS_WAIT, loaded.wait_for(|version| *version > 0)).await;
+                verify(&self.inner.verifier)
+            }
+            // The keys were fetched moments ago, perhaps just before a rotation published this
+            // token's key. Refusing would turn a good token away for the rest of the interval
+            // (and a client told 401 gets a new token signed by the same key), so wait for the
+            // next refresh instead: one already under way, or the one this caller claims when
+            // the gate opens. Fetches stay bounded to one per interval; an unknown kid waits
+            // at most about that long.
+            Err(TokenError::UnknownKey) => {
+                let mut loaded = self.inner.loaded.subscribe();
+                let seen = *loaded.borrow_and_update();
+                let open = self.inner.gate.until_open();
+                let refreshed = tokio::time::timeout(open, loaded.wait_for(|v| *v > seen))
+                    .await
+                    .is_ok();
+                if !refreshed {
+                    if self.inner.gate.try_claim() {
+                        if let Err(status) = self.refresh().await {
+                            tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
+                        }
+                    } else {
+                        let refresh = loaded.wait_for(|version| *version > seen);
+                        let _ = tokio::time::timeout(KEYS_WAIT, refresh).await;
+                    }
+                }
                 verify(&self.inner.verifier)
             }
             other => other,

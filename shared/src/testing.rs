@@ -101,6 +101,26 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A gRPC request carrying `authorization: Bearer <token>`.
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a token is valid metadata");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// The machine-readable reason of a failed call (`tollgate-reason` metadata), or "".
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("tollgate-reason")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Polls `check` until it returns true or `deadline` passes.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where

@@ -6,13 +6,15 @@ use auth_service::{Application, Config, auth::Auth, clients::ClientRegistry};
 use tokio::task::JoinHandle;
 use tollgate_proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
 use tollgate_shared::{shutdown::Shutdown, time::unix_now, tokens::AccessClaims};
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef";
 
-pub use tollgate_shared::testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url};
+pub use tollgate_shared::testing::{
+    Backend, TestDatabase, eventually, reason, redis_prefix, redis_url, with_bearer,
+};
 
 /// The configuration a test starts from.
 pub fn config(backend: Backend, database: &TestDatabase) -> Config {
@@ -202,27 +204,8 @@ impl Drop for TestApp {
     }
 }
 
-pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
-    request
-}
-
 pub fn unique_email() -> String {
     format!("user-{}@example.com", Uuid::new_v4().simple())
-}
-
-/// The machine-readable reason of a failed call.
-pub fn reason(status: &Status) -> String {
-    status
-        .metadata()
-        .get("tollgate-reason")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Asserts a call failed with `code` and `reason`.

@@ -8,7 +8,9 @@ use tollgate_proto::{
     usage::v1::{self as pb, usage_service_client::UsageServiceClient},
 };
 use tollgate_shared::shutdown::Shutdown;
-pub use tollgate_shared::testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url};
+pub use tollgate_shared::testing::{
+    Backend, TestDatabase, eventually, reason, redis_prefix, redis_url, with_bearer,
+};
 use tonic::{Request, Status, transport::Channel};
 use usage_service::{Application, Config, usage::Usage};
 use uuid::Uuid;
@@ -248,29 +250,12 @@ async fn app_is_ready(url: &str) -> bool {
     response.starts_with("HTTP/1.1 200")
 }
 
-pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 pub fn new_user() -> String {
     Uuid::new_v4().to_string()
 }
 
 pub fn key() -> String {
     Uuid::new_v4().simple().to_string()
-}
-
-pub fn reason(status: &Status) -> String {
-    status
-        .metadata()
-        .get("tollgate-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[track_caller]

@@ -12,10 +12,10 @@ use tollgate_proto::{
 };
 pub use tollgate_shared::{
     fault_proxy::FaultProxy,
-    testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url},
+    testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url, with_bearer},
 };
 use tollgate_shared::{shutdown::Shutdown, time::unix_now, tokens::AccessClaims};
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 use uuid::Uuid;
 use ws_gateway::{Application, Config};
 
@@ -235,14 +235,6 @@ impl Services {
             .await
             .expect("plan changed");
     }
-}
-
-pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 fn channel(addr: SocketAddr) -> Channel {

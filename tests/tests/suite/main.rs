@@ -1,0 +1,16 @@
+//! Tollgate's cross-service integration suite: the real binaries, PostgreSQL and Redis. See
+//! `tests/README.md` for how it runs and what each module covers. One test binary, to link the
+//! harness once.
+// Test helpers, like tests, panic on a failed expectation.
+#![allow(clippy::unwrap_used)]
+
+mod drain;
+mod faults;
+mod nodes;
+mod partitions;
+mod seed_auth;
+mod seed_business;
+mod seed_cross_service;
+mod seed_edge_cases;
+mod seed_lifecycle;
+mod storm;
