@@ -98,8 +98,18 @@ impl WsClient {
         source: Option<IpAddr>,
         present: Present<'_>,
     ) -> Result<Self, NotConnected> {
+        Self::attempt_path(addr, "/ws", source, present).await
+    }
+
+    /// [`WsClient::attempt`] on another path (a query string, an unknown route).
+    pub async fn attempt_path(
+        addr: SocketAddr,
+        path: &str,
+        source: Option<IpAddr>,
+        present: Present<'_>,
+    ) -> Result<Self, NotConnected> {
         let transport = |err: &dyn std::fmt::Display| NotConnected::Transport(err.to_string());
-        let mut request = format!("ws://{addr}/ws")
+        let mut request = format!("ws://{addr}{path}")
             .into_client_request()
             .map_err(|err| transport(&err))?;
         let headers = request.headers_mut();

@@ -1,6 +1,7 @@
 //! Presenting the token: the three positions, and everything that must be refused.
 
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::json;
@@ -35,7 +36,7 @@ async fn each_token_position_connects(backend: Backend) {
             assert_eq!(client.protocol.as_deref(), Some("tollgate.v1"));
         }
         // Free allows two connections: close this one and let its lease go.
-        client.ws.close(None).await.unwrap();
+        client.send(Message::Close(None)).await;
         assert!(matches!(
             client.recv().await,
             Received::Close(_) | Received::End

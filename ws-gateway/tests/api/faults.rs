@@ -2,6 +2,7 @@
 //! and the gateway recovers by itself.
 
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 use serde_json::json;
 use ws_gateway::config::AuthMode;
@@ -48,7 +49,7 @@ async fn auth_down_in_degraded_mode_accepts_verified_tokens_and_recovers() {
         let user = services.register().await;
         let (mut client, connected) = gateway.connected(&user.access_token).await;
         assert_eq!(connected["user_id"], user.user_id);
-        client.ws.close(None).await.unwrap();
+        client.send(Message::Close(None)).await;
     }
     assert_eq!(gateway.metric(BREAKER).await, 1.0, "the breaker is open");
     assert!(
@@ -62,8 +63,7 @@ async fn auth_down_in_degraded_mode_accepts_verified_tokens_and_recovers() {
     let refused = gateway
         .connect(Present::Header(&revoked.access_token))
         .await
-        .err()
-        .expect("a revoked session stays refused");
+        .expect_err("a revoked session stays refused");
     assert_eq!((refused.status, refused.code()), (401, "session_revoked"));
     // Open connections are unaffected.
     open.send_json(json!({"type": "ping", "id": 1})).await;
@@ -73,7 +73,7 @@ async fn auth_down_in_degraded_mode_accepts_verified_tokens_and_recovers() {
     let reclosed = eventually(PATIENCE, || async {
         let user = services.register().await;
         if let Ok(mut client) = gateway.connect(Present::Header(&user.access_token)).await {
-            let _ = client.ws.close(None).await;
+            client.send(Message::Close(None)).await;
         }
         gateway.metric(BREAKER).await == 0.0
     })
@@ -91,8 +91,7 @@ async fn auth_down_in_strict_mode_refuses_new_connections_with_503() {
     let refused = gateway
         .connect(Present::Header(&user.access_token))
         .await
-        .err()
-        .expect("strict mode refuses while auth-service is unreachable");
+        .expect_err("strict mode refuses while auth-service is unreachable");
     assert_eq!((refused.status, refused.code()), (503, "auth_unavailable"));
     assert!(refused.retry_after.is_some());
     let mut in_band = gateway

@@ -8,9 +8,8 @@ use futures::{StreamExt, stream};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpSocket,
 };
-use tokio_tungstenite::{MaybeTlsStream, tungstenite::client::IntoClientRequest};
 
 use crate::helpers::*;
 
@@ -47,21 +46,6 @@ async fn attempt(gateway: SocketAddr, from: [u8; 4]) -> Result<u16, String> {
         .map_err(|_| format!("not a status: {status}"))
 }
 
-/// A WebSocket client whose connection comes from `from`.
-async fn connect_from(gateway: SocketAddr, from: [u8; 4], token: &str) -> WsClient {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((from, 0))).unwrap();
-    let stream: TcpStream = socket.connect(gateway).await.unwrap();
-    let mut request = format!("ws://{gateway}/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-        .await
-        .expect("the other address is admitted");
-    WsClient { ws, protocol: None }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_address_is_limited_without_starving_other_clients() {
     let services = Services::spawn(Backend::Embedded).await;
@@ -80,7 +64,14 @@ async fn a_flood_from_one_address_is_limited_without_starving_other_clients() {
     });
 
     // Meanwhile, someone else, from 127.0.0.2, connects and is served.
-    let mut other = connect_from(target, [127, 0, 0, 2], &pair.access_token).await;
+    let other_address = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut other = WsClient::attempt(
+        target,
+        Some(other_address),
+        Present::Header(&pair.access_token),
+    )
+    .await
+    .expect("the other address is admitted");
     assert_eq!(other.expect("connected").await["type"], "connected");
     other
         .send_json(json!({"type": "ping", "id": "during"}))

@@ -5,7 +5,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
 use tollgate_proto::{
     auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
     usage::v1::{self as usage_pb, usage_service_client::UsageServiceClient},
@@ -19,7 +18,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 use ws_gateway::{Application, Config};
 
-pub use crate::client::{Present, Received, Refused, WsClient};
+pub use tollgate_integration::client::{NotConnected, Present, Received, Refused, WsClient};
 
 pub const SECRET: &str = "gateway-test-secret-0123456789abcdef";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -327,65 +326,11 @@ impl Gateway {
     }
 
     pub async fn connect_to(&self, path: &str, token: Present<'_>) -> Result<WsClient, Refused> {
-        let url = format!("ws://{}{path}", self.addr);
-        let mut request = url.into_client_request().unwrap();
-        let headers = request.headers_mut();
-        let mut in_band = None;
-        match token {
-            Present::Header(token) => {
-                headers.insert(
-                    "authorization",
-                    HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-                );
-            }
-            Present::Subprotocol(token) => {
-                headers.insert(
-                    "sec-websocket-protocol",
-                    HeaderValue::from_str(&format!("tollgate.v1, bearer.{token}")).unwrap(),
-                );
-            }
-            Present::InBand(token) => in_band = Some(token),
-            Present::Nothing => {}
-            Present::Headers(pairs) => {
-                for (name, value) in pairs {
-                    headers.append(*name, HeaderValue::from_str(value).unwrap());
-                }
-            }
+        match WsClient::attempt_path(self.addr, path, None, token).await {
+            Ok(client) => Ok(client),
+            Err(NotConnected::Refused(refused)) => Err(refused),
+            Err(NotConnected::Transport(err)) => panic!("the WebSocket handshake failed: {err}"),
         }
-        let (ws, response) = match tokio_tungstenite::connect_async(request).await {
-            Ok(connected) => connected,
-            Err(tungstenite::Error::Http(response)) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned);
-                let body = response
-                    .body()
-                    .as_deref()
-                    .and_then(|body| serde_json::from_slice(body).ok())
-                    .unwrap_or(Value::Null);
-                return Err(Refused {
-                    status,
-                    body,
-                    retry_after,
-                });
-            }
-            Err(err) => panic!("the WebSocket handshake failed: {err}"),
-        };
-        let protocol = response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let mut client = WsClient { ws, protocol };
-        if let Some(token) = in_band {
-            client
-                .send_json(serde_json::json!({"type": "auth", "token": token}))
-                .await;
-        }
-        Ok(client)
     }
 
     /// Connects with the token in the header and reads `connected`.

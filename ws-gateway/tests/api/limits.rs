@@ -1,6 +1,7 @@
 //! Limits: connection attempts per address, connections per plan, messages per minute.
 
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{both_backends, helpers::*};
 
@@ -13,13 +14,12 @@ async fn too_many_attempts_from_one_address_get_429() {
     let pair = services.register().await;
     for _ in 0..3 {
         let mut client = gateway.connect(Present::Nothing).await.unwrap();
-        client.ws.close(None).await.unwrap();
+        client.send(Message::Close(None)).await;
     }
     let refused = gateway
         .connect(Present::Header(&pair.access_token))
         .await
-        .err()
-        .expect("the fourth attempt in a minute is refused");
+        .expect_err("the fourth attempt in a minute is refused");
     assert_eq!((refused.status, refused.code()), (429, "rate_limited"));
     let retry_after: u64 = refused.retry_after.unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
@@ -36,8 +36,7 @@ async fn the_plan_caps_concurrent_connections(backend: Backend) {
     let refused = gateway
         .connect(Present::Header(&pair.access_token))
         .await
-        .err()
-        .expect("a third connection is refused");
+        .expect_err("a third connection is refused");
     assert_eq!(
         (refused.status, refused.code()),
         (429, "too_many_connections")
@@ -51,7 +50,7 @@ async fn the_plan_caps_concurrent_connections(backend: Backend) {
     assert_eq!(in_band.closed().await, 4009);
 
     // Closing one frees its slot.
-    first.ws.close(None).await.unwrap();
+    first.send(Message::Close(None)).await;
     assert!(matches!(
         first.recv().await,
         Received::Close(_) | Received::End

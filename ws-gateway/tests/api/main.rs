@@ -4,7 +4,6 @@
 //! two real gateways on real listeners, and a real WebSocket client, on the embedded default
 //! (SQLite, in-process engine) and on PostgreSQL + Redis.
 
-mod client;
 mod helpers;
 
 use tollgate_shared::both_backends;

@@ -40,8 +40,7 @@ async fn events_and_revocations_cross_nodes() {
     let refused = node_a
         .connect(Present::Header(&alice.access_token))
         .await
-        .err()
-        .expect("a third connection on any node is refused");
+        .expect_err("a third connection on any node is refused");
     assert_eq!(refused.status, 429);
 
     // Logging out closes the session's connection on whichever node holds it.

@@ -84,16 +84,9 @@ async fn the_binary_drains_on_sigterm_exits_0_and_never_logs_a_token() {
     assert!(ready, "the binary never became ready");
 
     let pair = services.register().await;
-    let url = format!("ws://{addr}/ws");
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", pair.access_token).parse().unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let mut client = WsClient { ws, protocol: None };
+    let mut client = WsClient::attempt(addr, None, Present::Header(&pair.access_token))
+        .await
+        .expect("the binary accepts the connection");
     client.expect("connected").await;
 
     // Tokens in every position, good and bad, while the gateway logs at debug level.
