@@ -9,7 +9,7 @@
 //! endpoint. When the name does not resolve and no address is known, the name itself is the
 //! one endpoint, so calls fail with a connect error within their timeout rather than wait.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+use std::{collections::HashSet, future::Future, net::SocketAddr, time::Duration};
 
 use tonic::transport::{Channel, Endpoint, channel::Change};
 
@@ -58,7 +58,7 @@ where
     let (channel, changes) = Channel::balance_channel::<String>(64);
     // Ends when the channel is dropped (the sender reports it closed).
     tokio::spawn(async move {
-        let mut known: HashMap<String, ()> = HashMap::new();
+        let mut known: HashSet<String> = HashSet::new();
         loop {
             let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(host.clone(), port)).await;
             let addresses: Vec<String> = match resolved {
@@ -67,11 +67,11 @@ where
                     .map(|address| format!("{scheme}://{address}"))
                     .collect(),
                 // Keep what is known; with nothing known, the name itself.
-                _ if !known.is_empty() => known.keys().cloned().collect(),
+                _ if !known.is_empty() => known.iter().cloned().collect(),
                 _ => vec![format!("{scheme}://{host}:{port}")],
             };
             for address in &addresses {
-                if known.contains_key(address) {
+                if known.contains(address) {
                     continue;
                 }
                 let Ok(endpoint) = Endpoint::from_shared(address.clone()) else {
@@ -81,10 +81,10 @@ where
                 if changes.send(change).await.is_err() {
                     return;
                 }
-                known.insert(address.clone(), ());
+                known.insert(address.clone());
             }
             let gone: Vec<String> = known
-                .keys()
+                .iter()
                 .filter(|address| !addresses.contains(address))
                 .cloned()
                 .collect();

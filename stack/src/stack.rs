@@ -83,8 +83,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Builds the three services on their listeners (they serve once `run_until_stopped` or
-    /// the returned stack's tasks are polled; in fact each starts serving at once).
+    /// Builds the three services on their listeners and starts serving them; stop them with
+    /// [`Stack::stop`] or the shutdown signal.
     pub async fn start(options: Options, shutdown: Shutdown) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("TOLLGATE_DATA_DIR: cannot create {:?}", options.data_dir))?;
