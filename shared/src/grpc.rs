@@ -1,8 +1,16 @@
-//! gRPC plumbing shared by every server and client: trace context over metadata, a server
-//! layer that opens one span per call and records its latency, bearer-token extraction,
-//! health and reflection, and channels with timeouts.
+//! gRPC plumbing shared by every server and client: channels that open one CLIENT span per
+//! call and carry its trace context in the request headers, a server layer that opens one
+//! SERVER span per call (a child of the caller's) and records its latency, bearer-token
+//! extraction, health and reflection.
+//!
+//! Both spans follow the OpenTelemetry RPC conventions: named `package.Service/Method`, with
+//! `rpc.system`, `rpc.service`, `rpc.method` and `rpc.grpc.status_code`, and on the client
+//! `server.address`/`server.port`. Nothing from the request or its metadata is recorded, so a
+//! bearer token never reaches a span. Every service builds its channels with [`channel`] or
+//! [`channel_with`], so no outgoing call can skip its span or its trace context.
 
 use std::{
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -11,9 +19,8 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector};
 use tonic::{
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
-    service::Interceptor,
-    transport::Channel,
+    metadata::MetadataMap,
+    transport::{Channel, Endpoint},
 };
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -34,26 +41,26 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes W3C trace context into gRPC metadata.
+/// Writes W3C trace context into HTTP (and so gRPC) request headers.
 #[derive(Debug)]
-pub struct MetadataInjector<'a>(pub &'a mut MetadataMap);
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
-impl Injector for MetadataInjector<'_> {
+impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (
-            MetadataKey::from_bytes(key.as_bytes()),
-            MetadataValue::try_from(value.as_str()),
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::try_from(value),
         ) {
-            self.0.insert(key, value);
+            self.0.insert(name, value);
         }
     }
 }
 
-/// Injects the current span's context into outgoing request metadata.
-pub fn inject_trace_context(metadata: &mut MetadataMap) {
-    let context = tracing::Span::current().context();
+/// Writes `span`'s trace context into `headers`: the callee's spans become its children.
+pub fn inject_trace_context(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut MetadataInjector(metadata));
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
 }
 
@@ -74,24 +81,13 @@ pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// A client interceptor that propagates trace context (and nothing else).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TraceInterceptor;
-
-impl Interceptor for TraceInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        inject_trace_context(request.metadata_mut());
-        Ok(request)
-    }
-}
-
-/// A lazily connecting channel with connect and per-request timeouts (no call waits forever),
-/// balanced over every address of the host (see [`crate::balance`]).
-pub fn channel(url: &str, request_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    crate::balance::balanced_channel(url, move |endpoint| {
+/// A lazily connecting, traced channel with connect and per-request timeouts (no call waits
+/// forever), balanced over every address of the host (see [`crate::balance`]).
+pub fn channel(
+    url: &str,
+    request_timeout: Duration,
+) -> Result<TracedChannel, tonic::transport::Error> {
+    channel_with(url, move |endpoint| {
         endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(request_timeout)
@@ -99,6 +95,113 @@ pub fn channel(url: &str, request_timeout: Duration) -> Result<Channel, tonic::t
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
     })
+}
+
+/// A traced, balanced channel to `url` with each endpoint `configure`d (timeouts, limits).
+pub fn channel_with(
+    url: &str,
+    configure: impl Fn(Endpoint) -> Endpoint + Send + Sync + 'static,
+) -> Result<TracedChannel, tonic::transport::Error> {
+    let target = Target::of(url);
+    let inner = crate::balance::balanced_channel(url, configure)?;
+    Ok(TracedChannel {
+        inner,
+        target: Arc::new(target),
+    })
+}
+
+/// Who a channel calls, as the client span names it: the host and port of the configured URL
+/// (a name, not whichever replica answered).
+#[derive(Debug)]
+struct Target {
+    address: String,
+    port: u16,
+}
+
+impl Target {
+    fn of(url: &str) -> Self {
+        let parsed = url.parse::<http::Uri>().ok();
+        let address = parsed
+            .as_ref()
+            .and_then(http::Uri::host)
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let https = parsed
+            .as_ref()
+            .is_some_and(|uri| uri.scheme_str() == Some("https"));
+        let port = parsed
+            .as_ref()
+            .and_then(http::Uri::port_u16)
+            .unwrap_or(if https { 443 } else { 80 });
+        Self { address, port }
+    }
+}
+
+/// A [`Channel`] that wraps every call in a CLIENT span and injects that span's W3C trace
+/// context into the request, so the callee's SERVER span is its child.
+#[derive(Clone, Debug)]
+pub struct TracedChannel {
+    inner: Channel,
+    target: Arc<Target>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let (service, method) = service_and_method(request.uri().path());
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            server.address = %self.target.address,
+            server.port = i64::from(self.target.port),
+        );
+        inject_trace_context(&span, request.headers_mut());
+        let response = self.inner.call(request);
+        Box::pin(
+            async move {
+                let result = response.await;
+                let code = match &result {
+                    Ok(response) => status_of(response.headers()),
+                    // No answer at all (refused, reset, timed out).
+                    Err(_) => tonic::Code::Unavailable,
+                };
+                // A client span fails with any status but OK.
+                record_status(code, code != tonic::Code::Ok);
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// `package.Service` and `Method` of a gRPC path (`/package.Service/Method`).
+fn service_and_method(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("unknown", "unknown"))
+}
+
+/// Records the status code on the current RPC span, and marks the span failed when `failed`.
+fn record_status(code: tonic::Code, failed: bool) {
+    let span = tracing::Span::current();
+    span.record("rpc.grpc.status_code", code as i64);
+    if failed {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// gRPC health (reporter plus service) and reflection over Tollgate's descriptor set.
@@ -163,14 +266,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("unknown", "unknown"));
+        let (service, method) = service_and_method(&path);
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = %path.trim_start_matches('/'),
+            otel.name = %format_args!("{service}/{method}"),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %method,
@@ -186,11 +287,11 @@ where
             async move {
                 let result = inner.call(request).await;
                 let code = match &result {
-                    Ok(response) => status_code(response.headers()),
-                    Err(_) => "UNAVAILABLE",
+                    Ok(response) => status_of(response.headers()),
+                    Err(_) => tonic::Code::Unavailable,
                 };
-                tracing::Span::current().record("rpc.grpc.status_code", code);
-                metrics.observe(&path, code, started.elapsed().as_secs_f64());
+                record_status(code, server_fault(code));
+                metrics.observe(&path, code_name(code), started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),
@@ -198,15 +299,25 @@ where
     }
 }
 
+/// Whether a status is the server's failure (the OpenTelemetry RPC conventions' list), as
+/// opposed to a refusal of the caller's request.
+fn server_fault(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
+}
+
 /// A unary tonic reply carries `grpc-status` in its headers only when it fails
 /// ("trailers-only"); success puts `0` in the trailers.
-fn status_code(headers: &HeaderMap) -> &'static str {
+fn status_of(headers: &HeaderMap) -> tonic::Code {
     let code = headers
         .get("grpc-status")
-        .and_then(|value: &HeaderValue| value.to_str().ok())
+        .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<i32>().ok())
         .unwrap_or(0);
-    code_name(tonic::Code::from_i32(code))
+    tonic::Code::from_i32(code)
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -249,10 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn client_spans_name_the_configured_host_and_port() {
+        let target = Target::of("http://auth-service-grpc.tollgate.svc:50051");
+        assert_eq!(
+            (target.address.as_str(), target.port),
+            ("auth-service-grpc.tollgate.svc", 50051)
+        );
+        let target = Target::of("https://[::1]");
+        assert_eq!((target.address.as_str(), target.port), ("::1", 443));
+        assert_eq!(
+            service_and_method("/tollgate.usage.v1.UsageService/Consume"),
+            ("tollgate.usage.v1.UsageService", "Consume")
+        );
+    }
+
+    #[test]
     fn trailers_only_replies_report_their_status() {
         let mut headers = HeaderMap::new();
-        assert_eq!(status_code(&headers), "OK");
+        assert_eq!(status_of(&headers), tonic::Code::Ok);
         headers.insert("grpc-status", HeaderValue::from_static("16"));
-        assert_eq!(status_code(&headers), "UNAUTHENTICATED");
+        assert_eq!(status_of(&headers), tonic::Code::Unauthenticated);
     }
 }

@@ -17,10 +17,9 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use tollgate_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
-use tonic::transport::Channel;
 
 use crate::{
-    grpc::TraceInterceptor,
+    grpc::TracedChannel,
     shutdown::Shutdown,
     time::{unix_now, unix_now_ms},
     tokens::{
@@ -32,8 +31,7 @@ use crate::{
 /// caller started) before being refused.
 const KEYS_WAIT: Duration = Duration::from_secs(2);
 
-type Client =
-    AuthServiceClient<tonic::service::interceptor::InterceptedService<Channel, TraceInterceptor>>;
+type Client = AuthServiceClient<TracedChannel>;
 
 /// A [`Verifier`] whose keys come from auth-service.
 #[derive(Clone, Debug)]
@@ -95,14 +93,14 @@ impl RefreshGate {
 
 impl JwksVerifier {
     pub fn new(
-        channel: Channel,
+        channel: TracedChannel,
         settings: VerifierSettings,
         min_refresh_interval: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(settings, KeySet::default()),
-                client: AuthServiceClient::with_interceptor(channel, TraceInterceptor),
+                client: AuthServiceClient::new(channel),
                 gate: RefreshGate::new(min_refresh_interval),
                 loaded: tokio::sync::watch::Sender::new(0),
                 service_tokens: quick_cache::sync::Cache::new(1_000),

@@ -1,15 +1,16 @@
 //! Service-to-service credentials on the calling side: a client-credentials token source that
 //! fetches a service token from auth-service, caches it and refreshes it before it expires,
-//! and an interceptor that attaches it (with trace context) to every outgoing call.
+//! and an interceptor that attaches it to every outgoing call (the [`TracedChannel`] adds the
+//! trace context).
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{sync::watch, task::JoinHandle};
 use tollgate_proto::auth::v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
-use tonic::{Status, metadata::MetadataValue, service::Interceptor, transport::Channel};
+use tonic::{Status, metadata::MetadataValue, service::Interceptor};
 
-use crate::{grpc::inject_trace_context, shutdown::Shutdown};
+use crate::{grpc::TracedChannel, shutdown::Shutdown};
 
 /// Who this service is to auth-service, and what it wants a token for.
 #[derive(Clone, Debug)]
@@ -40,7 +41,11 @@ impl Drop for AbortOnDrop {
 
 impl ServiceTokenSource {
     /// Starts fetching tokens over `channel` (auth-service's gRPC endpoint).
-    pub fn start(channel: Channel, credentials: ClientCredentials, shutdown: Shutdown) -> Self {
+    pub fn start(
+        channel: TracedChannel,
+        credentials: ClientCredentials,
+        shutdown: Shutdown,
+    ) -> Self {
         let (sender, current) = watch::channel(None);
         let task = tokio::spawn(refresh_loop(
             AuthServiceClient::new(channel),
@@ -67,7 +72,7 @@ impl ServiceTokenSource {
         self.current.borrow().clone()
     }
 
-    /// An interceptor that attaches the token and trace context to outgoing calls.
+    /// An interceptor that attaches the token to outgoing calls.
     pub fn interceptor(&self) -> ServiceAuthInterceptor {
         ServiceAuthInterceptor {
             source: self.clone(),
@@ -76,7 +81,7 @@ impl ServiceTokenSource {
 }
 
 async fn refresh_loop(
-    mut client: AuthServiceClient<Channel>,
+    mut client: AuthServiceClient<TracedChannel>,
     credentials: ClientCredentials,
     sender: watch::Sender<Option<MetadataValue<tonic::metadata::Ascii>>>,
     shutdown: Shutdown,
@@ -119,7 +124,7 @@ async fn refresh_loop(
     }
 }
 
-/// Attaches `authorization: Bearer <service token>` and trace context to each call.
+/// Attaches `authorization: Bearer <service token>` to each call.
 #[derive(Clone, Debug)]
 pub struct ServiceAuthInterceptor {
     source: ServiceTokenSource,
@@ -132,7 +137,6 @@ impl Interceptor for ServiceAuthInterceptor {
             .header()
             .ok_or_else(|| Status::unavailable("no service token yet: auth-service unreachable"))?;
         request.metadata_mut().insert("authorization", header);
-        inject_trace_context(request.metadata_mut());
         Ok(request)
     }
 }

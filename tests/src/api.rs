@@ -10,8 +10,8 @@ use tollgate_proto::{
     auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
     usage::v1::{self as usage_pb, usage_service_client::UsageServiceClient},
 };
-use tollgate_shared::testing::with_bearer;
-use tonic::{Status, transport::Channel};
+use tollgate_shared::{grpc::TracedChannel, testing::with_bearer};
+use tonic::Status;
 use uuid::Uuid;
 
 use crate::stack::Cluster;
@@ -59,7 +59,7 @@ pub fn key() -> String {
     Uuid::new_v4().simple().to_string()
 }
 
-fn channel(url: &str) -> Channel {
+fn channel(url: &str) -> TracedChannel {
     tollgate_shared::grpc::channel(url, CALL_TIMEOUT).expect("a valid gRPC URL")
 }
 
@@ -178,11 +178,11 @@ impl Cluster {
             .revoked_sessions
     }
 
-    pub fn auth_client(&self) -> AuthServiceClient<Channel> {
+    pub fn auth_client(&self) -> AuthServiceClient<TracedChannel> {
         AuthServiceClient::new(channel(&self.auth.grpc_url()))
     }
 
-    pub fn usage_client(&self) -> UsageServiceClient<Channel> {
+    pub fn usage_client(&self) -> UsageServiceClient<TracedChannel> {
         UsageServiceClient::new(channel(&self.usage.grpc_url()))
     }
 

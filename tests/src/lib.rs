@@ -16,6 +16,8 @@
 //! - [`client`]: the WebSocket client and the gateway's HTTP side.
 //! - [`forge`]: hostile tokens.
 //! - [`invariants`]: what must hold after every fault.
+//! - [`otlp`]: a trace receiver the services export their spans to.
+//! - [`scrape`]: the `/metrics` page, parsed.
 //!
 //! Isolation is by construction: each cluster has its own databases, Redis key prefix, client
 //! secret and ports, so tests run in parallel. Waiting is always on a condition with a
@@ -29,13 +31,16 @@ pub mod binaries;
 pub mod client;
 pub mod forge;
 pub mod invariants;
+pub mod otlp;
 pub mod process;
+pub mod scrape;
 pub mod stack;
 
 pub use api::{PASSWORD, User, key, unique_email};
 pub use binaries::Binary;
 pub use client::{NotConnected, Present, Received, Refused, WsClient, kinds, publish, try_publish};
 pub use invariants::{Acknowledgements, assert_ledger_matches, assert_session_revoked};
+pub use otlp::{ExportedSpan, TraceReceiver};
 pub use process::Service;
 pub use stack::{Cluster, ClusterBuilder};
 pub use tollgate_shared::testing::{eventually, reason};

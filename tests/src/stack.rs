@@ -16,7 +16,7 @@ use tollgate_shared::{
 };
 use uuid::Uuid;
 
-use crate::{binaries::Binary, process::Service};
+use crate::{binaries::Binary, otlp::TraceReceiver, process::Service};
 
 /// Log filter of every service: enough to debug a failure, quiet about the libraries.
 const RUST_LOG: &str = "info,h2=warn,hyper=warn,tower=warn,sqlx=warn,tonic=warn";
@@ -82,6 +82,23 @@ impl ClusterBuilder {
     pub fn gateway_env(mut self, variable: &str, value: &str) -> Self {
         self.gateway_env.push((variable.into(), value.into()));
         self
+    }
+
+    /// Every service exports its spans to `receiver`, promptly (a batch every 100 ms rather
+    /// than every 5 s), so a test can wait for them.
+    pub fn export_traces_to(self, receiver: &TraceReceiver) -> Self {
+        let endpoint = receiver.endpoint();
+        let mut builder = self;
+        for (variable, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ] {
+            builder = builder
+                .auth_env(variable, value)
+                .usage_env(variable, value)
+                .gateway_env(variable, value);
+        }
+        builder
     }
 
     /// Creates the databases, starts auth-service, then usage-service and the gateways, and

@@ -70,11 +70,15 @@ impl Usage {
                 result => break (request, result?),
             }
         };
-        let result = if decision.allowed && !decision.replayed {
+        let fresh = decision.allowed && !decision.replayed;
+        let result = if fresh {
             self.record(&request, decision, now).await
         } else {
             Ok(decision)
         };
+        if fresh && result.is_ok() {
+            self.metrics.consumed(meter.as_str(), amount);
+        }
         let consumed = result.map(|decision| Consumed {
             decision,
             denial: decision.denial.map(|denial| match denial {

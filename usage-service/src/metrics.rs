@@ -16,6 +16,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeterLabels {
+    pub meter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChangeLabels {
     pub outcome: &'static str,
 }
@@ -23,6 +28,7 @@ pub struct ChangeLabels {
 #[derive(Clone, Debug)]
 pub struct UsageMetrics {
     decisions: Family<DecisionLabels, Counter>,
+    consumed: Family<MeterLabels, Counter>,
     plan_changes: Family<ChangeLabels, Counter>,
     consume_latency: Histogram,
 }
@@ -31,6 +37,7 @@ impl UsageMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             decisions: Family::default(),
+            consumed: Family::default(),
             plan_changes: Family::default(),
             consume_latency: Histogram::new(LATENCY_BUCKETS),
         };
@@ -38,6 +45,11 @@ impl UsageMetrics {
             "usage_decisions",
             "Decisions by kind (authorize, a meter, connection) and outcome (allowed or the deny reason)",
             metrics.decisions.clone(),
+        );
+        registry.register(
+            "usage_consumed",
+            "Usage counted, by meter: the amounts of allowed Consume calls (a replay counts once)",
+            metrics.consumed.clone(),
         );
         registry.register(
             "usage_plan_changes",
@@ -57,6 +69,12 @@ impl UsageMetrics {
         self.decisions
             .get_or_create(&DecisionLabels { kind, outcome })
             .inc();
+    }
+
+    pub fn consumed(&self, meter: &'static str, amount: u64) {
+        self.consumed
+            .get_or_create(&MeterLabels { meter })
+            .inc_by(amount);
     }
 
     pub fn plan_change(&self, outcome: &'static str) {

@@ -113,8 +113,9 @@ pub async fn upgrade(
     let span = tracing::info_span!(
         "ws.connection",
         otel.name = "ws.connection",
+        otel.kind = "server",
         connection_id = %connection_id,
-        peer = %peer.ip(),
+        client.address = %peer.ip(),
         user_id = tracing::field::Empty,
         session_id = tracing::field::Empty,
     );

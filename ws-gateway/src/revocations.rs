@@ -24,10 +24,10 @@ use tollgate_proto::auth::v1::{WatchRevocationsRequest, auth_service_client::Aut
 use tollgate_shared::{
     engine::Engine,
     events::{REVOCATIONS_CHANNEL, Revocation},
+    grpc::TracedChannel,
     service_auth::ServiceAuthInterceptor,
     shutdown::Shutdown,
 };
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{error::CloseCode, hub::Hub, metrics::GatewayMetrics};
@@ -108,7 +108,7 @@ impl Revocations {
     /// Follows auth-service's `WatchRevocations` until shutdown, reconnecting with backoff.
     pub fn spawn_watcher(
         &self,
-        channel: Channel,
+        channel: TracedChannel,
         interceptor: ServiceAuthInterceptor,
         shutdown: Shutdown,
     ) -> JoinHandle<()> {

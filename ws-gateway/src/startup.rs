@@ -17,10 +17,10 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tollgate_shared::{
-    balance::balanced_channel,
     config::{ExposeSecret, SecretString},
     engine::Engine,
     events::REVOCATIONS_CHANNEL,
+    grpc::{TracedChannel, channel_with},
     health::{self, Readiness},
     jwks::JwksVerifier,
     metrics as shared_metrics, serve,
@@ -28,7 +28,6 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
-use tonic::transport::Channel;
 
 use crate::{
     agent::{DemoAgent, Executor},
@@ -56,7 +55,7 @@ pub struct Application {
     registry: Arc<Registry>,
     engine: Engine,
     revocations: Revocations,
-    watch_channel: Channel,
+    watch_channel: TracedChannel,
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
 }
@@ -285,8 +284,11 @@ const UPSTREAM_CONCURRENCY: usize = 256;
 
 /// A channel for unary calls: connect and request timeouts (every call is bounded) and a cap
 /// on the calls in flight.
-fn upstream_channel(url: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    balanced_channel(url, move |endpoint| {
+fn upstream_channel(
+    url: &str,
+    timeout: Duration,
+) -> Result<TracedChannel, tonic::transport::Error> {
+    channel_with(url, move |endpoint| {
         endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
@@ -299,8 +301,8 @@ fn upstream_channel(url: &str, timeout: Duration) -> Result<Channel, tonic::tran
 
 /// A channel for long-lived streams: no per-request timeout (the stream would be cut), HTTP/2
 /// keep-alive to notice a dead peer.
-fn streaming_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    balanced_channel(url, |endpoint| {
+fn streaming_channel(url: &str) -> Result<TracedChannel, tonic::transport::Error> {
+    channel_with(url, |endpoint| {
         endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -6,13 +6,13 @@ use std::{future::Future, time::Duration};
 
 use tokio::time::Instant;
 use tollgate_proto::usage::v1::{self as pb, usage_service_client::UsageServiceClient};
-use tollgate_shared::service_auth::ServiceAuthInterceptor;
-use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use tollgate_shared::{grpc::TracedChannel, service_auth::ServiceAuthInterceptor};
+use tonic::{Code, Status, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
 use crate::metrics::GatewayMetrics;
 
-type Client = UsageServiceClient<InterceptedService<Channel, ServiceAuthInterceptor>>;
+type Client = UsageServiceClient<InterceptedService<TracedChannel, ServiceAuthInterceptor>>;
 
 /// usage-service could not give an answer (down, slow, or refusing the gateway itself).
 #[derive(Clone, Copy, Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub struct UsageClient {
 
 impl UsageClient {
     pub fn new(
-        channel: Channel,
+        channel: TracedChannel,
         interceptor: ServiceAuthInterceptor,
         metrics: GatewayMetrics,
     ) -> Self {

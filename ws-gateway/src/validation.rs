@@ -29,16 +29,17 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tollgate_proto::auth::v1::{ValidateTokenRequest, auth_service_client::AuthServiceClient};
 use tollgate_shared::{
-    jwks::JwksVerifier, service_auth::ServiceAuthInterceptor, time::unix_now, tokens::TokenError,
+    grpc::TracedChannel, jwks::JwksVerifier, service_auth::ServiceAuthInterceptor, time::unix_now,
+    tokens::TokenError,
 };
-use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Code, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
 use crate::{
     breaker::Breaker, config::AuthMode, metrics::GatewayMetrics, revocations::RevocationList,
 };
 
-type Client = AuthServiceClient<InterceptedService<Channel, ServiceAuthInterceptor>>;
+type Client = AuthServiceClient<InterceptedService<TracedChannel, ServiceAuthInterceptor>>;
 
 /// Tokens confirmed by auth-service, remembered briefly.
 const CACHED_TOKENS: usize = 50_000;
@@ -78,7 +79,7 @@ impl TokenValidator {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         jwks: JwksVerifier,
-        channel: Channel,
+        channel: TracedChannel,
         interceptor: ServiceAuthInterceptor,
         breaker: Breaker,
         revoked: Arc<RevocationList>,

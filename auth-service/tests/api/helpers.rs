@@ -5,8 +5,10 @@ use std::{sync::Arc, time::Duration};
 use auth_service::{Application, Config, auth::Auth, clients::ClientRegistry};
 use tokio::task::JoinHandle;
 use tollgate_proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
-use tollgate_shared::{shutdown::Shutdown, time::unix_now, tokens::AccessClaims};
-use tonic::{Code, Status, transport::Channel};
+use tollgate_shared::{
+    grpc::TracedChannel, shutdown::Shutdown, time::unix_now, tokens::AccessClaims,
+};
+use tonic::{Code, Status};
 use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -32,8 +34,8 @@ pub fn config(backend: Backend, database: &TestDatabase) -> Config {
 
 /// A running application and clients for it. Dropping it shuts the application down.
 pub struct TestApp {
-    pub grpc: AuthServiceClient<Channel>,
-    pub channel: Channel,
+    pub grpc: AuthServiceClient<TracedChannel>,
+    pub channel: TracedChannel,
     pub http: reqwest::Client,
     pub http_base: String,
     pub grpc_addr: std::net::SocketAddr,
@@ -93,7 +95,7 @@ impl TestApp {
         }
     }
 
-    pub fn client(&self) -> AuthServiceClient<Channel> {
+    pub fn client(&self) -> AuthServiceClient<TracedChannel> {
         self.grpc.clone()
     }
 

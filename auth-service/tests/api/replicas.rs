@@ -12,7 +12,8 @@ use std::{
 use tollgate_proto::auth::v1::{
     GetJwksRequest, LogoutRequest, RotateSigningKeyRequest, auth_service_client::AuthServiceClient,
 };
-use tonic::{Code, transport::Channel};
+use tollgate_shared::grpc::TracedChannel;
+use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -20,7 +21,7 @@ use crate::helpers::*;
 /// A child process, killed when dropped, whose output is captured.
 struct Replica {
     child: Child,
-    grpc: AuthServiceClient<Channel>,
+    grpc: AuthServiceClient<TracedChannel>,
     log: Arc<Mutex<String>>,
 }
 

@@ -32,8 +32,7 @@ use tokio::{
 use tollgate_proto::auth::v1::{
     IssueServiceTokenRequest, RegisterRequest, auth_service_client::AuthServiceClient,
 };
-use tollgate_shared::shutdown::Shutdown;
-use tonic::transport::Channel;
+use tollgate_shared::{grpc::TracedChannel, shutdown::Shutdown};
 
 use crate::{cores, random_alphanumeric, random_lowercase};
 
@@ -128,7 +127,7 @@ impl Stack {
         })
     }
 
-    fn auth_client(&self) -> anyhow::Result<AuthServiceClient<Channel>> {
+    fn auth_client(&self) -> anyhow::Result<AuthServiceClient<TracedChannel>> {
         let channel =
             tollgate_shared::grpc::channel(&format!("http://{}", self.auth), STARTUP_PATIENCE)?;
         Ok(AuthServiceClient::new(channel))

@@ -6,6 +6,7 @@
 
 mod drain;
 mod faults;
+mod metrics;
 mod nodes;
 mod partitions;
 mod seed_auth;
@@ -14,3 +15,4 @@ mod seed_cross_service;
 mod seed_edge_cases;
 mod seed_lifecycle;
 mod storm;
+mod traces;

@@ -7,11 +7,11 @@ use tollgate_proto::{
     auth::v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient},
     usage::v1::{self as pb, usage_service_client::UsageServiceClient},
 };
-use tollgate_shared::shutdown::Shutdown;
 pub use tollgate_shared::testing::{
     Backend, TestDatabase, eventually, reason, redis_prefix, redis_url, with_bearer,
 };
-use tonic::{Request, Status, transport::Channel};
+use tollgate_shared::{grpc::TracedChannel, shutdown::Shutdown};
+use tonic::{Request, Status};
 use usage_service::{Application, Config, usage::Usage};
 use uuid::Uuid;
 
@@ -70,7 +70,7 @@ impl Auth {
 
 /// A running usage-service with clients for it.
 pub struct TestApp {
-    pub channel: Channel,
+    pub channel: TracedChannel,
     pub config: Config,
     pub database: Arc<TestDatabase>,
     pub auth: Arc<Auth>,
@@ -151,7 +151,7 @@ impl TestApp {
         }
     }
 
-    pub fn client(&self) -> UsageServiceClient<Channel> {
+    pub fn client(&self) -> UsageServiceClient<TracedChannel> {
         UsageServiceClient::new(self.channel.clone())
     }
 

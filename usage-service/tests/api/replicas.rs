@@ -11,13 +11,13 @@ use std::{
 
 use futures::future::join_all;
 use tollgate_proto::usage::v1::{ConsumeRequest, usage_service_client::UsageServiceClient};
-use tonic::transport::Channel;
+use tollgate_shared::grpc::TracedChannel;
 
 use crate::helpers::*;
 
 struct Process {
     child: Child,
-    client: UsageServiceClient<Channel>,
+    client: UsageServiceClient<TracedChannel>,
     log: Arc<Mutex<String>>,
 }
 

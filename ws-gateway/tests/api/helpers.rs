@@ -13,8 +13,9 @@ pub use tollgate_shared::{
     fault_proxy::FaultProxy,
     testing::{Backend, TestDatabase, eventually, redis_prefix, redis_url, with_bearer},
 };
-use tollgate_shared::{shutdown::Shutdown, time::unix_now, tokens::AccessClaims};
-use tonic::transport::Channel;
+use tollgate_shared::{
+    grpc::TracedChannel, shutdown::Shutdown, time::unix_now, tokens::AccessClaims,
+};
 use uuid::Uuid;
 use ws_gateway::{Application, Config};
 
@@ -30,11 +31,11 @@ pub struct Services {
     pub backend: Backend,
     pub redis_prefix: String,
     pub auth_grpc: SocketAddr,
-    pub auth_channel: Channel,
+    pub auth_channel: TracedChannel,
     pub auth: Arc<auth_service::auth::Auth>,
     pub auth_config: auth_service::Config,
     pub usage_grpc: SocketAddr,
-    usage_channel: Channel,
+    usage_channel: TracedChannel,
     shutdowns: Vec<Shutdown>,
     _databases: Vec<TestDatabase>,
 }
@@ -127,7 +128,7 @@ impl Services {
         config
     }
 
-    fn auth_client(&self) -> AuthServiceClient<Channel> {
+    fn auth_client(&self) -> AuthServiceClient<TracedChannel> {
         AuthServiceClient::new(self.auth_channel.clone())
     }
 
@@ -236,7 +237,7 @@ impl Services {
     }
 }
 
-fn channel(addr: SocketAddr) -> Channel {
+fn channel(addr: SocketAddr) -> TracedChannel {
     tollgate_shared::grpc::channel(&format!("http://{addr}"), Duration::from_secs(30)).unwrap()
 }
 
