@@ -325,14 +325,16 @@ impl UsageService for UsageGrpc {
         } else {
             u64::from(ttl_seconds)
         });
-        let (granted, active, limit) = self
+        let lease = self
             .usage
             .acquire_connection(user, &connection_id, ttl)
             .await?;
         Ok(Response::new(pb::AcquireConnectionResponse {
-            granted,
-            active,
-            limit,
+            granted: lease.granted,
+            active: lease.active,
+            limit: lease.limit,
+            plan_id: lease.context.plan.id.to_string(),
+            roles: roles_to_pb(&lease.context.roles),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! `GetUsage` reads the billing counters back from the ledger; connection leases bound a
 //! user's concurrent connections across gateway nodes.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     access::DenyReason,
@@ -13,7 +13,7 @@ use crate::{
     periods::{self, Window},
     plans::Plan,
     store::{LedgerEntry, LedgerWrite},
-    usage::Usage,
+    usage::{Usage, UserContext},
 };
 
 /// Largest amount one `Consume` may count.
@@ -27,6 +27,16 @@ pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
 pub struct Consumed {
     pub decision: Decision,
     pub denial: Option<DenyReason>,
+}
+
+/// An `AcquireConnection` answer, with the context it was decided in (plan and roles), which
+/// the gateway shows the connection.
+#[derive(Clone, Debug)]
+pub struct LeaseDecision {
+    pub granted: bool,
+    pub active: u32,
+    pub limit: u32,
+    pub context: Arc<UserContext>,
 }
 
 /// A meter's use in a billing period.
@@ -162,14 +172,15 @@ impl Usage {
         user: UserId,
         connection_id: &str,
         ttl: Duration,
-    ) -> Result<(bool, u32, u32), UsageError> {
+    ) -> Result<LeaseDecision, UsageError> {
         validate_connection_id(connection_id)?;
         if !LEASE_TTL.contains(&ttl) {
             return Err(UsageError::InvalidInput(
                 "ttl_seconds must be between 5 and 3600".into(),
             ));
         }
-        let limit = self.context(user).await?.plan.max_connections;
+        let context = self.context(user).await?;
+        let limit = context.plan.max_connections;
         let (granted, active) = self
             .limiter
             .acquire_lease(user.as_uuid(), connection_id, limit, ttl)
@@ -178,7 +189,12 @@ impl Usage {
             "connection",
             if granted { "allowed" } else { "LIMIT_REACHED" },
         );
-        Ok((granted, active, limit))
+        Ok(LeaseDecision {
+            granted,
+            active,
+            limit,
+            context,
+        })
     }
 
     pub async fn release_connection(

@@ -60,27 +60,25 @@ pub enum Refusal {
     Unavailable,
 }
 
-/// Takes the connection's lease and reads the user's plan and roles, both at once.
+/// Takes the connection's lease, which also tells the user's plan and roles.
 pub async fn open_session(
     shared: &Shared,
     identity: Identity,
     connection_id: &str,
 ) -> Result<Session, Refusal> {
     let user = identity.user_id;
-    let (lease, profile) = tokio::join!(
-        shared
-            .limits
-            .lease(user, connection_id, shared.config.lease_ttl),
-        shared.limits.usage().profile(user),
-    );
-    let lease_held = match lease {
-        Lease::Granted => true,
+    let lease = shared
+        .limits
+        .lease(user, connection_id, shared.config.lease_ttl)
+        .await;
+    let (lease_held, profile) = match lease {
+        Lease::Granted(profile) => (true, profile),
         Lease::Denied { .. } => return Err(Refusal::TooManyConnections),
         Lease::Unavailable
             if (shared.hub.connections_of(user) as u64) < shared.limits.emergency_limit() =>
         {
             tracing::warn!("usage-service unreachable; admitting under the emergency limit");
-            false
+            (false, Profile::unknown())
         }
         Lease::Unavailable => return Err(Refusal::Unavailable),
     };

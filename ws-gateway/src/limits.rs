@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     metrics::GatewayMetrics,
-    usage::{Denial, LeaseAnswer, UsageClient, Verdict},
+    usage::{Denial, LeaseAnswer, Profile, UsageClient, Verdict},
 };
 
 /// The window of the per-address connection count.
@@ -59,9 +59,9 @@ pub enum Metered {
 }
 
 /// The outcome of asking for a connection lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lease {
-    Granted,
+    Granted(Profile),
     Denied { limit: u32 },
     Unavailable,
 }
@@ -127,9 +127,13 @@ impl Limits {
             .acquire_connection(user, connection_id, ttl)
             .await
         {
-            Ok(LeaseAnswer { granted: true, .. }) => {
+            Ok(LeaseAnswer {
+                granted: true,
+                profile,
+                ..
+            }) => {
                 self.metrics.decision("connections", "allowed");
-                Lease::Granted
+                Lease::Granted(profile)
             }
             Ok(LeaseAnswer { limit, .. }) => {
                 self.metrics.decision("connections", "denied");

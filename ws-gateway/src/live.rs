@@ -204,7 +204,10 @@ impl Live {
                 Event::Renewed(lease) => {
                     renewal = None;
                     match lease {
-                        Lease::Granted => self.session.lease_held = true,
+                        Lease::Granted(profile) => {
+                            self.session.lease_held = true;
+                            self.session.profile = profile;
+                        }
                         Lease::Denied { .. } => return End::Close(CloseCode::TooManyConnections),
                         Lease::Unavailable => {}
                     }

@@ -55,19 +55,29 @@ pub enum Verdict {
     },
 }
 
-/// The answer of `AcquireConnection`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The answer of `AcquireConnection`: the lease, and the plan and roles it was decided under.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAnswer {
     pub granted: bool,
-    pub active: u32,
     pub limit: u32,
+    pub profile: Profile,
 }
 
-/// A user's plan and roles, as far as usage-service could tell at connect time.
+/// A user's plan and roles, as far as usage-service could tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile {
     pub plan: String,
     pub roles: Vec<String>,
+}
+
+impl Profile {
+    /// What a connection shows when usage-service could not be asked.
+    pub fn unknown() -> Self {
+        Self {
+            plan: "unknown".into(),
+            roles: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -103,30 +113,6 @@ impl UsageClient {
                 code: status.code(),
             }
         })
-    }
-
-    /// Plan and roles; a failure yields what is known (`unknown`, no roles) and never blocks a
-    /// connection.
-    pub async fn profile(&self, user: Uuid) -> Profile {
-        let subscription = self.call("GetSubscription", |mut client| async move {
-            client
-                .get_subscription(pb::GetSubscriptionRequest {
-                    user_id: user.to_string(),
-                })
-                .await
-        });
-        let permissions = self.call("ListPermissions", |mut client| async move {
-            client
-                .list_permissions(pb::ListPermissionsRequest {
-                    user_id: user.to_string(),
-                })
-                .await
-        });
-        let (subscription, permissions) = tokio::join!(subscription, permissions);
-        Profile {
-            plan: subscription.map_or_else(|_| "unknown".into(), |s| s.plan_id),
-            roles: permissions.map(|p| p.roles).unwrap_or_default(),
-        }
     }
 
     pub async fn authorize(&self, user: Uuid, action: &str) -> Result<Verdict, Unavailable> {
@@ -219,13 +205,18 @@ impl UsageClient {
             .await?;
         let pb::AcquireConnectionResponse {
             granted,
-            active,
+            active: _,
             limit,
+            plan_id,
+            roles,
         } = answer;
         Ok(LeaseAnswer {
             granted,
-            active,
             limit,
+            profile: Profile {
+                plan: plan_id,
+                roles,
+            },
         })
     }
 
