@@ -348,7 +348,29 @@ impl UsageService for UsageGrpc {
             connection_id,
         } = request.into_inner();
         let user = UserId::parse(&user_id).map_err(UsageError::from)?;
-        self.usage.release_connection(user, &connection_id).await?;
+        self.usage
+            .release_connections(&[(user, &connection_id)])
+            .await?;
+        Ok(Response::new(pb::ReleaseConnectionResponse {}))
+    }
+
+    async fn release_connections(
+        &self,
+        request: Request<pb::ReleaseConnectionsRequest>,
+    ) -> Result<Response<pb::ReleaseConnectionResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ReleaseConnectionsRequest { leases } = request.into_inner();
+        let users = leases
+            .iter()
+            .map(|lease| UserId::parse(&lease.user_id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(UsageError::from)?;
+        let released: Vec<(UserId, &str)> = users
+            .into_iter()
+            .zip(&leases)
+            .map(|(user, lease)| (user, lease.connection_id.as_str()))
+            .collect();
+        self.usage.release_connections(&released).await?;
         Ok(Response::new(pb::ReleaseConnectionResponse {}))
     }
 }

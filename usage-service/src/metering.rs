@@ -18,6 +18,8 @@ use crate::{
 
 /// Largest amount one `Consume` may count.
 pub const MAX_AMOUNT: u64 = 1_000_000;
+/// Most leases one `ReleaseConnections` may release.
+pub const MAX_RELEASES: usize = 1000;
 /// Bounds of a lease's time to live.
 pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(5)..=Duration::from_secs(3600);
@@ -197,16 +199,19 @@ impl Usage {
         })
     }
 
-    pub async fn release_connection(
-        &self,
-        user: UserId,
-        connection_id: &str,
-    ) -> Result<(), UsageError> {
-        validate_connection_id(connection_id)?;
-        Ok(self
-            .limiter
-            .release_lease(user.as_uuid(), connection_id)
-            .await?)
+    /// Gives up each `(user, connection id)` lease; all or none are valid.
+    pub async fn release_connections(&self, leases: &[(UserId, &str)]) -> Result<(), UsageError> {
+        if leases.len() > MAX_RELEASES {
+            return Err(UsageError::InvalidInput(format!(
+                "at most {MAX_RELEASES} leases per call"
+            )));
+        }
+        let mut released = Vec::with_capacity(leases.len());
+        for &(user, connection_id) in leases {
+            validate_connection_id(connection_id)?;
+            released.push((user.as_uuid(), connection_id));
+        }
+        Ok(self.limiter.release_leases(&released).await?)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod queue;
+pub mod release;
 pub mod revocations;
 pub mod runs;
 pub mod startup;

@@ -12,13 +12,14 @@
 //! node), counted on an in-process engine of its own. Permissions (`Authorize`) are never
 //! guessed: a tool whose permission cannot be checked is refused either way.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tollgate_shared::engine::Engine;
 use uuid::Uuid;
 
 use crate::{
     metrics::GatewayMetrics,
+    release::Releaser,
     usage::{Denial, LeaseAnswer, Profile, UsageClient, Verdict},
 };
 
@@ -71,6 +72,7 @@ pub struct Limits {
     engine: Engine,
     emergency: Engine,
     usage: UsageClient,
+    releaser: Releaser,
     connect_rate: u64,
     fail_open: bool,
     emergency_limit: u64,
@@ -80,7 +82,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(
         engine: Engine,
-        usage: UsageClient,
+        (usage, releaser): (UsageClient, Releaser),
         connect_rate: u64,
         fail_open: bool,
         emergency_limit: u64,
@@ -90,6 +92,7 @@ impl Limits {
             engine,
             emergency: Engine::local(),
             usage,
+            releaser,
             connect_rate,
             fail_open,
             emergency_limit,
@@ -146,8 +149,9 @@ impl Limits {
         }
     }
 
-    pub async fn release(&self, user: Uuid, connection_id: &str) {
-        self.usage.release_connection(user, connection_id).await;
+    /// Gives the lease back; returns once usage-service has been told (see [`crate::release`]).
+    pub async fn release(&self, user: Uuid, connection_id: &Arc<str>) {
+        self.releaser.release(user, Arc::clone(connection_id)).await;
     }
 
     /// Counts `amount` of `meter` for `user` under the idempotency `key`.

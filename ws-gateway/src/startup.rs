@@ -28,6 +28,7 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::{DemoAgent, Executor},
@@ -39,6 +40,7 @@ use crate::{
     limits::Limits,
     metrics::GatewayMetrics,
     publish,
+    release::{self, ReleaseWorker},
     revocations::{RevocationList, Revocations},
     state::Shared,
     usage::UsageClient,
@@ -58,6 +60,7 @@ pub struct Application {
     watch_channel: TracedChannel,
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
+    release_worker: ReleaseWorker,
 }
 
 impl Application {
@@ -131,9 +134,10 @@ impl Application {
             metrics.clone(),
         );
         let usage = UsageClient::new(usage_channel, usage_tokens.interceptor(), metrics.clone());
+        let (releaser, release_worker) = release::releaser();
         let limits = Limits::new(
             engine.clone(),
-            usage,
+            (usage, releaser),
             config.connect_rate,
             config.usage_fail_open,
             config.emergency_limit,
@@ -163,6 +167,7 @@ impl Application {
             watch_channel,
             auth_tokens,
             usage_tokens,
+            release_worker,
         })
     }
 
@@ -188,6 +193,7 @@ impl Application {
             watch_channel,
             auth_tokens,
             usage_tokens,
+            release_worker,
         } = self;
         let shutdown = shared.shutdown.clone();
         let jwks = shared.validator.jwks().clone();
@@ -199,6 +205,11 @@ impl Application {
             spawn_readiness(&shared, auth_tokens, usage_tokens),
         ];
         tasks.extend(engine.spawn_relay(&[EVENTS_CHANNEL, REVOCATIONS_CHANNEL], shutdown.clone()));
+        // Releases outlive the shutdown signal: draining connections still give their leases back.
+        let releases_done = CancellationToken::new();
+        let releases = tokio::spawn(
+            release_worker.run(shared.limits.usage().clone(), releases_done.clone()),
+        );
 
         let router = Router::new()
             .route("/ws", get(handshake::upgrade))
@@ -237,6 +248,8 @@ impl Application {
         };
         shutdown.trigger();
         shared.readiness.set_ready(false);
+        releases_done.cancel();
+        let _ = releases.await;
         for task in tasks {
             let _ = task.await;
         }

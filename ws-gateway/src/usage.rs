@@ -220,15 +220,20 @@ impl UsageClient {
         })
     }
 
-    pub async fn release_connection(&self, user: Uuid, connection_id: &str) {
-        let connection_id = connection_id.to_owned();
+    /// Gives up each `(user, connection id)` lease; a failure is logged and left to the leases'
+    /// TTL.
+    pub async fn release_connections(&self, leases: &[(Uuid, &str)]) {
+        let leases = leases
+            .iter()
+            .map(|&(user, connection_id)| pb::ReleaseConnectionRequest {
+                user_id: user.to_string(),
+                connection_id: connection_id.to_owned(),
+            })
+            .collect();
         let _ = self
-            .call("ReleaseConnection", |mut client| async move {
+            .call("ReleaseConnections", |mut client| async move {
                 client
-                    .release_connection(pb::ReleaseConnectionRequest {
-                        user_id: user.to_string(),
-                        connection_id,
-                    })
+                    .release_connections(pb::ReleaseConnectionsRequest { leases })
                     .await
             })
             .await;

@@ -322,20 +322,21 @@ impl Limiter {
         }
     }
 
-    /// Gives up `connection_id`'s lease, freeing its slot at once.
-    pub async fn release_lease(
-        &self,
-        user_id: Uuid,
-        connection_id: &str,
-    ) -> Result<(), LimitError> {
-        let key = self.inner.engine.key(&keys::leases(user_id));
+    /// Gives up each `(user, connection id)` lease, freeing its slot at once.
+    pub async fn release_leases(&self, leases: &[(Uuid, &str)]) -> Result<(), LimitError> {
+        let keyed: Vec<(String, &str)> = leases
+            .iter()
+            .map(|&(user, id)| (self.inner.engine.key(&keys::leases(user)), id))
+            .collect();
         let routed = self
-            .on_redis(async |conn| redis_store::release_lease(conn, &key, connection_id).await)
+            .on_redis(async |conn| redis_store::release_leases(conn, &keyed).await)
             .await;
         match routed {
             Route::Redis(()) => Ok(()),
             Route::Local => {
-                self.inner.local.release_lease(user_id, connection_id);
+                for &(user, id) in leases {
+                    self.inner.local.release_lease(user, id);
+                }
                 Ok(())
             }
             Route::Unavailable => Err(LimitError::Unavailable),

@@ -275,18 +275,18 @@ pub(super) async fn acquire_lease(
     Ok((granted == 1, u32::try_from(active).unwrap_or(u32::MAX)))
 }
 
-/// Runs the release script.
-pub(super) async fn release_lease(
+/// Runs the release script for each `(key, connection id)`, all in one round trip.
+pub(super) async fn release_leases(
     conn: &mut Connection,
-    key: &str,
-    connection_id: &str,
+    leases: &[(String, &str)],
 ) -> RedisResult<()> {
-    let _: i64 = RELEASE_SCRIPT
-        .key(key)
-        .arg(connection_id)
-        .invoke_async(conn)
-        .await?;
-    Ok(())
+    let mut pipe = redis::pipe();
+    pipe.load_script(&RELEASE_SCRIPT).ignore();
+    for (key, connection_id) in leases {
+        pipe.invoke_script(RELEASE_SCRIPT.key(key).arg(*connection_id))
+            .ignore();
+    }
+    pipe.query_async(conn).await
 }
 
 /// ARGV 3 to 7: has rate, rate limit, period µs, has quota, quota limit.

@@ -330,7 +330,7 @@ async fn leases_are_capped_renewed_released_and_expire() {
             let got = limiter.acquire_lease(user, id, 2, long).await.unwrap();
             assert_eq!(got, answer, "{store}: {id}");
         }
-        limiter.release_lease(user, "b").await.unwrap();
+        limiter.release_leases(&[(user, "b")]).await.unwrap();
         let freed = limiter.acquire_lease(user, "c", 2, long).await.unwrap();
         assert_eq!(freed, (true, 2), "{store}");
 
