@@ -12,6 +12,7 @@ use crate::{
     access::DenyReason,
     domain::{IdempotencyKey, Meter, Permission, PlanId, Role, UserId},
     error::UsageError,
+    metering::LeaseDecision,
     plans::Plan,
     subscriptions::{PlanChange, Subscription},
     usage::Usage,
@@ -77,6 +78,26 @@ fn reason_to_pb(reason: Option<DenyReason>) -> i32 {
         Some(DenyReason::RateLimited) => pb::DenyReason::RateLimited,
     };
     reason as i32
+}
+
+/// The user and TTL of a lease request (TTL 0: the default minute).
+fn lease_request(request: &pb::AcquireConnectionRequest) -> Result<(UserId, Duration), Status> {
+    let user = UserId::parse(&request.user_id).map_err(UsageError::from)?;
+    let ttl = Duration::from_secs(match request.ttl_seconds {
+        0 => 60,
+        seconds => u64::from(seconds),
+    });
+    Ok((user, ttl))
+}
+
+fn lease_to_pb(lease: LeaseDecision) -> pb::AcquireConnectionResponse {
+    pb::AcquireConnectionResponse {
+        granted: lease.granted,
+        active: lease.active,
+        limit: lease.limit,
+        plan_id: lease.context.plan.id.to_string(),
+        roles: roles_to_pb(&lease.context.roles),
+    }
 }
 
 fn roles_to_pb(roles: &[Role]) -> Vec<String> {
@@ -314,27 +335,29 @@ impl UsageService for UsageGrpc {
         request: Request<pb::AcquireConnectionRequest>,
     ) -> Result<Response<pb::AcquireConnectionResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
-        let pb::AcquireConnectionRequest {
-            user_id,
-            connection_id,
-            ttl_seconds,
-        } = request.into_inner();
-        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
-        let ttl = Duration::from_secs(if ttl_seconds == 0 {
-            60
-        } else {
-            u64::from(ttl_seconds)
-        });
+        let request = request.into_inner();
+        let (user, ttl) = lease_request(&request)?;
         let lease = self
             .usage
-            .acquire_connection(user, &connection_id, ttl)
+            .acquire_connection(user, &request.connection_id, ttl)
             .await?;
-        Ok(Response::new(pb::AcquireConnectionResponse {
-            granted: lease.granted,
-            active: lease.active,
-            limit: lease.limit,
-            plan_id: lease.context.plan.id.to_string(),
-            roles: roles_to_pb(&lease.context.roles),
+        Ok(Response::new(lease_to_pb(lease)))
+    }
+
+    async fn acquire_connections(
+        &self,
+        request: Request<pb::AcquireConnectionsRequest>,
+    ) -> Result<Response<pb::AcquireConnectionsResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::AcquireConnectionsRequest { leases } = request.into_inner();
+        let mut requested = Vec::with_capacity(leases.len());
+        for lease in &leases {
+            let (user, ttl) = lease_request(lease)?;
+            requested.push((user, lease.connection_id.as_str(), ttl));
+        }
+        let decisions = self.usage.acquire_connections(&requested).await?;
+        Ok(Response::new(pb::AcquireConnectionsResponse {
+            leases: decisions.into_iter().map(lease_to_pb).collect(),
         }))
     }
 

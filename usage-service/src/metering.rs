@@ -18,8 +18,8 @@ use crate::{
 
 /// Largest amount one `Consume` may count.
 pub const MAX_AMOUNT: u64 = 1_000_000;
-/// Most leases one `ReleaseConnections` may release.
-pub const MAX_RELEASES: usize = 1000;
+/// Most leases one `AcquireConnections` or `ReleaseConnections` may carry.
+pub const MAX_LEASES: usize = 1000;
 /// Bounds of a lease's time to live.
 pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(5)..=Duration::from_secs(3600);
@@ -175,37 +175,59 @@ impl Usage {
         connection_id: &str,
         ttl: Duration,
     ) -> Result<LeaseDecision, UsageError> {
-        validate_connection_id(connection_id)?;
-        if !LEASE_TTL.contains(&ttl) {
-            return Err(UsageError::InvalidInput(
-                "ttl_seconds must be between 5 and 3600".into(),
-            ));
-        }
-        let context = self.context(user).await?;
-        let limit = context.plan.max_connections;
-        let (granted, active) = self
-            .limiter
-            .acquire_lease(user.as_uuid(), connection_id, limit, ttl)
+        let mut decisions = self
+            .acquire_connections(&[(user, connection_id, ttl)])
             .await?;
-        self.metrics.decision(
-            "connection",
-            if granted { "allowed" } else { "LIMIT_REACHED" },
-        );
-        Ok(LeaseDecision {
-            granted,
-            active,
-            limit,
-            context,
-        })
+        Ok(decisions.remove(0))
+    }
+
+    /// [`Self::acquire_connection`] for each `(user, connection id, ttl)`, in order; all or none
+    /// are valid, and the leases are taken in one round trip to the limiter's store.
+    pub async fn acquire_connections(
+        &self,
+        leases: &[(UserId, &str, Duration)],
+    ) -> Result<Vec<LeaseDecision>, UsageError> {
+        check_batch(leases.len())?;
+        let mut contexts = Vec::with_capacity(leases.len());
+        let mut requested = Vec::with_capacity(leases.len());
+        for &(user, connection_id, ttl) in leases {
+            validate_connection_id(connection_id)?;
+            if !LEASE_TTL.contains(&ttl) {
+                return Err(UsageError::InvalidInput(
+                    "ttl_seconds must be between 5 and 3600".into(),
+                ));
+            }
+            let context = self.context(user).await?;
+            requested.push((
+                user.as_uuid(),
+                connection_id,
+                context.plan.max_connections,
+                ttl,
+            ));
+            contexts.push(context);
+        }
+        let answers = self.limiter.acquire_leases(&requested).await?;
+        Ok(answers
+            .into_iter()
+            .zip(contexts)
+            .map(|((granted, active), context)| {
+                self.metrics.decision(
+                    "connection",
+                    if granted { "allowed" } else { "LIMIT_REACHED" },
+                );
+                LeaseDecision {
+                    granted,
+                    active,
+                    limit: context.plan.max_connections,
+                    context,
+                }
+            })
+            .collect())
     }
 
     /// Gives up each `(user, connection id)` lease; all or none are valid.
     pub async fn release_connections(&self, leases: &[(UserId, &str)]) -> Result<(), UsageError> {
-        if leases.len() > MAX_RELEASES {
-            return Err(UsageError::InvalidInput(format!(
-                "at most {MAX_RELEASES} leases per call"
-            )));
-        }
+        check_batch(leases.len())?;
         let mut released = Vec::with_capacity(leases.len());
         for &(user, connection_id) in leases {
             validate_connection_id(connection_id)?;
@@ -213,6 +235,15 @@ impl Usage {
         }
         Ok(self.limiter.release_leases(&released).await?)
     }
+}
+
+fn check_batch(len: usize) -> Result<(), UsageError> {
+    if len > MAX_LEASES {
+        return Err(UsageError::InvalidInput(format!(
+            "at most {MAX_LEASES} leases per call"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_connection_id(id: &str) -> Result<(), UsageError> {

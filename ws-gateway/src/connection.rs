@@ -152,7 +152,7 @@ where
 async fn authenticate<St>(
     shared: &Shared,
     stream: &mut St,
-    connection_id: &str,
+    connection_id: &Arc<str>,
 ) -> Result<Session, End>
 where
     St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,

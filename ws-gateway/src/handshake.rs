@@ -64,7 +64,7 @@ pub enum Refusal {
 pub async fn open_session(
     shared: &Shared,
     identity: Identity,
-    connection_id: &str,
+    connection_id: &Arc<str>,
 ) -> Result<Session, Refusal> {
     let user = identity.user_id;
     let lease = shared
@@ -157,7 +157,7 @@ async fn admit(
     peer: SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-    connection_id: &str,
+    connection_id: &Arc<str>,
 ) -> Result<(Slot, Option<Session>), GatewayError> {
     if shared.shutdown.is_triggered() {
         return Err(GatewayError::ShuttingDown);

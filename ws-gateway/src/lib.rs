@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod batch;
 pub mod breaker;
 pub mod config;
 pub mod connection;
@@ -13,13 +14,13 @@ pub mod delivery;
 pub mod error;
 pub mod handshake;
 pub mod hub;
+pub mod leases;
 pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;
 pub mod queue;
-pub mod release;
 pub mod revocations;
 pub mod runs;
 pub mod startup;

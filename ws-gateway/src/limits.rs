@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     metrics::GatewayMetrics,
-    release::Releaser,
+    leases::Leases,
     usage::{Denial, LeaseAnswer, Profile, UsageClient, Verdict},
 };
 
@@ -72,7 +72,7 @@ pub struct Limits {
     engine: Engine,
     emergency: Engine,
     usage: UsageClient,
-    releaser: Releaser,
+    leases: Leases,
     connect_rate: u64,
     fail_open: bool,
     emergency_limit: u64,
@@ -82,7 +82,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(
         engine: Engine,
-        (usage, releaser): (UsageClient, Releaser),
+        (usage, leases): (UsageClient, Leases),
         connect_rate: u64,
         fail_open: bool,
         emergency_limit: u64,
@@ -92,7 +92,7 @@ impl Limits {
             engine,
             emergency: Engine::local(),
             usage,
-            releaser,
+            leases,
             connect_rate,
             fail_open,
             emergency_limit,
@@ -124,12 +124,8 @@ impl Limits {
     }
 
     /// Takes or renews the lease of `connection_id` among the user's connections.
-    pub async fn lease(&self, user: Uuid, connection_id: &str, ttl: Duration) -> Lease {
-        match self
-            .usage
-            .acquire_connection(user, connection_id, ttl)
-            .await
-        {
+    pub async fn lease(&self, user: Uuid, connection_id: &Arc<str>, ttl: Duration) -> Lease {
+        match self.leases.acquire(user, connection_id, ttl).await {
             Ok(LeaseAnswer {
                 granted: true,
                 profile,
@@ -149,9 +145,9 @@ impl Limits {
         }
     }
 
-    /// Gives the lease back; returns once usage-service has been told (see [`crate::release`]).
+    /// Gives the lease back; returns once usage-service has been told.
     pub async fn release(&self, user: Uuid, connection_id: &Arc<str>) {
-        self.releaser.release(user, Arc::clone(connection_id)).await;
+        self.leases.release(user, connection_id).await;
     }
 
     /// Counts `amount` of `meter` for `user` under the idempotency `key`.

@@ -37,10 +37,10 @@ use crate::{
     delivery::{Delivery, EVENTS_CHANNEL},
     handshake,
     hub::Hub,
+    leases::{self, LeaseQueues},
     limits::Limits,
     metrics::GatewayMetrics,
     publish,
-    release::{self, ReleaseWorker},
     revocations::{RevocationList, Revocations},
     state::Shared,
     usage::UsageClient,
@@ -60,7 +60,7 @@ pub struct Application {
     watch_channel: TracedChannel,
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
-    release_worker: ReleaseWorker,
+    lease_queues: LeaseQueues,
 }
 
 impl Application {
@@ -134,10 +134,10 @@ impl Application {
             metrics.clone(),
         );
         let usage = UsageClient::new(usage_channel, usage_tokens.interceptor(), metrics.clone());
-        let (releaser, release_worker) = release::releaser();
+        let (leases, lease_queues) = leases::leases();
         let limits = Limits::new(
             engine.clone(),
-            (usage, releaser),
+            (usage, leases),
             config.connect_rate,
             config.usage_fail_open,
             config.emergency_limit,
@@ -167,7 +167,7 @@ impl Application {
             watch_channel,
             auth_tokens,
             usage_tokens,
-            release_worker,
+            lease_queues,
         })
     }
 
@@ -193,7 +193,7 @@ impl Application {
             watch_channel,
             auth_tokens,
             usage_tokens,
-            release_worker,
+            lease_queues,
         } = self;
         let shutdown = shared.shutdown.clone();
         let jwks = shared.validator.jwks().clone();
@@ -205,10 +205,10 @@ impl Application {
             spawn_readiness(&shared, auth_tokens, usage_tokens),
         ];
         tasks.extend(engine.spawn_relay(&[EVENTS_CHANNEL, REVOCATIONS_CHANNEL], shutdown.clone()));
-        // Releases outlive the shutdown signal: draining connections still give their leases back.
-        let releases_done = CancellationToken::new();
-        let releases = tokio::spawn(
-            release_worker.run(shared.limits.usage().clone(), releases_done.clone()),
+        // Lease calls outlive the shutdown signal: draining connections still give theirs back.
+        let leases_done = CancellationToken::new();
+        let lease_calls = tokio::spawn(
+            lease_queues.run(shared.limits.usage().clone(), leases_done.clone()),
         );
 
         let router = Router::new()
@@ -248,8 +248,8 @@ impl Application {
         };
         shutdown.trigger();
         shared.readiness.set_ready(false);
-        releases_done.cancel();
-        let _ = releases.await;
+        leases_done.cancel();
+        let _ = lease_calls.await;
         for task in tasks {
             let _ = task.await;
         }

@@ -2,7 +2,7 @@
 //! context on every call, a timeout on every call (the channel's), and the proto messages
 //! converted to the few facts the gateway acts on.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tollgate_proto::usage::v1::{self as pb, usage_service_client::UsageServiceClient};
@@ -184,50 +184,43 @@ impl UsageClient {
         })
     }
 
-    pub async fn acquire_connection(
+    /// Takes or renews each `(user, connection id, ttl)` lease: one answer per lease, in order.
+    pub async fn acquire_connections(
         &self,
-        user: Uuid,
-        connection_id: &str,
-        ttl: Duration,
-    ) -> Result<LeaseAnswer, Unavailable> {
-        let connection_id = connection_id.to_owned();
-        let ttl_seconds = ttl.as_secs().clamp(5, 3600) as u32;
+        leases: &[(Uuid, Arc<str>, Duration)],
+    ) -> Vec<Result<LeaseAnswer, Unavailable>> {
+        let requests = leases
+            .iter()
+            .map(|(user, connection_id, ttl)| pb::AcquireConnectionRequest {
+                user_id: user.to_string(),
+                connection_id: connection_id.to_string(),
+                ttl_seconds: ttl.as_secs().clamp(5, 3600) as u32,
+            })
+            .collect();
         let answer = self
-            .call("AcquireConnection", |mut client| async move {
+            .call("AcquireConnections", |mut client| async move {
                 client
-                    .acquire_connection(pb::AcquireConnectionRequest {
-                        user_id: user.to_string(),
-                        connection_id,
-                        ttl_seconds,
-                    })
+                    .acquire_connections(pb::AcquireConnectionsRequest { leases: requests })
                     .await
             })
-            .await?;
-        let pb::AcquireConnectionResponse {
-            granted,
-            active: _,
-            limit,
-            plan_id,
-            roles,
-        } = answer;
-        Ok(LeaseAnswer {
-            granted,
-            limit,
-            profile: Profile {
-                plan: plan_id,
-                roles,
-            },
-        })
+            .await;
+        match answer {
+            Ok(answer) if answer.leases.len() == leases.len() => {
+                answer.leases.into_iter().map(|lease| Ok(lease_answer(lease))).collect()
+            }
+            Ok(_) => vec![Err(Unavailable { code: Code::Internal }); leases.len()],
+            Err(unavailable) => vec![Err(unavailable); leases.len()],
+        }
     }
 
     /// Gives up each `(user, connection id)` lease; a failure is logged and left to the leases'
     /// TTL.
-    pub async fn release_connections(&self, leases: &[(Uuid, &str)]) {
+    pub async fn release_connections(&self, leases: &[(Uuid, Arc<str>)]) {
         let leases = leases
             .iter()
-            .map(|&(user, connection_id)| pb::ReleaseConnectionRequest {
+            .map(|(user, connection_id)| pb::ReleaseConnectionRequest {
                 user_id: user.to_string(),
-                connection_id: connection_id.to_owned(),
+                connection_id: connection_id.to_string(),
             })
             .collect();
         let _ = self
@@ -237,5 +230,23 @@ impl UsageClient {
                     .await
             })
             .await;
+    }
+}
+
+fn lease_answer(answer: pb::AcquireConnectionResponse) -> LeaseAnswer {
+    let pb::AcquireConnectionResponse {
+        granted,
+        active: _,
+        limit,
+        plan_id,
+        roles,
+    } = answer;
+    LeaseAnswer {
+        granted,
+        limit,
+        profile: Profile {
+            plan: plan_id,
+            roles,
+        },
     }
 }

@@ -305,19 +305,34 @@ impl Limiter {
         limit: u32,
         ttl: Duration,
     ) -> Result<(bool, u32), LimitError> {
-        let key = self.inner.engine.key(&keys::leases(user_id));
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let routed = self
-            .on_redis(async |conn| {
-                redis_store::acquire_lease(conn, &key, connection_id, limit, ttl_ms).await
+        let answers = self
+            .acquire_leases(&[(user_id, connection_id, limit, ttl)])
+            .await?;
+        Ok(answers[0])
+    }
+
+    /// [`Self::acquire_lease`] for each `(user, connection id, limit, ttl)`, in order, in one
+    /// round trip to Redis.
+    pub async fn acquire_leases(
+        &self,
+        leases: &[(Uuid, &str, u32, Duration)],
+    ) -> Result<Vec<(bool, u32)>, LimitError> {
+        let keyed: Vec<(String, &str, u32, u64)> = leases
+            .iter()
+            .map(|&(user, id, limit, ttl)| {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                (self.inner.engine.key(&keys::leases(user)), id, limit, ttl_ms)
             })
+            .collect();
+        let routed = self
+            .on_redis(async |conn| redis_store::acquire_leases(conn, &keyed).await)
             .await;
         match routed {
-            Route::Redis(answer) => Ok(answer),
-            Route::Local => Ok(self
-                .inner
-                .local
-                .acquire_lease(user_id, connection_id, limit, ttl)),
+            Route::Redis(answers) => Ok(answers),
+            Route::Local => Ok(leases
+                .iter()
+                .map(|&(user, id, limit, ttl)| self.inner.local.acquire_lease(user, id, limit, ttl))
+                .collect()),
             Route::Unavailable => Err(LimitError::Unavailable),
         }
     }

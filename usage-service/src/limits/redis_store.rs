@@ -258,21 +258,28 @@ pub(super) async fn refund(
 }
 
 /// Runs the lease script: (granted, active leases after).
-pub(super) async fn acquire_lease(
+/// Runs the acquire script for each `(key, connection id, limit, TTL in ms)`, all in one round
+/// trip, in order: (granted, active leases after) each.
+pub(super) async fn acquire_leases(
     conn: &mut Connection,
-    key: &str,
-    connection_id: &str,
-    limit: u32,
-    ttl_ms: u64,
-) -> RedisResult<(bool, u32)> {
-    let (granted, active): (i64, i64) = ACQUIRE_SCRIPT
-        .key(key)
-        .arg(connection_id)
-        .arg(limit)
-        .arg(ttl_ms)
-        .invoke_async(conn)
-        .await?;
-    Ok((granted == 1, u32::try_from(active).unwrap_or(u32::MAX)))
+    leases: &[(String, &str, u32, u64)],
+) -> RedisResult<Vec<(bool, u32)>> {
+    let mut pipe = redis::pipe();
+    pipe.load_script(&ACQUIRE_SCRIPT).ignore();
+    for (key, connection_id, limit, ttl_ms) in leases {
+        pipe.invoke_script(
+            ACQUIRE_SCRIPT
+                .key(key)
+                .arg(*connection_id)
+                .arg(*limit)
+                .arg(*ttl_ms),
+        );
+    }
+    let answers: Vec<(i64, i64)> = pipe.query_async(conn).await?;
+    Ok(answers
+        .into_iter()
+        .map(|(granted, active)| (granted == 1, u32::try_from(active).unwrap_or(u32::MAX)))
+        .collect())
 }
 
 /// Runs the release script for each `(key, connection id)`, all in one round trip.
