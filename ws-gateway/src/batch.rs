@@ -2,17 +2,20 @@
 //! (a burst of connects or closes) would cost a gRPC round trip each on both sides; a batcher
 //! sends whatever queued up while its previous call was in flight as one call, so a lone
 //! request still goes out at once and a burst goes out in a few calls. Each caller waits for
-//! its own answer.
+//! its own answer. A call runs in the span of its first request, so a lone request's call stays
+//! in its caller's trace.
 
 use std::future::Future;
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 struct Job<T, R> {
     item: T,
     answer: oneshot::Sender<R>,
+    span: Span,
 }
 
 /// The callers' side.
@@ -65,7 +68,8 @@ impl<T, R> Batcher<T, R> {
     /// The answer to `item`; `None` once the queue has stopped.
     pub async fn submit(&self, item: T) -> Option<R> {
         let (answer, answered) = oneshot::channel();
-        self.queue.send(Job { item, answer }).await.ok()?;
+        let span = Span::current();
+        self.queue.send(Job { item, answer, span }).await.ok()?;
         answered.await.ok()
     }
 }
@@ -103,14 +107,18 @@ impl<T, R> BatchQueue<T, R> {
     }
 }
 
-fn dispatch<T, R, F, Fut>(jobs: Vec<Job<T, R>>, call: &mut F) -> impl Future<Output = ()> + use<T, R, F, Fut>
+fn dispatch<T, R, F, Fut>(
+    jobs: Vec<Job<T, R>>,
+    call: &mut F,
+) -> impl Future<Output = ()> + use<T, R, F, Fut>
 where
     F: FnMut(Vec<T>) -> Fut,
     Fut: Future<Output = Vec<R>>,
 {
+    let span = jobs.first().map_or_else(Span::none, |job| job.span.clone());
     let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) =
         jobs.into_iter().map(|job| (job.item, job.answer)).unzip();
-    let answered = call(items);
+    let answered = span.in_scope(|| call(items)).instrument(span);
     async move {
         for (answer, result) in answers.into_iter().zip(answered.await) {
             let _ = answer.send(result);
@@ -152,10 +160,17 @@ mod tests {
             assert_eq!(answer, Some(item * 10));
         }
         let calls = calls.load(Ordering::SeqCst);
-        assert!((5..40).contains(&calls), "40 items, at most 8 per call: {calls} calls");
+        assert!(
+            (5..40).contains(&calls),
+            "40 items, at most 8 per call: {calls} calls"
+        );
         stop.cancel();
         worker.await.unwrap();
-        assert_eq!(batcher.submit(1).await, None, "a stopped queue answers nothing");
+        assert_eq!(
+            batcher.submit(1).await,
+            None,
+            "a stopped queue answers nothing"
+        );
     }
 
     #[tokio::test]
@@ -172,10 +187,16 @@ mod tests {
         while batcher.queue.capacity() > 64 - 10 {
             tokio::task::yield_now().await;
         }
-        queue.run(2, |items: Vec<u32>| async move { items }, stop).await;
+        queue
+            .run(2, |items: Vec<u32>| async move { items }, stop)
+            .await;
         for (item, waiting) in (0..).zip(waiting) {
             assert_eq!(waiting.await.unwrap(), Some(item));
         }
-        assert_eq!(batcher.submit(1).await, None, "a stopped queue answers nothing");
+        assert_eq!(
+            batcher.submit(1).await,
+            None,
+            "a stopped queue answers nothing"
+        );
     }
 }

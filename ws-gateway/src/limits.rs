@@ -3,7 +3,8 @@
 //! - connection attempts per client address, counted on the engine (Redis when set, so the
 //!   count spans nodes): 429 with `Retry-After` beyond `GATEWAY_CONNECT_RATE` a minute;
 //! - concurrent connections per user, by plan and across nodes: a lease at usage-service per
-//!   connection (`AcquireConnection`, renewed by the connection, released on close);
+//!   connection (`AcquireConnections`, batched in [`crate::leases`], renewed by the connection,
+//!   released on close);
 //! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`.
 //!
 //! When usage-service cannot be asked, metered actions answer "unavailable" (the client gets
@@ -18,8 +19,8 @@ use tollgate_shared::engine::Engine;
 use uuid::Uuid;
 
 use crate::{
-    metrics::GatewayMetrics,
     leases::Leases,
+    metrics::GatewayMetrics,
     usage::{Denial, LeaseAnswer, Profile, UsageClient, Verdict},
 };
 

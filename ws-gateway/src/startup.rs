@@ -16,6 +16,7 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tollgate_shared::{
     config::{ExposeSecret, SecretString},
     engine::Engine,
@@ -28,7 +29,6 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::{DemoAgent, Executor},
@@ -207,9 +207,8 @@ impl Application {
         tasks.extend(engine.spawn_relay(&[EVENTS_CHANNEL, REVOCATIONS_CHANNEL], shutdown.clone()));
         // Lease calls outlive the shutdown signal: draining connections still give theirs back.
         let leases_done = CancellationToken::new();
-        let lease_calls = tokio::spawn(
-            lease_queues.run(shared.limits.usage().clone(), leases_done.clone()),
-        );
+        let lease_calls =
+            tokio::spawn(lease_queues.run(shared.limits.usage().clone(), leases_done.clone()));
 
         let router = Router::new()
             .route("/ws", get(handshake::upgrade))

@@ -205,10 +205,17 @@ impl UsageClient {
             })
             .await;
         match answer {
-            Ok(answer) if answer.leases.len() == leases.len() => {
-                answer.leases.into_iter().map(|lease| Ok(lease_answer(lease))).collect()
-            }
-            Ok(_) => vec![Err(Unavailable { code: Code::Internal }); leases.len()],
+            Ok(answer) if answer.leases.len() == leases.len() => answer
+                .leases
+                .into_iter()
+                .map(|lease| Ok(lease_answer(lease)))
+                .collect(),
+            Ok(_) => vec![
+                Err(Unavailable {
+                    code: Code::Internal
+                });
+                leases.len()
+            ],
             Err(unavailable) => vec![Err(unavailable); leases.len()],
         }
     }

@@ -321,7 +321,12 @@ impl Limiter {
             .iter()
             .map(|&(user, id, limit, ttl)| {
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                (self.inner.engine.key(&keys::leases(user)), id, limit, ttl_ms)
+                (
+                    self.inner.engine.key(&keys::leases(user)),
+                    id,
+                    limit,
+                    ttl_ms,
+                )
             })
             .collect();
         let routed = self

@@ -1,4 +1,7 @@
-use tollgate_proto::usage::v1::{AcquireConnectionRequest, ReleaseConnectionRequest};
+use tollgate_proto::usage::v1::{
+    AcquireConnectionRequest, AcquireConnectionsRequest, ReleaseConnectionRequest,
+    ReleaseConnectionsRequest,
+};
 use tonic::Code;
 
 use crate::{both_backends, helpers::*};
@@ -45,4 +48,92 @@ async fn connection_leases_enforce_the_plan_limit(backend: Backend) {
     assert_refused(bad, Code::InvalidArgument, "invalid_request");
 }
 
-both_backends!(connection_leases_enforce_the_plan_limit);
+fn lease(user: &str, connection: &str) -> AcquireConnectionRequest {
+    AcquireConnectionRequest {
+        user_id: user.into(),
+        connection_id: connection.into(),
+        ttl_seconds: 30,
+    }
+}
+
+fn release(user: &str, connection: &str) -> ReleaseConnectionRequest {
+    ReleaseConnectionRequest {
+        user_id: user.into(),
+        connection_id: connection.into(),
+    }
+}
+
+/// Batches answer in order, count leases taken earlier in the same batch, tell each user's plan
+/// and roles, and are refused whole when one entry is bad or there are too many.
+async fn batched_leases_behave_like_single_ones(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (free, pro) = (new_user(), new_user());
+    app.change_plan(&pro, "pro", false, &key()).await.unwrap();
+    let leases = vec![
+        lease(&free, "n:1"),
+        lease(&pro, "n:2"),
+        lease(&free, "n:3"),
+        lease(&free, "n:4"),
+        lease(&free, "n:1"),
+    ];
+    let answers = app
+        .client()
+        .acquire_connections(app.check(AcquireConnectionsRequest { leases }))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|a| (a.granted, a.active, a.limit, a.plan_id.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (true, 1, 2, "free"),
+            (true, 1, 10, "pro"),
+            (true, 2, 2, "free"),
+            (false, 2, 2, "free"),
+            (true, 2, 2, "free"),
+        ]
+    );
+    assert_eq!(answers[0].roles, ["member"]);
+
+    let releases = vec![release(&free, "n:1"), release(&free, "n:3")];
+    app.client()
+        .release_connections(app.check(ReleaseConnectionsRequest { leases: releases }))
+        .await
+        .unwrap();
+    assert_eq!(acquire(&app, &free, "n:5").await.unwrap(), (true, 1));
+
+    let mixed = vec![lease(&free, "n:6"), lease(&free, "bad id")];
+    let refused = app
+        .client()
+        .acquire_connections(app.check(AcquireConnectionsRequest { leases: mixed }))
+        .await;
+    assert_refused(refused, Code::InvalidArgument, "invalid_request");
+    assert_eq!(
+        acquire(&app, &free, "n:7").await.unwrap(),
+        (true, 2),
+        "nothing of a refused batch was taken"
+    );
+    let too_many = (0..1001)
+        .map(|i| release(&free, &format!("n:{i}")))
+        .collect();
+    let refused = app
+        .client()
+        .release_connections(app.check(ReleaseConnectionsRequest { leases: too_many }))
+        .await;
+    assert_refused(refused, Code::InvalidArgument, "invalid_request");
+    let not_a_user = vec![lease("not-a-uuid", "n:8")];
+    let refused = app
+        .client()
+        .acquire_connections(app.check(AcquireConnectionsRequest { leases: not_a_user }))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
+}
+
+both_backends!(
+    connection_leases_enforce_the_plan_limit,
+    batched_leases_behave_like_single_ones
+);
