@@ -96,7 +96,8 @@ impl Store {
             "INSERT INTO plan_changes (id, user_id, idempotency_key, from_plan, to_plan, reason, created_at, effective_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
         )
-        .bind(Uuid::new_v4().to_string())
+        // Time-ordered ids break ties between changes recorded in the same millisecond.
+        .bind(Uuid::now_v7().to_string())
         .bind(user.to_string())
         .bind(idempotency_key)
         .bind(&change.from_plan)
@@ -136,7 +137,7 @@ impl Store {
     pub async fn plan_history(&self, user: UserId) -> Result<Vec<PlanChangeRow>, StoreError> {
         let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
             "SELECT from_plan, to_plan, reason, created_at, effective_at FROM plan_changes \
-             WHERE user_id = $1 ORDER BY created_at",
+             WHERE user_id = $1 ORDER BY created_at, id",
         )
         .bind(user.to_string())
         .fetch_all(self.pool())
