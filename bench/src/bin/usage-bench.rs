@@ -240,12 +240,6 @@ async fn measure(services: &Services, secret: &str) -> anyhow::Result<()> {
             ((client, user, header), result)
         },
     );
-    if std::env::var_os("CONSUME_ALONE").is_some() {
-        let long = Plan { rounds: 20, ..plan };
-        let m = long.alone(&mut consume).await;
-        row("Consume alone", &m, String::new(), "");
-        return Ok(());
-    }
     let (incr_result, consume_result) = plan.against(&mut incr, &mut consume).await;
 
     let health_states: Vec<_> = (0..CONCURRENCY)
