@@ -3,9 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::broadcast::error::RecvError;
 use tollgate_shared::{
-    engine::Engine,
+    engine::{Engine, Heard},
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL, Revocation},
     shutdown::Shutdown,
     time::{unix_now, unix_now_ms},
@@ -129,16 +128,12 @@ impl Auth {
         self: &Arc<Self>,
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
-        let mut events = self.engine.subscribe();
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = events.recv() => message,
-                    () = shutdown.wait() => return,
-                };
-                match message {
-                    Ok(message) if message.channel == REVOCATIONS_CHANNEL => {
+        self.engine.spawn_listener(shutdown, move |heard| {
+            let this = Arc::clone(&this);
+            async move {
+                match heard {
+                    Heard::Message(message) if message.channel == REVOCATIONS_CHANNEL => {
                         match serde_json::from_str::<Revocation>(&message.payload) {
                             Ok(revocation) => {
                                 this.validator.mark_revoked(revocation.session_id);
@@ -149,15 +144,16 @@ impl Auth {
                             }
                         }
                     }
-                    Ok(message) if message.channel == KEYS_CHANNEL => this.reload_keys().await,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(missed)) => {
+                    Heard::Message(message) if message.channel == KEYS_CHANNEL => {
+                        this.reload_keys().await;
+                    }
+                    Heard::Message(_) => {}
+                    Heard::Lagged(missed) => {
                         // Missed revocations still reach the validator through the session
                         // cache's short life; revocation watchers miss them.
                         tracing::warn!(missed, "event listener lagged; reloading keys");
                         this.reload_keys().await;
                     }
-                    Err(RecvError::Closed) => return,
                 }
             }
         })

@@ -8,6 +8,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,6 +28,14 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct BusMessage {
     pub channel: String,
     pub payload: String,
+}
+
+/// What a bus listener hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    Message(BusMessage),
+    /// The listener fell behind and this many messages were dropped before it read them.
+    Lagged(u64),
 }
 
 /// A counter's value after a hit, and when its window ends.
@@ -289,6 +298,33 @@ impl Engine {
         self.inner.bus.subscribe()
     }
 
+    /// Hands every message on the bus (and every gap, when the listener fell behind) to
+    /// `on_heard`, one at a time, until shutdown.
+    pub fn spawn_listener<F, Fut>(
+        &self,
+        shutdown: Shutdown,
+        mut on_heard: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(Heard) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let mut bus = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let heard = tokio::select! {
+                    received = bus.recv() => match received {
+                        Ok(message) => Heard::Message(message),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => Heard::Lagged(missed),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = shutdown.wait() => return,
+                };
+                on_heard(heard).await;
+            }
+        })
+    }
+
     /// With Redis: relays `channels` from Redis to local subscribers until shutdown,
     /// reconnecting with backoff. Without Redis there is nothing to relay.
     pub fn spawn_relay(
@@ -387,6 +423,36 @@ mod tests {
                 channel: "auth:revocations".into(),
                 payload: "x".into()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_hears_every_message_in_order_and_stops_at_shutdown() {
+        let engine = Engine::local();
+        let shutdown = Shutdown::new();
+        let (heard_tx, mut heard_rx) = tokio::sync::mpsc::channel(8);
+        let listener = engine.spawn_listener(shutdown.clone(), move |heard| {
+            let heard_tx = heard_tx.clone();
+            async move {
+                let _ = heard_tx.send(heard).await;
+            }
+        });
+        for payload in ["a", "b"] {
+            engine.publish("usage:invalidate", payload.into()).await;
+        }
+        for payload in ["a", "b"] {
+            let expected = Heard::Message(BusMessage {
+                channel: "usage:invalidate".into(),
+                payload: payload.into(),
+            });
+            assert_eq!(heard_rx.recv().await, Some(expected));
+        }
+        shutdown.trigger();
+        listener.await.unwrap();
+        assert_eq!(
+            heard_rx.recv().await,
+            None,
+            "the handler was dropped with the task"
         );
     }
 }

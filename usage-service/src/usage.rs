@@ -5,8 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use quick_cache::sync::Cache;
-use tokio::{sync::broadcast::error::RecvError, time::Instant};
-use tollgate_shared::{engine::Engine, shutdown::Shutdown};
+use tokio::time::Instant;
+use tollgate_shared::{
+    engine::{Engine, Heard},
+    shutdown::Shutdown,
+};
 
 use crate::{
     domain::{Role, UserId},
@@ -119,25 +122,18 @@ impl Usage {
         self: &Arc<Self>,
         shutdown: Shutdown,
     ) -> tokio::task::JoinHandle<()> {
-        let mut events = self.engine.subscribe();
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = events.recv() => message,
-                    () = shutdown.wait() => return,
-                };
-                match message {
-                    Ok(message) if message.channel == INVALIDATE_CHANNEL => {
-                        if let Ok(user) = UserId::parse(&message.payload) {
-                            this.contexts.remove(&user);
-                        }
+        self.engine.spawn_listener(shutdown, move |heard| {
+            match heard {
+                Heard::Message(message) if message.channel == INVALIDATE_CHANNEL => {
+                    if let Ok(user) = UserId::parse(&message.payload) {
+                        this.contexts.remove(&user);
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => this.contexts.clear(),
-                    Err(RecvError::Closed) => return,
                 }
+                Heard::Message(_) => {}
+                Heard::Lagged(_) => this.contexts.clear(),
             }
+            std::future::ready(())
         })
     }
 }

@@ -13,8 +13,11 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
-use tollgate_shared::{engine::Engine, shutdown::Shutdown};
+use tokio::task::JoinHandle;
+use tollgate_shared::{
+    engine::{Engine, Heard},
+    shutdown::Shutdown,
+};
 use uuid::Uuid;
 
 use crate::{hub::Hub, metrics::GatewayMetrics, protocol::ServerMessage};
@@ -49,30 +52,23 @@ impl Delivery {
 
     /// Hands events from the bus to this node's hub until shutdown.
     pub fn spawn_listener(&self, shutdown: Shutdown) -> JoinHandle<()> {
-        let mut bus = self.engine.subscribe();
         let hub = Arc::clone(&self.hub);
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = bus.recv() => message,
-                    () = shutdown.wait() => return,
-                };
-                match message {
-                    Ok(message) if message.channel == EVENTS_CHANNEL => {
-                        match parse(&message.payload) {
-                            Some((user, frame)) => {
-                                hub.deliver(user, &frame);
-                            }
-                            None => tracing::warn!("ignoring a malformed event on the bus"),
+        self.engine.spawn_listener(shutdown, move |heard| {
+            match heard {
+                Heard::Message(message) if message.channel == EVENTS_CHANNEL => {
+                    match parse(&message.payload) {
+                        Some((user, frame)) => {
+                            hub.deliver(user, &frame);
                         }
+                        None => tracing::warn!("ignoring a malformed event on the bus"),
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "event listener lagged; events were lost")
-                    }
-                    Err(RecvError::Closed) => return,
+                }
+                Heard::Message(_) => {}
+                Heard::Lagged(missed) => {
+                    tracing::warn!(missed, "event listener lagged; events were lost")
                 }
             }
+            std::future::ready(())
         })
     }
 }

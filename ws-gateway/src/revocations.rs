@@ -19,10 +19,10 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use quick_cache::sync::Cache;
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tollgate_proto::auth::v1::{WatchRevocationsRequest, auth_service_client::AuthServiceClient};
 use tollgate_shared::{
-    engine::Engine,
+    engine::{Engine, Heard},
     events::{REVOCATIONS_CHANNEL, Revocation},
     grpc::TracedChannel,
     service_auth::ServiceAuthInterceptor,
@@ -175,33 +175,26 @@ impl Revocations {
     /// Applies revocations from the engine bus (with Redis: from every auth-service replica)
     /// until shutdown.
     pub fn spawn_bus_listener(&self, engine: &Engine, shutdown: Shutdown) -> JoinHandle<()> {
-        let mut bus = engine.subscribe();
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = bus.recv() => message,
-                    () = shutdown.wait() => return,
-                };
-                match message {
-                    Ok(message) if message.channel == REVOCATIONS_CHANNEL => {
-                        match serde_json::from_str::<Revocation>(&message.payload) {
-                            Ok(revocation) => this.apply(&revocation, "bus"),
-                            Err(err) => {
-                                tracing::warn!(error = %err, "ignoring a malformed revocation")
-                            }
+        engine.spawn_listener(shutdown, move |heard| {
+            match heard {
+                Heard::Message(message) if message.channel == REVOCATIONS_CHANNEL => {
+                    match serde_json::from_str::<Revocation>(&message.payload) {
+                        Ok(revocation) => this.apply(&revocation, "bus"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "ignoring a malformed revocation")
                         }
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(
-                            missed,
-                            "revocation listener lagged; the watch stream covers"
-                        )
-                    }
-                    Err(RecvError::Closed) => return,
+                }
+                Heard::Message(_) => {}
+                Heard::Lagged(missed) => {
+                    tracing::warn!(
+                        missed,
+                        "revocation listener lagged; the watch stream covers"
+                    )
                 }
             }
+            std::future::ready(())
         })
     }
 }
