@@ -380,7 +380,7 @@ impl UsageService for UsageGrpc {
     async fn release_connections(
         &self,
         request: Request<pb::ReleaseConnectionsRequest>,
-    ) -> Result<Response<pb::ReleaseConnectionResponse>, Status> {
+    ) -> Result<Response<pb::ReleaseConnectionsResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
         let pb::ReleaseConnectionsRequest { leases } = request.into_inner();
         let users = leases
@@ -394,7 +394,7 @@ impl UsageService for UsageGrpc {
             .map(|(user, lease)| (user, lease.connection_id.as_str()))
             .collect();
         self.usage.release_connections(&released).await?;
-        Ok(Response::new(pb::ReleaseConnectionResponse {}))
+        Ok(Response::new(pb::ReleaseConnectionsResponse {}))
     }
 }
 
