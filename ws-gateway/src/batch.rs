@@ -84,20 +84,21 @@ impl<T, R> BatchQueue<T, R> {
         Fut: Future<Output = Vec<R>>,
     {
         let mut calls = FuturesUnordered::new();
+        // One buffer for the whole run: each batch is moved out of it into its call.
+        let mut jobs = Vec::new();
         loop {
-            let mut jobs = Vec::with_capacity(self.max_batch);
             tokio::select! {
                 received = self.queue.recv_many(&mut jobs, self.max_batch), if calls.len() < in_flight => {
                     if received == 0 {
                         break;
                     }
-                    calls.push(dispatch(jobs, &mut call));
+                    calls.push(dispatch(&mut jobs, &mut call));
                 }
                 Some(()) = calls.next(), if !calls.is_empty() => {}
                 () = stop.cancelled() => {
                     self.queue.close();
                     while self.queue.recv_many(&mut jobs, self.max_batch).await > 0 {
-                        calls.push(dispatch(std::mem::take(&mut jobs), &mut call));
+                        calls.push(dispatch(&mut jobs, &mut call));
                     }
                     break;
                 }
@@ -108,16 +109,22 @@ impl<T, R> BatchQueue<T, R> {
 }
 
 fn dispatch<T, R, F, Fut>(
-    jobs: Vec<Job<T, R>>,
+    jobs: &mut Vec<Job<T, R>>,
     call: &mut F,
 ) -> impl Future<Output = ()> + use<T, R, F, Fut>
 where
     F: FnMut(Vec<T>) -> Fut,
     Fut: Future<Output = Vec<R>>,
 {
-    let span = jobs.first().map_or_else(Span::none, |job| job.span.clone());
-    let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) =
-        jobs.into_iter().map(|job| (job.item, job.answer)).unzip();
+    let mut span = None;
+    let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = jobs
+        .drain(..)
+        .map(|job| {
+            span.get_or_insert(job.span);
+            (job.item, job.answer)
+        })
+        .unzip();
+    let span = span.unwrap_or_else(Span::none);
     let answered = span.in_scope(|| call(items)).instrument(span);
     async move {
         for (answer, result) in answers.into_iter().zip(answered.await) {
