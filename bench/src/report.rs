@@ -125,7 +125,7 @@ pub fn render(rows: &[Row]) -> String {
 }
 
 /// Milliseconds with enough digits for sub-millisecond calls.
-fn millis(duration: Duration) -> String {
+pub fn millis(duration: Duration) -> String {
     let ms = duration.as_secs_f64() * 1000.0;
     if ms < 10.0 {
         format!("{ms:.3} ms")

@@ -88,13 +88,19 @@ pub fn channel(
     request_timeout: Duration,
 ) -> Result<TracedChannel, tonic::transport::Error> {
     channel_with(url, move |endpoint| {
-        endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(request_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+        unary_endpoint(endpoint, request_timeout)
     })
+}
+
+/// The settings of an endpoint for unary calls: connect and request timeouts, no Nagle delay,
+/// HTTP/2 keep-alive to notice a dead peer.
+pub fn unary_endpoint(endpoint: Endpoint, request_timeout: Duration) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
 }
 
 /// A traced, balanced channel to `url` with each endpoint `configure`d (timeouts, limits).

@@ -218,14 +218,7 @@ impl Service {
 
     /// The value of one series (`name{labels}` exactly as exposed); 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
+        crate::scrape::series_value(&self.metrics().await, series)
     }
 
     /// SIGKILL: no drain, no flush, sockets reset by the kernel. Returns how it ended.

@@ -11,6 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::process::Service;
 
+/// The value of one series, `name{labels}` written exactly as the page has it; 0 when absent.
+pub fn series_value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
 /// One sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {

@@ -21,7 +21,7 @@ use tollgate_shared::{
     config::{ExposeSecret, SecretString},
     engine::Engine,
     events::REVOCATIONS_CHANNEL,
-    grpc::{TracedChannel, channel_with},
+    grpc::{TracedChannel, channel_with, unary_endpoint},
     health::{self, Readiness},
     jwks::JwksVerifier,
     metrics as shared_metrics, serve,
@@ -301,13 +301,7 @@ fn upstream_channel(
     timeout: Duration,
 ) -> Result<TracedChannel, tonic::transport::Error> {
     channel_with(url, move |endpoint| {
-        endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .concurrency_limit(UPSTREAM_CONCURRENCY)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+        unary_endpoint(endpoint, timeout).concurrency_limit(UPSTREAM_CONCURRENCY)
     })
 }
 

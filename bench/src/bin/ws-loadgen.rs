@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tollgate_bench::{
     cores,
     load::{Calls, Measurement, Plan, Timing, Workload},
+    report::millis,
     ws::{
         client::{self, Ws},
         echo,
@@ -265,15 +266,6 @@ impl Row {
             self.target,
             met
         )
-    }
-}
-
-fn millis(duration: Duration) -> String {
-    let ms = duration.as_secs_f64() * 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.3} ms")
-    } else {
-        format!("{ms:.1} ms")
     }
 }
 

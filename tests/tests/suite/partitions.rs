@@ -70,6 +70,26 @@ fn recoveries(cluster: &Cluster) -> usize {
 }
 
 /// Waits until the limiter has gone back to Redis more than `before` times in all.
+/// After Redis is back: events cross nodes again, the limiter is on Redis again, and the
+/// gateway serves as before.
+async fn heals(
+    cluster: &Cluster,
+    client: &mut WsClient,
+    user: &User,
+    acknowledgements: &Acknowledgements,
+    before: usize,
+) {
+    assert!(
+        crosses_nodes(cluster, client, user).await,
+        "events never crossed nodes again"
+    );
+    assert!(
+        limiter_recovered(cluster, before).await,
+        "the limiter stayed local"
+    );
+    serves_locally(cluster, client, user, acknowledgements, "healed").await;
+}
+
 async fn limiter_recovered(cluster: &Cluster, before: usize) -> bool {
     // Calls of a bystander (not tracked by the ledger check) give the limiter its chances to
     // probe Redis.
@@ -119,15 +139,7 @@ async fn redis_cut_off_services_fall_back_to_local_state_and_recover_by_themselv
     assert!(direct.unwrap().allowed);
 
     cluster.redis_proxy().restore();
-    assert!(
-        crosses_nodes(&cluster, &mut client, &user).await,
-        "events never crossed nodes again"
-    );
-    assert!(
-        limiter_recovered(&cluster, before).await,
-        "the limiter stayed local"
-    );
-    serves_locally(&cluster, &mut client, &user, &acknowledgements, "healed").await;
+    heals(&cluster, &mut client, &user, &acknowledgements, before).await;
     assert_session_revoked(&cluster, &victim).await;
     assert_ledger_matches(&cluster, &acknowledgements).await;
 }
@@ -161,15 +173,7 @@ async fn redis_slow_or_black_holed_services_keep_serving_and_recover_by_themselv
     WsClient::connected(cluster.gateway(), &newcomer.access_token).await;
 
     proxy.restore();
-    assert!(
-        crosses_nodes(&cluster, &mut client, &user).await,
-        "events never crossed nodes again"
-    );
-    assert!(
-        limiter_recovered(&cluster, before).await,
-        "the limiter stayed local"
-    );
-    serves_locally(&cluster, &mut client, &user, &acknowledgements, "healed").await;
+    heals(&cluster, &mut client, &user, &acknowledgements, before).await;
     assert_ledger_matches(&cluster, &acknowledgements).await;
 }
 

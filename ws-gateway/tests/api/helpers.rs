@@ -369,13 +369,6 @@ impl Gateway {
 
     /// The value of one metric line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
+        tollgate_integration::scrape::series_value(&self.metrics().await, series)
     }
 }
