@@ -9,6 +9,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
+use crate::span_fields::AppendJsonFields;
+
 /// Flushes exported spans when dropped at the end of `main`.
 #[derive(Debug)]
 #[must_use = "dropping the guard flushes and stops span export"]
@@ -35,7 +37,8 @@ pub fn init(service: &'static str, otlp_endpoint: Option<&str>) -> anyhow::Resul
         .json()
         .flatten_event(true)
         .with_current_span(true)
-        .with_span_list(false);
+        .with_span_list(false)
+        .fmt_fields(AppendJsonFields);
 
     let provider = match otlp_endpoint {
         Some(endpoint) => {

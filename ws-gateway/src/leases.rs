@@ -15,9 +15,12 @@ use crate::{
 
 /// Leases sent in one call at most (usage-service accepts up to 1000).
 const MAX_BATCH: usize = 256;
-/// Calls of each kind under way at once: enough that a connect seldom waits for the call
-/// before it to come back, few enough that a burst still shares calls.
-const IN_FLIGHT: usize = 4;
+/// Calls of each kind under way at once. One: whatever arrives while a call is out goes in
+/// the next, so a burst shares as few calls as it can, and a lone request still leaves at once.
+/// Each call costs both sides far more than each lease in it (HTTP/2 frames, headers, a
+/// task, a span); with four under way a burst of connects made twice as many calls, for no
+/// gain in connects per second.
+const IN_FLIGHT: usize = 1;
 /// Requests waiting for their batch at most; beyond that a connection waits for room.
 const QUEUE: usize = 4096;
 
