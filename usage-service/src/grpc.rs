@@ -90,6 +90,30 @@ fn lease_request(request: &pb::AcquireConnectionRequest) -> Result<(UserId, Dura
     Ok((user, ttl))
 }
 
+/// The `(user, connection id, ttl)` of each acquisition asked for.
+fn acquisitions(
+    leases: &[pb::AcquireConnectionRequest],
+) -> Result<Vec<(UserId, &str, Duration)>, Status> {
+    leases
+        .iter()
+        .map(|lease| {
+            let (user, ttl) = lease_request(lease)?;
+            Ok((user, lease.connection_id.as_str(), ttl))
+        })
+        .collect()
+}
+
+/// The `(user, connection id)` of each release asked for.
+fn releases(leases: &[pb::ReleaseConnectionRequest]) -> Result<Vec<(UserId, &str)>, Status> {
+    leases
+        .iter()
+        .map(|lease| {
+            let user = UserId::parse(&lease.user_id).map_err(UsageError::from)?;
+            Ok((user, lease.connection_id.as_str()))
+        })
+        .collect()
+}
+
 fn lease_to_pb(lease: LeaseDecision) -> pb::AcquireConnectionResponse {
     pb::AcquireConnectionResponse {
         granted: lease.granted,
@@ -350,12 +374,10 @@ impl UsageService for UsageGrpc {
     ) -> Result<Response<pb::AcquireConnectionsResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
         let pb::AcquireConnectionsRequest { leases } = request.into_inner();
-        let mut requested = Vec::with_capacity(leases.len());
-        for lease in &leases {
-            let (user, ttl) = lease_request(lease)?;
-            requested.push((user, lease.connection_id.as_str(), ttl));
-        }
-        let decisions = self.usage.acquire_connections(&requested).await?;
+        let decisions = self
+            .usage
+            .acquire_connections(&acquisitions(&leases)?)
+            .await?;
         Ok(Response::new(pb::AcquireConnectionsResponse {
             leases: decisions.into_iter().map(lease_to_pb).collect(),
         }))
@@ -383,18 +405,23 @@ impl UsageService for UsageGrpc {
     ) -> Result<Response<pb::ReleaseConnectionsResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
         let pb::ReleaseConnectionsRequest { leases } = request.into_inner();
-        let users = leases
-            .iter()
-            .map(|lease| UserId::parse(&lease.user_id))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(UsageError::from)?;
-        let released: Vec<(UserId, &str)> = users
-            .into_iter()
-            .zip(&leases)
-            .map(|(user, lease)| (user, lease.connection_id.as_str()))
-            .collect();
-        self.usage.release_connections(&released).await?;
+        self.usage.release_connections(&releases(&leases)?).await?;
         Ok(Response::new(pb::ReleaseConnectionsResponse {}))
+    }
+
+    async fn update_connections(
+        &self,
+        request: Request<pb::UpdateConnectionsRequest>,
+    ) -> Result<Response<pb::UpdateConnectionsResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::UpdateConnectionsRequest { release, acquire } = request.into_inner();
+        let decisions = self
+            .usage
+            .update_connections(&releases(&release)?, &acquisitions(&acquire)?)
+            .await?;
+        Ok(Response::new(pb::UpdateConnectionsResponse {
+            acquired: decisions.into_iter().map(lease_to_pb).collect(),
+        }))
     }
 }
 

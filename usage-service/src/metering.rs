@@ -18,7 +18,8 @@ use crate::{
 
 /// Largest amount one `Consume` may count.
 pub const MAX_AMOUNT: u64 = 1_000_000;
-/// Most leases one `AcquireConnections` or `ReleaseConnections` may carry.
+/// Most leases one `AcquireConnections` or `ReleaseConnections` may carry (and
+/// `UpdateConnections` of each kind).
 pub const MAX_LEASES: usize = 1000;
 /// Bounds of a lease's time to live.
 pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
@@ -187,10 +188,32 @@ impl Usage {
         &self,
         leases: &[(UserId, &str, Duration)],
     ) -> Result<Vec<LeaseDecision>, UsageError> {
-        check_batch(leases.len())?;
-        let mut contexts = Vec::with_capacity(leases.len());
-        let mut requested = Vec::with_capacity(leases.len());
-        for &(user, connection_id, ttl) in leases {
+        self.update_connections(&[], leases).await
+    }
+
+    /// Gives up each `(user, connection id)` lease; all or none are valid.
+    pub async fn release_connections(&self, leases: &[(UserId, &str)]) -> Result<(), UsageError> {
+        self.update_connections(leases, &[]).await.map(drop)
+    }
+
+    /// Gives up `released`, then takes `acquired` (answered in order): what a gateway's
+    /// connections closed and opened since its last call, in one call. All or none are valid;
+    /// nothing is applied until all are checked.
+    pub async fn update_connections(
+        &self,
+        released: &[(UserId, &str)],
+        acquired: &[(UserId, &str, Duration)],
+    ) -> Result<Vec<LeaseDecision>, UsageError> {
+        check_batch(released.len())?;
+        check_batch(acquired.len())?;
+        let mut releases = Vec::with_capacity(released.len());
+        for &(user, connection_id) in released {
+            validate_connection_id(connection_id)?;
+            releases.push((user.as_uuid(), connection_id));
+        }
+        let mut contexts = Vec::with_capacity(acquired.len());
+        let mut requested = Vec::with_capacity(acquired.len());
+        for &(user, connection_id, ttl) in acquired {
             validate_connection_id(connection_id)?;
             if !LEASE_TTL.contains(&ttl) {
                 return Err(UsageError::InvalidInput(
@@ -205,6 +228,12 @@ impl Usage {
                 ttl,
             ));
             contexts.push(context);
+        }
+        if !releases.is_empty() {
+            self.limiter.release_leases(&releases).await?;
+        }
+        if requested.is_empty() {
+            return Ok(Vec::new());
         }
         let answers = self.limiter.acquire_leases(&requested).await?;
         Ok(answers
@@ -223,17 +252,6 @@ impl Usage {
                 }
             })
             .collect())
-    }
-
-    /// Gives up each `(user, connection id)` lease; all or none are valid.
-    pub async fn release_connections(&self, leases: &[(UserId, &str)]) -> Result<(), UsageError> {
-        check_batch(leases.len())?;
-        let mut released = Vec::with_capacity(leases.len());
-        for &(user, connection_id) in leases {
-            validate_connection_id(connection_id)?;
-            released.push((user.as_uuid(), connection_id));
-        }
-        Ok(self.limiter.release_leases(&released).await?)
     }
 }
 

@@ -3,8 +3,8 @@
 //! - connection attempts per client address, counted on the engine (Redis when set, so the
 //!   count spans nodes): 429 with `Retry-After` beyond `GATEWAY_CONNECT_RATE` a minute;
 //! - concurrent connections per user, by plan and across nodes: a lease at usage-service per
-//!   connection (`AcquireConnections`, batched in [`crate::leases`], renewed by the connection,
-//!   released on close);
+//!   connection (taken, renewed and released through `UpdateConnections`, batched in
+//!   [`crate::leases`]);
 //! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`.
 //!
 //! When usage-service cannot be asked, metered actions answer "unavailable" (the client gets

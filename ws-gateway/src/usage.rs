@@ -184,29 +184,40 @@ impl UsageClient {
         })
     }
 
-    /// Takes or renews each `(user, connection id, ttl)` lease: one answer per lease, in order.
-    pub async fn acquire_connections(
+    /// Gives up each `(user, connection id)` lease in `releases`, then takes or renews each
+    /// `(user, connection id, ttl)` lease in `acquisitions`, in one `UpdateConnections`: one
+    /// answer per acquisition, in order. A release that fails is logged and left to the
+    /// lease's TTL.
+    pub async fn update_connections(
         &self,
-        leases: &[(Uuid, Arc<str>, Duration)],
+        releases: &[(Uuid, Arc<str>)],
+        acquisitions: &[(Uuid, Arc<str>, Duration)],
     ) -> Vec<Result<LeaseAnswer, Unavailable>> {
-        let requests = leases
-            .iter()
-            .map(|(user, connection_id, ttl)| pb::AcquireConnectionRequest {
-                user_id: user.to_string(),
-                connection_id: connection_id.to_string(),
-                ttl_seconds: ttl.as_secs().clamp(5, 3600) as u32,
-            })
-            .collect();
+        let request = pb::UpdateConnectionsRequest {
+            release: releases
+                .iter()
+                .map(|(user, connection_id)| pb::ReleaseConnectionRequest {
+                    user_id: user.to_string(),
+                    connection_id: connection_id.to_string(),
+                })
+                .collect(),
+            acquire: acquisitions
+                .iter()
+                .map(|(user, connection_id, ttl)| pb::AcquireConnectionRequest {
+                    user_id: user.to_string(),
+                    connection_id: connection_id.to_string(),
+                    ttl_seconds: ttl.as_secs().clamp(5, 3600) as u32,
+                })
+                .collect(),
+        };
         let answer = self
-            .call("AcquireConnections", |mut client| async move {
-                client
-                    .acquire_connections(pb::AcquireConnectionsRequest { leases: requests })
-                    .await
+            .call("UpdateConnections", |mut client| async move {
+                client.update_connections(request).await
             })
             .await;
         match answer {
-            Ok(answer) if answer.leases.len() == leases.len() => answer
-                .leases
+            Ok(answer) if answer.acquired.len() == acquisitions.len() => answer
+                .acquired
                 .into_iter()
                 .map(|lease| Ok(lease_answer(lease)))
                 .collect(),
@@ -214,29 +225,10 @@ impl UsageClient {
                 Err(Unavailable {
                     code: Code::Internal
                 });
-                leases.len()
+                acquisitions.len()
             ],
-            Err(unavailable) => vec![Err(unavailable); leases.len()],
+            Err(unavailable) => vec![Err(unavailable); acquisitions.len()],
         }
-    }
-
-    /// Gives up each `(user, connection id)` lease; a failure is logged and left to the leases'
-    /// TTL.
-    pub async fn release_connections(&self, leases: &[(Uuid, Arc<str>)]) {
-        let leases = leases
-            .iter()
-            .map(|(user, connection_id)| pb::ReleaseConnectionRequest {
-                user_id: user.to_string(),
-                connection_id: connection_id.to_string(),
-            })
-            .collect();
-        let _ = self
-            .call("ReleaseConnections", |mut client| async move {
-                client
-                    .release_connections(pb::ReleaseConnectionsRequest { leases })
-                    .await
-            })
-            .await;
     }
 }
 

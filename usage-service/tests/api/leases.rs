@@ -1,6 +1,6 @@
 use tollgate_proto::usage::v1::{
     AcquireConnectionRequest, AcquireConnectionsRequest, ReleaseConnectionRequest,
-    ReleaseConnectionsRequest,
+    ReleaseConnectionsRequest, UpdateConnectionsRequest,
 };
 use tonic::Code;
 
@@ -133,7 +133,70 @@ async fn batched_leases_behave_like_single_ones(backend: Backend) {
     assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
 }
 
+async fn update(
+    app: &TestApp,
+    release: Vec<ReleaseConnectionRequest>,
+    acquire: Vec<AcquireConnectionRequest>,
+) -> Result<Vec<(bool, u32)>, tonic::Status> {
+    let answer = app
+        .client()
+        .update_connections(app.check(UpdateConnectionsRequest { release, acquire }))
+        .await?
+        .into_inner();
+    Ok(answer
+        .acquired
+        .iter()
+        .map(|lease| (lease.granted, lease.active))
+        .collect())
+}
+
+/// An update gives its releases back before it takes its acquisitions, answers each
+/// acquisition in order, and is refused whole, with nothing applied, when one entry is bad.
+async fn updates_release_before_they_acquire(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    let held = vec![lease(&user, "n:1"), lease(&user, "n:2")];
+    assert_eq!(
+        update(&app, vec![], held).await.unwrap(),
+        [(true, 1), (true, 2)]
+    );
+    // At the plan's limit of two: the release in the same call makes room for one more.
+    let answers = update(
+        &app,
+        vec![release(&user, "n:1")],
+        vec![lease(&user, "n:3"), lease(&user, "n:4")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers, [(true, 2), (false, 2)]);
+    assert_eq!(update(&app, vec![], vec![]).await.unwrap(), []);
+
+    let bad_acquisition = update(
+        &app,
+        vec![release(&user, "n:2")],
+        vec![lease(&user, "bad id")],
+    )
+    .await;
+    assert_refused(bad_acquisition, Code::InvalidArgument, "invalid_request");
+    let bad_release = update(
+        &app,
+        vec![release("not-a-uuid", "n:2")],
+        vec![lease(&user, "n:5")],
+    )
+    .await;
+    assert_eq!(bad_release.unwrap_err().code(), Code::InvalidArgument);
+    let too_many = (0..1001).map(|i| lease(&user, &format!("n:{i}"))).collect();
+    let refused = update(&app, vec![release(&user, "n:2")], too_many).await;
+    assert_refused(refused, Code::InvalidArgument, "invalid_request");
+    assert_eq!(
+        acquire(&app, &user, "n:6").await.unwrap(),
+        (false, 2),
+        "n:2 and n:3 are still held: nothing of a refused update was applied"
+    );
+}
+
 both_backends!(
     connection_leases_enforce_the_plan_limit,
-    batched_leases_behave_like_single_ones
+    batched_leases_behave_like_single_ones,
+    updates_release_before_they_acquire
 );
