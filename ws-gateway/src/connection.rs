@@ -1,6 +1,6 @@
 //! One WebSocket connection, from the upgrade to the last frame.
 //!
-//! Two tasks per connection, both owned by it:
+//! One task per connection, running two futures side by side:
 //!
 //! - the **writer** drains the bounded send queue into the socket. Whoever closes the
 //!   connection first sets its close signal; the writer sends that close frame ahead of
@@ -9,6 +9,12 @@
 //!   time (while a request waits on usage-service or auth-service, no further frame is read:
 //!   natural backpressure), and keeps the timers: `token_expiring`, expiry (4003), pings and
 //!   the dead-peer check, lease renewal.
+//!
+//! They are polled by the same task rather than each by its own, so that a frame queued by
+//! the controller (`connected`, a reply) is written without waking another task, and a
+//! connection the client closed drops its writer instead of aborting a task and waiting for
+//! it. A writer stuck on a slow socket still holds up nothing else: the controller is polled
+//! whether or not the writer can make progress.
 //!
 //! Nothing ever waits on a slow client except its own writer: events, replies and run steps
 //! are offered to the queue with `try_send`, and a full queue closes the connection with 4010.
@@ -19,7 +25,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt, future::BoxFuture};
 use tokio::{sync::watch, time::Instant};
 use tokio_tungstenite::tungstenite;
 use tollgate_shared::time::unix_now_ms;
@@ -76,7 +82,9 @@ pub async fn run<Si, St>(
     St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
 {
     let (handle, mailbox) = ConnectionHandle::new(connection_id.clone(), shared.config.send_queue);
-    let mut writer = AbortOnDrop(tokio::spawn(write_loop(sink, mailbox)));
+    // Boxed: it lives as long as the connection, and the connection's own state machine
+    // should stay small.
+    let mut writer = Writer::Running(Box::pin(write_loop(sink, mailbox)));
 
     let authenticated = match session {
         Some(session) => Ok(session),
@@ -102,7 +110,15 @@ pub async fn run<Si, St>(
                 connection_id.clone(),
                 session,
             );
-            let end = live.run(&mut stream).await;
+            let end = tokio::select! {
+                end = live.run(&mut stream) => end,
+                () = writer.finished() => match handle.close_code() {
+                    // The writer sent a close frame signalled from elsewhere.
+                    Some(code) => End::ClosedBy(code),
+                    // It could not write: the peer is gone.
+                    None => End::Gone,
+                },
+            };
             let lease_held = Box::pin(live.stop()).await;
             drop(registration);
             (end, lease_held.then_some(user))
@@ -119,7 +135,7 @@ pub async fn run<Si, St>(
             shared.metrics.closed(code);
         }
         End::ClosedBy(code) => shared.metrics.closed(code),
-        End::ClientClosed | End::Gone => writer.0.abort(),
+        End::ClientClosed | End::Gone => writer = Writer::Done,
     }
     handle.shut();
     Box::pin(finish(&mut writer, &mut stream, end)).await;
@@ -129,13 +145,16 @@ pub async fn run<Si, St>(
 
 /// Lets the writer send the close frame, then reads until the client answers it (this also
 /// flushes tungstenite's automatic reply to a client-initiated close), each within the grace.
-async fn finish<St>(writer: &mut AbortOnDrop, stream: &mut St, end: End)
+async fn finish<St>(writer: &mut Writer, stream: &mut St, end: End)
 where
     St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
 {
-    let closed = tokio::time::timeout(CLOSE_GRACE, &mut writer.0)
-        .await
-        .is_ok();
+    let closed = match writer {
+        Writer::Running(_) => tokio::time::timeout(CLOSE_GRACE, writer.finished())
+            .await
+            .is_ok(),
+        Writer::Done => matches!(end, End::ClosedBy(_)),
+    };
     if closed || matches!(end, End::ClientClosed) {
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             while let Some(Ok(message)) = stream.next().await {
@@ -250,12 +269,19 @@ async fn closing(close: &mut watch::Receiver<Option<CloseCode>>) -> CloseCode {
     }
 }
 
-/// A task that is aborted if its owner goes away first.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The connection's writer, until it has finished or is dropped.
+enum Writer {
+    Running(BoxFuture<'static, ()>),
+    Done,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Writer {
+    /// Completes when the writer does; then, and ever after, it is [`Writer::Done`].
+    async fn finished(&mut self) {
+        if let Self::Running(writing) = self {
+            writing.await;
+            *self = Self::Done;
+        }
     }
 }
 

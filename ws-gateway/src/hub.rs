@@ -103,6 +103,11 @@ impl ConnectionHandle {
         self.close.borrow().is_some()
     }
 
+    /// The close signalled so far, if any.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        *self.close.borrow()
+    }
+
     /// The next queued message, waiting for one (for the writer).
     pub(crate) async fn next_queued(&self) -> Outbound {
         self.queue.pop().await
