@@ -13,7 +13,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::{
-        ConnectInfo, State,
+        ConnectInfo, Request, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, Uri, header},
@@ -96,10 +96,11 @@ pub async fn open_session(
 pub async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    // The request itself rather than `HeaderMap` and `Uri` extractors, which would copy them.
+    request: Request,
 ) -> Response {
+    let (headers, uri) = (request.headers(), request.uri());
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -107,7 +108,8 @@ pub async fn upgrade(
             return GatewayError::NotWebSocket { status }.into_response();
         }
     };
-    let connection_id: Arc<str> = Uuid::now_v7().simple().to_string().into();
+    let mut id = Uuid::encode_buffer();
+    let connection_id: Arc<str> = Arc::from(&*Uuid::now_v7().simple().encode_lower(&mut id));
     let span = tracing::info_span!(
         "ws.connection",
         otel.name = "ws.connection",
@@ -118,8 +120,8 @@ pub async fn upgrade(
         session_id = tracing::field::Empty,
     );
     // The connection continues the trace of whoever opened it.
-    let _ = span.set_parent(extract_trace_context(&headers));
-    let admitted = admit(&shared, peer, &headers, &uri, &connection_id)
+    let _ = span.set_parent(extract_trace_context(headers));
+    let admitted = admit(&shared, peer, headers, uri, &connection_id)
         .instrument(span.clone())
         .await;
     let (slot, session) = match admitted {
