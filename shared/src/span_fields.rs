@@ -9,7 +9,7 @@
 //! instead. A field recorded twice appears twice; the JSON formatter reads the object into a
 //! map when it logs an event, so the later value wins, as with `JsonFields`.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::{
@@ -27,10 +27,9 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut object = String::from("{");
-        append(&mut object, fields)?;
-        object.push('}');
-        writer.write_str(&object)
+        writer.write_char('{')?;
+        append(&mut writer, true, fields)?;
+        writer.write_char('}')
     }
 
     fn add_fields(
@@ -46,48 +45,64 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
             object.clear();
             object.push('{');
         }
-        append(object, fields)?;
+        let first = object.ends_with('{');
+        append(object, first, fields)?;
         object.push('}');
         Ok(())
     }
 }
 
-/// Writes `fields` as `"name":value` members after whatever `object` already holds.
-fn append(object: &mut String, fields: impl RecordFields) -> fmt::Result {
+/// Writes `fields` as `"name":value` members, the first of them preceded by a comma unless
+/// `first`.
+fn append(out: &mut impl fmt::Write, first: bool, fields: impl RecordFields) -> fmt::Result {
     let mut members = Members {
-        first: object.ends_with('{'),
-        object,
+        out,
+        first,
         result: Ok(()),
     };
     fields.record(&mut members);
     members.result
 }
 
-struct Members<'a> {
-    object: &'a mut String,
+struct Members<'a, W> {
+    out: &'a mut W,
     first: bool,
     result: fmt::Result,
 }
 
-impl Members<'_> {
-    fn name(&mut self, field: &Field) {
-        if !std::mem::take(&mut self.first) {
-            self.object.push(',');
+impl<W: fmt::Write> Members<'_, W> {
+    /// Runs `write` unless an earlier write failed, keeping the first failure.
+    fn write(&mut self, write: impl FnOnce(&mut W) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = write(self.out);
         }
+    }
+
+    fn name(&mut self, field: &Field) {
+        let comma = !std::mem::take(&mut self.first);
         let name = field.name();
-        push_string(self.object, name.strip_prefix("r#").unwrap_or(name));
-        self.object.push(':');
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.write(|out| {
+            if comma {
+                out.write_char(',')?;
+            }
+            write_string(out, name)?;
+            out.write_char(':')
+        });
     }
 
     fn raw(&mut self, field: &Field, value: impl fmt::Display) {
         self.name(field);
-        if self.result.is_ok() {
-            self.result = write!(self.object, "{value}");
-        }
+        self.write(|out| write!(out, "{value}"));
+    }
+
+    fn string(&mut self, field: &Field, value: &str) {
+        self.name(field);
+        self.write(|out| write_string(out, value));
     }
 }
 
-impl Visit for Members<'_> {
+impl<W: fmt::Write> Visit for Members<'_, W> {
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.raw(field, value);
     }
@@ -110,38 +125,33 @@ impl Visit for Members<'_> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        push_string(self.object, value);
+        self.string(field, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
-        push_string(self.object, &format!("{value:?}"));
+        self.string(field, &format!("{value:?}"));
     }
 }
 
 /// `value` as a JSON string literal.
-fn push_string(out: &mut String, value: &str) {
-    out.push('"');
+fn write_string(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    out.write_char('"')?;
     if !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.push_str(value);
-        out.push('"');
-        return;
+        out.write_str(value)?;
+        return out.write_char('"');
     }
     for c in value.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c if u32::from(c) < 0x20 => write!(out, "\\u{:04x}", u32::from(c))?,
+            c => out.write_char(c)?,
         }
     }
-    out.push('"');
+    out.write_char('"')
 }
 
 #[cfg(test)]
