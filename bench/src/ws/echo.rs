@@ -63,8 +63,10 @@ pub fn serve_until_stdin_closes() -> anyhow::Result<()> {
             }),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         );
+        // Served from a worker, as the services' `main` does (`shared::process::run`).
+        let server = tokio::spawn(async move { server.await });
         tokio::select! {
-            served = server => served.context("serving"),
+            served = server => served.context("the server task failed")?.context("serving"),
             () = stdin_closed() => Ok(()),
         }
     })
