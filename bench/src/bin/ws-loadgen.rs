@@ -15,7 +15,7 @@
 //!
 //! Every phase lasts a fixed time and the run stops by itself; nothing is asserted.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use futures::SinkExt as _;
@@ -23,23 +23,20 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate_bench::{
     cores,
-    load::{Calls, Measurement, Plan, Timing, Workload},
+    load::{Calls, Plan, Timing, Workload},
     report::millis,
     ws::{
         client::{self, Ws},
-        echo,
-        observe::{
-            self, AUTH_OUTCOMES, Counters, DECISIONS, EVENTS_DELIVERED, QUEUE_DROPS, ServerCpu,
-            Split,
-        },
+        connects, echo,
+        observe::{self, Counters, DECISIONS, EVENTS_DELIVERED, QUEUE_DROPS, ServerCpu},
         publish,
         stack::{self, Stack, User},
+        table::{Row, quantile},
     },
 };
 use tonic::Status;
 
 /// Targets from the issue.
-const CONNECT_MIN_RATIO: f64 = 0.6;
 const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Parser)]
@@ -61,9 +58,10 @@ struct Args {
     /// Unmeasured warm-up of each workload, in seconds.
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
-    /// Clients connecting and closing in a loop.
-    #[arg(long, default_value_t = 32)]
-    connect_concurrency: usize,
+    /// Clients connecting and closing in a loop, comma separated: both servers are measured at
+    /// each level in turn, and the target is judged on their peak rates.
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128])]
+    connect_concurrency: Vec<usize>,
     /// Connections receiving published events.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -133,10 +131,20 @@ impl Args {
         self.phases.contains(&phase)
     }
 
+    /// The most clients connecting at once (one at least).
+    fn most_connecting(&self) -> usize {
+        self.connect_concurrency
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     fn users_needed(&self) -> usize {
         let mut needed = 1;
         if self.runs(Phase::Connect) {
-            needed = needed.max(self.connect_concurrency);
+            needed = needed.max(self.most_connecting());
         }
         if self.runs(Phase::Publish) {
             needed = needed.max(self.connections);
@@ -186,7 +194,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // Sockets on each side, plus upstream channels, publishers and spare.
-    let needed = (args.connections + args.publishers + args.connect_concurrency) as u64 + 256;
+    let needed = (args.connections + args.publishers + args.most_connecting()) as u64 + 256;
     observe::check_open_files(needed)?;
     progress("starting auth-service and usage-service (SQLite), ws-gateway and the echo server");
     let stack = Stack::start(&stack::Settings {
@@ -209,70 +217,6 @@ fn progress(message: &str) {
     eprintln!("ws-loadgen: {message}");
 }
 
-/// A row of the results table.
-struct Row {
-    phase: String,
-    clients: String,
-    ops: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
-    cpu: Option<Split>,
-    relative: String,
-    target: String,
-    met: Option<bool>,
-}
-
-impl Row {
-    fn closed_loop(phase: &str, measurement: &Measurement, cpu: Option<Split>) -> Self {
-        Self {
-            phase: phase.into(),
-            clients: measurement.concurrency.to_string(),
-            ops: measurement.ops_per_sec(),
-            p50: measurement.quantile(0.5),
-            p99: measurement.quantile(0.99),
-            errors: measurement.errors,
-            cpu,
-            relative: "—".into(),
-            target: "—".into(),
-            met: None,
-        }
-    }
-
-    fn render(&self) -> String {
-        let met = match self.met {
-            Some(true) => "met",
-            Some(false) => "**not met**",
-            None => "—",
-        };
-        // CPU time per operation: what one connect, event or run costs each side.
-        let per_op = self.cpu.map_or_else(
-            || "n/a".into(),
-            |cpu| {
-                let micros = |cores: f64| cores / self.ops.max(f64::MIN_POSITIVE) * 1e6;
-                format!("{:.0} / {:.0} µs", micros(cpu.own), micros(cpu.server))
-            },
-        );
-        format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {per_op} | {} | {} | {} |",
-            self.phase,
-            self.clients,
-            self.ops,
-            millis(self.p50),
-            millis(self.p99),
-            self.errors,
-            Split::describe(self.cpu),
-            self.relative,
-            self.target,
-            met
-        )
-    }
-}
-
-fn quantile(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> Duration {
-    Duration::from_micros(histogram.value_at_quantile(quantile))
-}
-
 async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
     let count = args.users_needed();
     progress(&format!("registering {count} users"));
@@ -290,7 +234,15 @@ async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
     let mut notes = Vec::new();
     if args.runs(Phase::Connect) {
         progress("connects: echo baseline and gateway, alternating");
-        connect_phase(args, stack, &users, &mut rows, &mut notes).await?;
+        connects::run(
+            &args.connect_concurrency,
+            &args.plan(),
+            stack,
+            &users,
+            &mut rows,
+            &mut notes,
+        )
+        .await?;
     }
     let publish_token = stack.publish_token().await?;
     let publish_settings = |users: &[User], rate: f64| publish::Settings {
@@ -359,70 +311,6 @@ async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
         out.push_str(&format!("- {note}\n"));
     }
     Ok(out)
-}
-
-/// A connecting client: where it connects, with which token.
-type Connector = (Arc<str>, Arc<str>);
-
-async fn connect_call((url, token): Connector) -> (Connector, Result<(), Status>) {
-    let result = client::connect_once(&url, &token)
-        .await
-        .map_err(|err| Status::internal(format!("{err:#}")));
-    ((url, token), result)
-}
-
-async fn connect_phase(
-    args: &Args,
-    stack: &Stack,
-    users: &[User],
-    rows: &mut Vec<Row>,
-    notes: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let callers = args.connect_concurrency.max(1);
-    // The same requests to both servers, token included (the echo server ignores it).
-    let states = |url: String| -> Vec<Connector> {
-        let url: Arc<str> = url.into();
-        (0..callers)
-            .map(|index| {
-                (
-                    Arc::clone(&url),
-                    users[index % users.len()].token.clone().into(),
-                )
-            })
-            .collect()
-    };
-    let mut echo_calls = Calls::new(states(stack.echo.ws_url()), connect_call);
-    let mut gateway_calls = Calls::new(states(stack.gateway.ws_url()), connect_call);
-    let mut baseline = ServerCpu::new(&mut echo_calls, stack.echo.pid);
-    let mut subject = ServerCpu::new(&mut gateway_calls, stack.gateway.pid);
-    let before = Counters::scrape(stack.gateway.addr).await?;
-    let (echo, gateway) = args.plan().against(&mut baseline, &mut subject).await;
-    let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
-
-    let ratio = gateway.ops_per_sec() / echo.ops_per_sec().max(f64::MIN_POSITIVE);
-    rows.push(Row {
-        relative: "baseline".into(),
-        ..Row::closed_loop("WebSocket echo connect (baseline)", &echo, baseline.split())
-    });
-    rows.push(Row {
-        relative: format!("{ratio:.2} × echo"),
-        target: format!("≥ {CONNECT_MIN_RATIO} × echo"),
-        met: Some(ratio >= CONNECT_MIN_RATIO && gateway.errors == 0),
-        ..Row::closed_loop("Authenticated connect", &gateway, subject.split())
-    });
-    let accepted = delta.sum(AUTH_OUTCOMES, &["outcome=\"accepted\""]);
-    notes.push(format!(
-        "Authenticated connect: {accepted:.0} upgrades accepted during the phase (warm-up and \
-         settle included); upstream calls per accepted connect: {}; token checks: {}.",
-        delta.upstream_per(accepted),
-        observe::auth_reasons(&delta),
-    ));
-    for (name, measurement) in [("echo", &echo), ("gateway", &gateway)] {
-        if let Some(error) = &measurement.first_error {
-            notes.push(format!("First error of the {name} connects: {error}"));
-        }
-    }
-    Ok(())
 }
 
 async fn publish_phase(

@@ -1,7 +1,8 @@
 //! What `ws-loadgen` needs to load ws-gateway the way clients and backends do: the stack it runs
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
-//! ([`client`]), the open-loop publisher and its receivers ([`publish`]), and what the run
-//! observes besides latency: CPU per process and the gateway's own counters ([`observe`]).
+//! ([`client`]), the connect phase ([`connects`]), the open-loop publisher and its receivers
+//! ([`publish`]), what the run observes besides latency: CPU per process and the gateway's own
+//! counters ([`observe`]), and the results table ([`table`]).
 //!
 //! Why the gateway runs as a process of its own: its CPU can then be told apart from the
 //! load generator's and from auth-service's and usage-service's (which run in the load
@@ -9,8 +10,10 @@
 //! same treatment, so the ratio of the two compares servers, not process layouts.
 
 pub mod client;
+pub mod connects;
 pub mod echo;
 pub mod http;
 pub mod observe;
 pub mod publish;
 pub mod stack;
+pub mod table;
