@@ -4,8 +4,9 @@
 //!    `Authorization: Bearer <access token>`, read `connected` and close, again and again.
 //!    The baseline is the same client loop against an unauthenticated echo server on the same
 //!    server stack (axum, the gateway's WebSocket settings, its own process and runtime), in
-//!    alternating slices (ABBA). Each gateway connect also costs calls to auth-service and
-//!    usage-service; the gateway's own counters tell how many, and the report prints them.
+//!    alternating slices (ABBA), at several numbers of clients ([`connects`]). Each gateway
+//!    connect also costs calls to auth-service and usage-service; the gateway's own counters
+//!    tell how many, and the report prints them.
 //! 2. **Publish-to-client latency.** A thousand authenticated connections receive events
 //!    published at a fixed rate through `POST /v1/publish` (open loop); the latency is receive
 //!    time minus send time, and events that never arrive are counted. Once with one connection
@@ -59,7 +60,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
     /// Clients connecting and closing in a loop, comma separated: both servers are measured at
-    /// each level in turn, and the target is judged on their peak rates.
+    /// each level in turn, and the target is judged at the level where the gateway is fastest.
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128])]
     connect_concurrency: Vec<usize>,
     /// Connections receiving published events.

@@ -19,7 +19,7 @@
 //! The parent starts it as `ws-loadgen --serve-echo`; it prints its address on the first line
 //! of stdout and stops when its stdin closes, so it cannot outlive the parent.
 
-use std::net::SocketAddr;
+use std::{future::IntoFuture as _, net::SocketAddr};
 
 use anyhow::Context as _;
 use axum::{
@@ -64,7 +64,7 @@ pub fn serve_until_stdin_closes() -> anyhow::Result<()> {
             router.into_make_service_with_connect_info::<SocketAddr>(),
         );
         // Served from a worker, as the services' `main` does (`shared::process::run`).
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(server.into_future());
         tokio::select! {
             served = server => served.context("the server task failed")?.context("serving"),
             () = stdin_closed() => Ok(()),
