@@ -4,7 +4,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tollgate_shared::config::{SecretString, parse_duration, parse_socket_addr};
+use tollgate_shared::{
+    config::{SecretString, parse_duration, parse_socket_addr},
+    db,
+    serve::RequestTimeout,
+};
 
 use crate::clients::ClientRegistry;
 
@@ -38,6 +42,12 @@ pub struct Config {
     /// Maximum database connections.
     #[arg(long, env = "AUTH_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+
+    #[command(flatten)]
+    pub database_timeouts: db::Timeouts,
+
+    #[command(flatten)]
+    pub request_timeout: RequestTimeout,
 
     /// `redis://…`. Unset: the in-process engine (one replica only).
     #[arg(long, env = "REDIS_URL")]
@@ -124,6 +134,8 @@ impl Config {
             http_addr: any_port,
             database_url: database_url.to_owned().into(),
             database_max_connections: 8,
+            database_timeouts: db::Timeouts::default(),
+            request_timeout: RequestTimeout::default(),
             redis_url: None,
             redis_prefix: "tollgate".into(),
             issuer: "tollgate-auth".into(),

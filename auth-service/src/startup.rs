@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tollgate_proto::auth::v1::auth_service_server::AuthServiceServer;
 use tollgate_shared::{
     config::ExposeSecret,
+    db,
     engine::Engine,
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL},
     grpc::health_and_reflection,
     health::{self, Readiness},
     metrics::{self as shared_metrics, RpcMetrics},
-    serve::{self, Servers},
+    serve::{self, RequestTimeout, Servers},
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
@@ -45,14 +46,16 @@ pub struct Application {
     readiness: Readiness,
     shutdown: Shutdown,
     grace: Duration,
+    request_timeout: RequestTimeout,
 }
 
 /// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(
-        config.database_url.expose_secret(),
-        config.database_max_connections,
-    )
+    Store::open(db::Settings {
+        url: config.database_url.expose_secret(),
+        max_connections: config.database_max_connections,
+        timeouts: config.database_timeouts,
+    })
     .await
 }
 
@@ -115,6 +118,7 @@ impl Application {
             readiness: Readiness::new(),
             shutdown,
             grace: config.shutdown_grace,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -147,6 +151,7 @@ impl Application {
             readiness,
             shutdown,
             grace,
+            request_timeout,
         } = self;
         let (health, health_service, reflection) = health_and_reflection()?;
         let tasks = [
@@ -173,6 +178,7 @@ impl Application {
             readiness,
             shutdown: shutdown.clone(),
             grace,
+            request_timeout,
         }
         .run()
         .await;

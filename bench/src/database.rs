@@ -23,7 +23,7 @@ impl Database {
                 let name = format!("tollgate_bench_{}", random_lowercase(12));
                 let mut admin = admin_connection(&server).await?;
                 admin
-                    .execute(format!("CREATE DATABASE {name}").as_str())
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .await
                     .with_context(|| format!("creating database {name}"))?;
                 admin.close().await.ok();
@@ -56,7 +56,9 @@ impl Database {
             Self::Postgres { server, name } => {
                 let mut admin = admin_connection(&server).await?;
                 admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
                     .await
                     .with_context(|| format!("dropping database {name}"))?;
                 admin.close().await.ok();

@@ -2,6 +2,10 @@
 //! signal fires, readiness turns 503 and gRPC health NOT_SERVING, both listeners stop
 //! accepting, and in-flight requests get `grace` to finish. When to turn ready is the
 //! service's call (after its own dependencies are loaded).
+//!
+//! No request runs forever: a unary gRPC call or an HTTP request that has not been answered
+//! within the request timeout is answered `CANCELLED` or 503 and its work dropped, so a stuck
+//! dependency costs each caller a bounded wait instead of piling requests up.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -10,7 +14,27 @@ use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics, shutdown::Shutdown};
+use crate::{
+    config::parse_duration, grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics,
+    shutdown::Shutdown,
+};
+
+/// How long a server gives one request, shared by every service's configuration.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct RequestTimeout {
+    /// Longest a gRPC call (until its response starts) or an HTTP request may take before
+    /// it is answered `CANCELLED` or 503.
+    #[arg(long = "request-timeout", env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+impl Default for RequestTimeout {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(15),
+        }
+    }
+}
 
 /// Binds a listener, failing with one line that names the variable the address came from.
 pub async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
@@ -34,6 +58,7 @@ pub struct Servers {
     pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub grace: Duration,
+    pub request_timeout: RequestTimeout,
 }
 
 impl Servers {
@@ -50,6 +75,7 @@ impl Servers {
             readiness,
             shutdown,
             grace,
+            request_timeout,
         } = self;
         // gRPC health of the service follows readiness, so a gRPC readiness probe (Kubernetes'
         // native one) sends no traffic before the service is ready, nor while it drains.
@@ -72,6 +98,7 @@ impl Servers {
 
         let grpc_shutdown = shutdown.clone();
         let grpc = tonic::transport::Server::builder()
+            .timeout(request_timeout.duration)
             .layer(TelemetryLayer::new(rpc_metrics))
             .add_routes(grpc_routes)
             // Accepted sockets do not inherit a setting tonic applies only to listeners it binds
@@ -92,7 +119,12 @@ impl Servers {
                     tracing::debug!(error = %err, "TCP_NODELAY could not be set");
                 }
             }),
-            http_router.into_make_service_with_connect_info::<SocketAddr>(),
+            http_router
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    request_timeout.duration,
+                ))
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { http_shutdown.wait().await });
 

@@ -59,7 +59,8 @@ impl TestDatabase {
                     .unwrap_or_else(|err| {
                         panic!("PostgreSQL at TEST_DATABASE_URL is required: {err}")
                     });
-                sqlx::query(&format!("CREATE DATABASE {name}"))
+                // The name is a UUID of our own making, never input.
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
                     .expect("create a test database");
@@ -93,7 +94,9 @@ impl Drop for TestDatabase {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
                     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(&drop).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })

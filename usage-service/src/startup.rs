@@ -9,12 +9,13 @@ use tokio::net::TcpListener;
 use tollgate_proto::usage::v1::usage_service_server::UsageServiceServer;
 use tollgate_shared::{
     config::ExposeSecret,
+    db,
     engine::Engine,
     grpc::{self as shared_grpc, health_and_reflection},
     health::{self, Readiness},
     jwks::JwksVerifier,
     metrics::{self as shared_metrics, RpcMetrics},
-    serve::{self, Servers},
+    serve::{self, RequestTimeout, Servers},
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
@@ -42,14 +43,16 @@ pub struct Application {
     rpc_metrics: RpcMetrics,
     shutdown: Shutdown,
     grace: Duration,
+    request_timeout: RequestTimeout,
 }
 
 /// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(
-        config.database_url.expose_secret(),
-        config.database_max_connections,
-    )
+    Store::open(db::Settings {
+        url: config.database_url.expose_secret(),
+        max_connections: config.database_max_connections,
+        timeouts: config.database_timeouts,
+    })
     .await
 }
 
@@ -105,6 +108,7 @@ impl Application {
             rpc_metrics,
             shutdown,
             grace: config.shutdown_grace,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -138,6 +142,7 @@ impl Application {
             rpc_metrics,
             shutdown,
             grace,
+            request_timeout,
         } = self;
         let (health, health_service, reflection) = health_and_reflection()?;
         let readiness = Readiness::new();
@@ -166,6 +171,7 @@ impl Application {
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
             grace,
+            request_timeout,
         };
         // Ready only once service tokens can be verified.
         let gate = readiness.clone();

@@ -16,6 +16,20 @@ pub use sessions::{RefreshOutcome, Rotation, SessionRow, SessionStatus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Where this service keeps its tables in a database it may share with the others.
+pub static SCHEMA: db::ServiceSchema = db::ServiceSchema::new(
+    "auth",
+    &MIGRATOR,
+    // The tables of the release before schemas, which adoption moves out of `public`.
+    &[
+        "users",
+        "sessions",
+        "refresh_tokens",
+        "signing_keys",
+        "key_state",
+    ],
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the email is already registered")]
@@ -39,9 +53,9 @@ pub struct Store {
 
 impl Store {
     /// Connects and migrates, failing with one line that names `DATABASE_URL`.
-    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    pub async fn open(settings: db::Settings<'_>) -> anyhow::Result<Self> {
         Ok(Self {
-            pool: db::open(url, max_connections, &MIGRATOR).await?,
+            pool: db::open(settings, &SCHEMA).await?,
         })
     }
 

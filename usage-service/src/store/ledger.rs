@@ -66,7 +66,8 @@ impl Store {
         sql.push_str(
             " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING user_id, idempotency_key",
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        // Only placeholders are formatted into the statement; every value is bound.
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
         for entry in entries {
             query = query
                 .bind(entry.user.to_string())

@@ -14,6 +14,20 @@ pub use subscriptions::{PlanChangeRow, SubscriptionRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Where this service keeps its tables in a database it may share with the others.
+pub static SCHEMA: db::ServiceSchema = db::ServiceSchema::new(
+    "usage",
+    &MIGRATOR,
+    // The tables of the release before schemas, which adoption moves out of `public`.
+    &[
+        "subscriptions",
+        "plan_changes",
+        "user_roles",
+        "delegations",
+        "ledger",
+    ],
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable")]
@@ -32,10 +46,10 @@ pub struct Store {
 
 impl Store {
     /// Connects and migrates, failing with one line that names `DATABASE_URL`.
-    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    pub async fn open(settings: db::Settings<'_>) -> anyhow::Result<Self> {
         Ok(Self {
-            pool: db::open(url, max_connections, &MIGRATOR).await?,
-            concurrent_writes: !url.starts_with("sqlite:"),
+            pool: db::open(settings, &SCHEMA).await?,
+            concurrent_writes: !settings.url.starts_with("sqlite:"),
         })
     }
 
