@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tollgate_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tollgate_proto::auth::v1::auth_service_server::{self, AuthServiceServer};
 use tollgate_shared::{
     config::ExposeSecret,
     db,
@@ -20,7 +20,6 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
-use tonic::service::Routes;
 
 use crate::{
     auth::{Auth, TokenSettings},
@@ -48,7 +47,6 @@ pub struct Application {
     grace: Duration,
     request_timeout: RequestTimeout,
 }
-
 /// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(db::Settings {
@@ -153,16 +151,14 @@ impl Application {
             grace,
             request_timeout,
         } = self;
-        let (health, health_service, reflection) = health_and_reflection()?;
+        let (health, routes) = health_and_reflection(auth_service_server::SERVICE_NAME)?;
         let tasks = [
             Some(auth.spawn_event_listener(shutdown.clone())),
             Some(auth.spawn_key_reloader(Duration::from_secs(30), shutdown.clone())),
             auth.engine
                 .spawn_relay(&[REVOCATIONS_CHANNEL, KEYS_CHANNEL], shutdown.clone()),
         ];
-        let grpc_routes = Routes::new(health_service)
-            .add_service(reflection)
-            .add_service(AuthServiceServer::new(AuthGrpc::new(auth.clone())));
+        let grpc_routes = routes.add_service(AuthServiceServer::new(AuthGrpc::new(auth.clone())));
         let http_router = http::routes(auth.clone())
             .merge(health::routes(readiness.clone()))
             .merge(shared_metrics::routes(registry));
@@ -171,7 +167,7 @@ impl Application {
             grpc_listener,
             grpc_routes,
             health,
-            service_name: "tollgate.auth.v1.AuthService",
+            service_name: auth_service_server::SERVICE_NAME,
             rpc_metrics,
             http_listener,
             http_router,

@@ -210,20 +210,36 @@ fn record_status(code: tonic::Code, failed: bool) {
     }
 }
 
-/// gRPC health (reporter plus service) and reflection over Tollgate's descriptor set.
-pub fn health_and_reflection() -> anyhow::Result<(
-    tonic_health::server::HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-)> {
+/// The routes every gRPC server starts from: health, and reflection in both its versions
+/// (`grpc.reflection.v1`, and `v1alpha`, the only one that grpcio-reflection, evans and older
+/// grpcurl speak). Reflection lists `service` (the one Tollgate service this process serves),
+/// health and itself, not every service in Tollgate's descriptor set; the reporter sets
+/// `service`'s health.
+pub fn health_and_reflection(
+    service: &'static str,
+) -> anyhow::Result<(tonic_health::server::HealthReporter, tonic::service::Routes)> {
+    use tonic_reflection::{pb, server::Builder};
+
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
+    let configure = || {
+        [
+            service,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .fold(Builder::configure(), Builder::with_service_name)
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    Ok((reporter, health, reflection))
+        // Each version describes both, so either finds the other's symbols.
+        .register_encoded_file_descriptor_set(pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    let routes = tonic::service::Routes::new(health)
+        .add_service(configure().build_v1()?)
+        .add_service(configure().build_v1alpha()?);
+    Ok((reporter, routes))
 }
 
 /// A server layer: one span per call (child of the caller's trace context, named after the

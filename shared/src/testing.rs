@@ -160,3 +160,83 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// What a gRPC server's reflection says, asked in both protocol versions.
+#[derive(Debug)]
+pub struct Reflected {
+    /// `ListServices` over `grpc.reflection.v1`, sorted.
+    pub v1: Vec<String>,
+    /// `ListServices` over `grpc.reflection.v1alpha`, sorted.
+    pub v1alpha: Vec<String>,
+    /// How many file descriptors `v1alpha` returns for the symbol asked about.
+    pub v1alpha_files_for_symbol: usize,
+}
+
+/// Asks the reflection of the gRPC server at `address` for its services in both versions,
+/// and `v1alpha` for the files that define `symbol` (what grpcurl and evans do before a call).
+pub async fn reflect(address: std::net::SocketAddr, symbol: &str) -> Reflected {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .expect("a gRPC URL")
+        .connect()
+        .await
+        .expect("the gRPC server accepts a connection");
+
+    let list = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([list]))
+        .await
+        .expect("reflection v1 answers")
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
+        answers
+            .message()
+            .await
+            .expect("a v1 answer")
+            .and_then(|answer| answer.message_response)
+    else {
+        panic!("reflection v1 did not list services");
+    };
+    let mut v1: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
+    v1.sort();
+
+    use v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let requests = [
+        AlphaRequest::ListServices(String::new()),
+        AlphaRequest::FileContainingSymbol(symbol.to_owned()),
+    ]
+    .map(|request| v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut answers = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(requests))
+        .await
+        .expect("reflection v1alpha answers")
+        .into_inner();
+    let (mut v1alpha, mut v1alpha_files_for_symbol) = (Vec::new(), 0);
+    while let Some(answer) = answers.message().await.expect("a v1alpha answer") {
+        match answer.message_response {
+            Some(AlphaResponse::ListServicesResponse(services)) => {
+                v1alpha = services.service.into_iter().map(|s| s.name).collect();
+            }
+            Some(AlphaResponse::FileDescriptorResponse(files)) => {
+                v1alpha_files_for_symbol = files.file_descriptor_proto.len();
+            }
+            other => panic!("unexpected v1alpha answer: {other:?}"),
+        }
+    }
+    v1alpha.sort();
+    Reflected {
+        v1,
+        v1alpha,
+        v1alpha_files_for_symbol,
+    }
+}

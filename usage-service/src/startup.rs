@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tollgate_proto::usage::v1::usage_service_server::UsageServiceServer;
+use tollgate_proto::usage::v1::usage_service_server::{self, UsageServiceServer};
 use tollgate_shared::{
     config::ExposeSecret,
     db,
@@ -19,7 +19,6 @@ use tollgate_shared::{
     shutdown::Shutdown,
     tokens::VerifierSettings,
 };
-use tonic::service::Routes;
 
 use crate::{
     config::{Config, RedisDownMode},
@@ -45,7 +44,6 @@ pub struct Application {
     grace: Duration,
     request_timeout: RequestTimeout,
 }
-
 /// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(db::Settings {
@@ -144,7 +142,7 @@ impl Application {
             grace,
             request_timeout,
         } = self;
-        let (health, health_service, reflection) = health_and_reflection()?;
+        let (health, routes) = health_and_reflection(usage_service_server::SERVICE_NAME)?;
         let readiness = Readiness::new();
         let tasks = [
             Some(usage.spawn_invalidation_listener(shutdown.clone())),
@@ -153,18 +151,16 @@ impl Application {
                 .spawn_relay(&[INVALIDATE_CHANNEL], shutdown.clone()),
             Some(verifier.spawn_refresher(Duration::from_secs(60), shutdown.clone())),
         ];
-        let grpc_routes = Routes::new(health_service)
-            .add_service(reflection)
-            .add_service(UsageServiceServer::new(UsageGrpc::new(
-                usage.clone(),
-                verifier.clone(),
-            )));
+        let grpc_routes = routes.add_service(UsageServiceServer::new(UsageGrpc::new(
+            usage.clone(),
+            verifier.clone(),
+        )));
         let http_router = health::routes(readiness.clone()).merge(shared_metrics::routes(registry));
         let servers = Servers {
             grpc_listener,
             grpc_routes,
             health,
-            service_name: "tollgate.usage.v1.UsageService",
+            service_name: usage_service_server::SERVICE_NAME,
             rpc_metrics,
             http_listener,
             http_router,

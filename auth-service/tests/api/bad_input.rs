@@ -172,35 +172,23 @@ async fn health_readiness_and_metrics_are_served(backend: Backend) {
         status.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+}
 
-    // Reflection lists the service.
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(app.channel.clone())
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("not a service list");
-    };
-    let names: Vec<_> = list
-        .service
-        .into_iter()
-        .map(|service| service.name)
-        .collect();
-    assert!(
-        names.contains(&"tollgate.auth.v1.AuthService".to_owned()),
-        "{names:?}"
-    );
+/// Reflection answers in both versions (grpcio-reflection, evans and older grpcurl speak only
+/// v1alpha) and lists this process's services, not every service Tollgate has.
+async fn reflection_lists_only_what_this_process_serves(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let reflected =
+        tollgate_shared::testing::reflect(app.grpc_addr, "tollgate.auth.v1.AuthService").await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "tollgate.auth.v1.AuthService",
+    ];
+    assert_eq!(reflected.v1, expected);
+    assert_eq!(reflected.v1alpha, expected);
+    assert!(reflected.v1alpha_files_for_symbol >= 1, "{reflected:?}");
 }
 
 async fn oversized_and_empty_fields_are_refused_on_every_user_call(backend: Backend) {
@@ -271,5 +259,6 @@ async fn oversized_and_empty_fields_are_refused_on_every_user_call(backend: Back
 both_backends!(
     hostile_access_tokens_are_refused_with_their_reason,
     health_readiness_and_metrics_are_served,
+    reflection_lists_only_what_this_process_serves,
     oversized_and_empty_fields_are_refused_on_every_user_call,
 );

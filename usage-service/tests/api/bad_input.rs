@@ -154,6 +154,23 @@ async fn health_readiness_and_metrics_are_served(backend: Backend) {
     );
 }
 
+/// Reflection answers in both versions (grpcio-reflection, evans and older grpcurl speak only
+/// v1alpha) and lists this process's services, not every service Tollgate has.
+async fn reflection_lists_only_what_this_process_serves(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let reflected =
+        tollgate_shared::testing::reflect(app.grpc_addr, "tollgate.usage.v1.UsageService").await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "tollgate.usage.v1.UsageService",
+    ];
+    assert_eq!(reflected.v1, expected);
+    assert_eq!(reflected.v1alpha, expected);
+    assert!(reflected.v1alpha_files_for_symbol >= 1, "{reflected:?}");
+}
+
 /// A minimal HTTP GET over a real TCP connection: status and body.
 async fn reqwest_get(url: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -180,6 +197,7 @@ both_backends!(
     malformed_requests_get_invalid_argument,
     only_service_tokens_with_the_right_scope_are_accepted,
     health_readiness_and_metrics_are_served,
+    reflection_lists_only_what_this_process_serves,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
