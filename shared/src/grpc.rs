@@ -25,7 +25,10 @@ use tonic::{
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::RpcMetrics;
+use crate::{
+    grpc_methods::{ServedMethods, UNKNOWN, descriptor_sets, served_services},
+    metrics::RpcMetrics,
+};
 
 /// Reads W3C trace context from HTTP headers.
 #[derive(Debug)]
@@ -198,7 +201,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
 fn service_and_method(path: &str) -> (&str, &str) {
     path.trim_start_matches('/')
         .split_once('/')
-        .unwrap_or(("unknown", "unknown"))
+        .unwrap_or((UNKNOWN, UNKNOWN))
 }
 
 /// Records the status code on the current RPC span, and marks the span failed when `failed`.
@@ -218,23 +221,17 @@ fn record_status(code: tonic::Code, failed: bool) {
 pub fn health_and_reflection(
     service: &'static str,
 ) -> anyhow::Result<(tonic_health::server::HealthReporter, tonic::service::Routes)> {
-    use tonic_reflection::{pb, server::Builder};
+    use tonic_reflection::server::Builder;
 
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Each version describes both, so either finds the other's symbols.
     let configure = || {
-        [
-            service,
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-        ]
-        .into_iter()
-        .fold(Builder::configure(), Builder::with_service_name)
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // Each version describes both, so either finds the other's symbols.
-        .register_encoded_file_descriptor_set(pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(pb::v1alpha::FILE_DESCRIPTOR_SET)
+        let builder = served_services(service)
+            .into_iter()
+            .fold(Builder::configure(), Builder::with_service_name);
+        descriptor_sets()
+            .into_iter()
+            .fold(builder, Builder::register_encoded_file_descriptor_set)
     };
     let routes = tonic::service::Routes::new(health)
         .add_service(configure().build_v1()?)
@@ -243,15 +240,17 @@ pub fn health_and_reflection(
 }
 
 /// A server layer: one span per call (child of the caller's trace context, named after the
-/// method, with OpenTelemetry `rpc.*` attributes) and a latency observation per call.
+/// method, with OpenTelemetry `rpc.*` attributes) and a latency observation per call. Both
+/// name only `methods`; any other path is `unknown`.
 #[derive(Clone, Debug)]
 pub struct TelemetryLayer {
     metrics: RpcMetrics,
+    methods: ServedMethods,
 }
 
 impl TelemetryLayer {
-    pub fn new(metrics: RpcMetrics) -> Self {
-        Self { metrics }
+    pub fn new(metrics: RpcMetrics, methods: ServedMethods) -> Self {
+        Self { metrics, methods }
     }
 }
 
@@ -262,6 +261,7 @@ impl<S> tower::Layer<S> for TelemetryLayer {
         TelemetryService {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -270,6 +270,7 @@ impl<S> tower::Layer<S> for TelemetryLayer {
 pub struct TelemetryService<S> {
     inner: S,
     metrics: RpcMetrics,
+    methods: ServedMethods,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for TelemetryService<S>
@@ -287,8 +288,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let (service, method) = service_and_method(&path);
+        let path = self.methods.label(request.uri().path());
+        let (service, method) = path
+            .as_deref()
+            .map_or((UNKNOWN, UNKNOWN), service_and_method);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %format_args!("{service}/{method}"),
@@ -313,7 +316,8 @@ where
                     Err(_) => tonic::Code::Unavailable,
                 };
                 record_status(code, server_fault(code));
-                metrics.observe(&path, code_name(code), started.elapsed().as_secs_f64());
+                let label = path.as_deref().unwrap_or(UNKNOWN);
+                metrics.observe(label, code_name(code), started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),

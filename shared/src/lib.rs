@@ -18,6 +18,7 @@ pub mod events;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fault_proxy;
 pub mod grpc;
+pub mod grpc_methods;
 pub mod health;
 pub mod jwks;
 pub mod metrics;

@@ -15,7 +15,11 @@ use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::parse_duration, grpc::TelemetryLayer, health::Readiness, metrics::RpcMetrics,
+    config::parse_duration,
+    grpc::TelemetryLayer,
+    grpc_methods::{ServedMethods, served_services},
+    health::Readiness,
+    metrics::RpcMetrics,
     shutdown::Shutdown,
 };
 
@@ -99,7 +103,10 @@ impl Servers {
         let grpc_shutdown = shutdown.clone();
         let grpc = tonic::transport::Server::builder()
             .timeout(request_timeout.duration)
-            .layer(TelemetryLayer::new(rpc_metrics))
+            .layer(TelemetryLayer::new(
+                rpc_metrics,
+                ServedMethods::of(&served_services(service_name))?,
+            ))
             .add_routes(grpc_routes)
             // Accepted sockets do not inherit a setting tonic applies only to listeners it binds
             // itself: without TCP_NODELAY a reply written in two parts waits for a delayed ACK.

@@ -171,6 +171,57 @@ async fn reflection_lists_only_what_this_process_serves(backend: Backend) {
     assert!(reflected.v1alpha_files_for_symbol >= 1, "{reflected:?}");
 }
 
+/// Request paths are chosen by the caller before authentication: a flood of random ones must
+/// not grow `/metrics` (nor name spans) without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_request_paths_add_no_metric_series() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    app.consume(&new_user(), "messages", 1, &key())
+        .await
+        .unwrap();
+    let series = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("tollgate_rpc_server_duration_seconds_count{"))
+            // The labels, not the count that follows them.
+            .filter_map(|line| line.split_once('}').map(|(labels, _)| labels.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let before = series(&reqwest_get(&format!("{}/metrics", app.http_base)).await.1);
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..2_000 {
+        let path = format!("/random{i}.{}/Method{i}", uuid::Uuid::new_v4().simple());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+
+    let after = series(&reqwest_get(&format!("{}/metrics", app.http_base)).await.1);
+    let added: Vec<_> = after.iter().filter(|line| !before.contains(line)).collect();
+    assert!(
+        added.len() <= 1
+            && added.iter().all(|line| {
+                line.contains("method=\"unknown\"") && line.contains("code=\"UNIMPLEMENTED\"")
+            }),
+        "2 000 random paths added {} series: {added:?}",
+        added.len()
+    );
+    assert_eq!(after.len(), before.len() + added.len());
+}
+
 /// A minimal HTTP GET over a real TCP connection: status and body.
 async fn reqwest_get(url: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
