@@ -12,13 +12,21 @@
 //!   forwarded `latency` later, in order, in both directions (throughput is kept: later chunks
 //!   are read while earlier ones wait).
 //!
+//! - [`blackhole_before_reply`](FaultProxy::blackhole_before_reply): a black hole that opens
+//!   when the upstream answers with a chunk containing a marker (a command tag such as
+//!   `UPDATE 1`, say): the upstream has acted, and its answer is lost.
+//!
 //! [`restore`](FaultProxy::restore) heals all of it: new connections are forwarded again
 //! without delay. Connections held by a black hole are closed then, since the bytes they lost
 //! leave their protocol stream unusable; a client reconnects as it would after a real outage.
+//! Those caught by [`blackhole_before_reply`](FaultProxy::blackhole_before_reply) are closed on the client's
+//! side only: the upstream's side stays open and silent until the proxy is dropped, like a
+//! peer whose goodbye was lost in the partition (a database then keeps that session's
+//! transaction, and its locks, until its own timeouts end it).
 //!
 //! Available with the `test-util` feature.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -39,22 +47,28 @@ enum Link {
     Blackhole,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct State {
     link: Link,
     /// Added to every forwarded chunk, in each direction.
     delay: Duration,
+    /// The black hole opens instead of forwarding an upstream's chunk containing this.
+    marker: Option<Arc<[u8]>>,
+    /// Connections held by the black hole are closed on the client's side only.
+    strand: bool,
 }
 
 const HEALTHY: State = State {
     link: Link::Up,
     delay: Duration::ZERO,
+    marker: None,
+    strand: false,
 };
 
 #[derive(Debug)]
 pub struct FaultProxy {
     address: SocketAddr,
-    state: watch::Sender<State>,
+    state: Arc<watch::Sender<State>>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,8 +77,8 @@ impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
-        let (state, watch) = watch::channel(HEALTHY);
-        let accept_task = tokio::spawn(accept_loop(listener, upstream, watch));
+        let state = Arc::new(watch::Sender::new(HEALTHY));
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, Arc::clone(&state)));
         Ok(Self {
             address,
             state,
@@ -108,6 +122,13 @@ impl FaultProxy {
         self.state.send_modify(|state| state.link = Link::Blackhole);
     }
 
+    /// Opens a black hole instead of forwarding the upstream's first chunk that contains
+    /// `marker`. Connections it holds are stranded (see the module documentation).
+    pub fn blackhole_before_reply(&self, marker: &[u8]) {
+        self.state
+            .send_modify(|state| state.marker = Some(marker.into()));
+    }
+
     /// Forwards every chunk read from now on `latency` late (in both directions). Combines with
     /// the other faults; `Duration::ZERO` removes it.
     pub fn delay(&self, latency: Duration) {
@@ -127,20 +148,24 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::Receiver<State>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    control: Arc<watch::Sender<State>>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
-                let link = state.borrow().link;
+                let link = control.borrow().link;
                 match link {
                     Link::Cut => drop(client),
                     Link::Blackhole => {
-                        connections.spawn(hold(vec![client], state.clone()));
+                        connections.spawn(hold(vec![client], control.subscribe()));
                     }
                     Link::Up => {
-                        connections.spawn(forward(client, upstream, state.clone()));
+                        connections.spawn(forward(client, upstream, Arc::clone(&control)));
                     }
                 }
             }
@@ -149,7 +174,8 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
+async fn forward(mut client: TcpStream, upstream: SocketAddr, control: Arc<watch::Sender<State>>) {
+    let mut state = control.subscribe();
     let mut server = tokio::select! {
         connected = TcpStream::connect(upstream) => match connected {
             Ok(server) => server,
@@ -164,8 +190,8 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut state: watch::
         let (upstream_state, downstream_state) = (state.clone(), state.clone());
         let pumps = async {
             tokio::join!(
-                pump(client_read, server_write, upstream_state),
-                pump(server_read, client_write, downstream_state)
+                pump(client_read, server_write, upstream_state, None),
+                pump(server_read, client_write, downstream_state, Some(&control))
             )
         };
         tokio::select! {
@@ -175,13 +201,28 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut state: watch::
             }
         }
     };
-    if link == Link::Blackhole {
+    if link != Link::Blackhole {
+        return;
+    }
+    if state.borrow().strand {
+        hold(vec![client], state).await;
+        // Never closed from here: the upstream waits on a silent peer until the proxy drops.
+        let mut buffer = [0u8; 4096];
+        while matches!(server.read(&mut buffer).await, Ok(n) if n > 0) {}
+        std::future::pending::<()>().await;
+    } else {
         hold(vec![client, server], state).await;
     }
 }
 
 /// Copies `from` to `to`, each chunk held until its due time (the delay when it was read).
-async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, state: watch::Receiver<State>) {
+/// The upstream-to-client pump gets the `control`, to open a black hole at a marked chunk.
+async fn pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    state: watch::Receiver<State>,
+    control: Option<&watch::Sender<State>>,
+) {
     let (queue, mut due) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     let read = async move {
         let mut buffer = vec![0u8; 16 * 1024];
@@ -204,6 +245,25 @@ async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, state: watch::Recei
     let write = async move {
         while let Some((at, bytes)) = due.recv().await {
             tokio::time::sleep_until(at).await;
+            if let Some(control) = control {
+                let marked = control.send_if_modified(|state| {
+                    let marked = state.marker.as_deref().is_some_and(|marker| {
+                        bytes.windows(marker.len()).any(|window| window == marker)
+                    });
+                    if marked {
+                        *state = State {
+                            link: Link::Blackhole,
+                            marker: None,
+                            strand: true,
+                            ..state.clone()
+                        };
+                    }
+                    marked
+                });
+                if marked {
+                    return;
+                }
+            }
             if to.write_all(&bytes).await.is_err() {
                 return;
             }
@@ -334,5 +394,48 @@ mod tests {
         }
         let mut healed = TcpStream::connect(proxy.address()).await.unwrap();
         round_trip(&mut healed).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_marked_reply_is_lost_and_its_peer_stranded() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.blackhole_before_reply(b"LOCKED");
+
+        let mut client = TcpStream::connect(proxy.address()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        round_trip_through(&mut client, &mut server, b"ping").await;
+
+        client.write_all(b"lock it").await.unwrap();
+        let mut buffer = [0u8; 16];
+        let n = server.read(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], b"lock it", "the request arrives");
+        server.write_all(b"LOCKED").await.unwrap();
+        assert!(stays_silent(&mut client).await, "the answer got through");
+
+        proxy.restore();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer))
+            .await
+            .expect("the client's side is closed on restore");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(
+            stays_silent(&mut server).await,
+            "the upstream's side is closed or written to"
+        );
+        let mut healed = TcpStream::connect(proxy.address()).await.unwrap();
+        let (mut fresh, _) = listener.accept().await.unwrap();
+        round_trip_through(&mut healed, &mut fresh, b"LOCKED").await;
+    }
+
+    /// `message` from client to server and back through the proxy.
+    async fn round_trip_through(client: &mut TcpStream, server: &mut TcpStream, message: &[u8]) {
+        let mut buffer = [0u8; 16];
+        client.write_all(message).await.unwrap();
+        let n = server.read(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], message);
+        server.write_all(message).await.unwrap();
+        let n = client.read(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], message);
     }
 }

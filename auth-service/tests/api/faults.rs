@@ -119,3 +119,39 @@ async fn with_redis_cut_off_replicas_keep_serving_and_resume_sharing_revocations
         "revocation events did not resume after Redis came back"
     );
 }
+
+/// A partition in the middle of a refresh: the row lock was taken, the answer lost, and the
+/// service's end of the connection gave up without the database hearing of it. The database
+/// must end that transaction by itself, the stuck request must be answered, and once the
+/// partition heals the session must refresh (not queue behind a lock held for hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_inside_a_refresh_transaction_heals_without_stuck_locks() {
+    let database = Arc::new(TestDatabase::create(Backend::PostgresRedis).await);
+    let (proxy, url) = proxied(&database.url).await;
+    let mut config = config(Backend::PostgresRedis, &database);
+    config.database_url = url.into();
+    config.database_timeouts.statement_timeout = Duration::from_secs(1);
+    config.request_timeout.duration = Duration::from_secs(3);
+    let app = TestApp::start(config, database).await;
+    let email = unique_email();
+    let user = app.register(&email, PASSWORD).await.unwrap();
+
+    // The refresh's first UPDATE locks a row; its answer (command tag `UPDATE 1`) is lost.
+    proxy.blackhole_before_reply(b"UPDATE 1\0");
+    let stuck = app.refresh(&user.refresh_token).await;
+    assert!(
+        stuck.is_err(),
+        "the refresh went through: it updated no row, so the partition missed it"
+    );
+
+    proxy.restore();
+    let refreshed = eventually(Duration::from_secs(20), || async {
+        app.refresh(&user.refresh_token).await.is_ok()
+    })
+    .await;
+    assert!(
+        refreshed,
+        "the session never refreshed after the partition healed"
+    );
+    app.login(&email, PASSWORD).await.unwrap();
+}
