@@ -37,6 +37,7 @@ pub struct ClusterBuilder {
     redis_proxy: bool,
     postgres_proxy: bool,
     auth_proxy: bool,
+    one_database: Option<Backend>,
     auth_env: Vec<(String, String)>,
     usage_env: Vec<(String, String)>,
     gateway_env: Vec<(String, String)>,
@@ -65,6 +66,13 @@ impl ClusterBuilder {
     /// test can slow down or partition that one link.
     pub fn auth_behind_proxy(mut self) -> Self {
         self.auth_proxy = true;
+        self
+    }
+
+    /// auth-service and usage-service share one database (PostgreSQL, or an SQLite file for
+    /// [`Backend::Embedded`]) instead of one each.
+    pub fn one_database(mut self, backend: Backend) -> Self {
+        self.one_database = Some(backend);
         self
     }
 
@@ -106,10 +114,17 @@ impl ClusterBuilder {
     pub async fn start(self) -> Cluster {
         let prefix = redis_prefix();
         let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        let (auth_db, usage_db) = tokio::join!(
-            TestDatabase::create(Backend::PostgresRedis),
-            TestDatabase::create(Backend::PostgresRedis)
-        );
+        let databases = match self.one_database {
+            Some(backend) => vec![TestDatabase::create(backend).await],
+            None => {
+                let (auth_db, usage_db) = tokio::join!(
+                    TestDatabase::create(Backend::PostgresRedis),
+                    TestDatabase::create(Backend::PostgresRedis)
+                );
+                vec![auth_db, usage_db]
+            }
+        };
+        let (auth_db, usage_db) = (&databases[0], &databases[databases.len() - 1]);
         let (postgres_proxy, auth_db_url, usage_db_url) = if self.postgres_proxy {
             let (proxy, url) = FaultProxy::in_front_of(&auth_db.url)
                 .await
@@ -205,7 +220,7 @@ impl ClusterBuilder {
             secret,
             http,
             gateway_env,
-            _databases: [auth_db, usage_db],
+            _databases: databases,
         }
     }
 }
@@ -228,7 +243,7 @@ pub struct Cluster {
     /// The environment every gateway started with.
     gateway_env: Vec<(String, String)>,
     // Dropped last, once the processes using them are gone.
-    _databases: [TestDatabase; 2],
+    _databases: Vec<TestDatabase>,
 }
 
 impl Cluster {
