@@ -118,11 +118,11 @@ def check_secrets(workloads, secrets, problems):
                 if path not in read:
                     problems.append(f"{where}: mounts {secret}/{key}, which it never reads")
     for secret, workloads_using in users.items():
-        if len(workloads_using) > 1 and secret not in ALLOWED_SHARED_SECRETS(workloads_using):
+        if len(workloads_using) > 1 and secret not in shareable(workloads_using):
             problems.append(f"Secret {secret} is mounted by {sorted(workloads_using)}")
 
 
-def ALLOWED_SHARED_SECRETS(workloads_using):
+def shareable(workloads_using):
     # The migration Job runs each service's migrations with that service's database URL.
     if workloads_using <= {"auth-service", "tollgate-migrate"}:
         return {"auth-service-secrets"}
