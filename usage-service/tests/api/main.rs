@@ -17,3 +17,4 @@ mod leases;
 mod ledger;
 mod replicas;
 mod subscriptions;
+mod upgrade;
