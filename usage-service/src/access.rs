@@ -139,6 +139,8 @@ impl Usage {
     }
 
     pub async fn revoke_role(&self, user: UserId, role: Role) -> Result<Vec<Role>, UsageError> {
+        // A user seen for the first time holds the default role before losing this one.
+        self.roles(user).await?;
         self.store.revoke_role(user, role).await?;
         self.role_changed(user).await
     }

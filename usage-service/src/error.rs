@@ -55,9 +55,9 @@ impl From<LimitError> for UsageError {
     fn from(err: LimitError) -> Self {
         match err {
             LimitError::IdempotencyConflict => Self::IdempotencyConflict,
-            LimitError::Unavailable | LimitError::StaleWindow { .. } => {
-                Self::Unavailable(err.into())
-            }
+            LimitError::Unavailable
+            | LimitError::StaleWindow { .. }
+            | LimitError::SeedUnavailable(_) => Self::Unavailable(err.into()),
         }
     }
 }

@@ -2,6 +2,13 @@
 //! idempotently, and makes every acknowledged unit durable in the ledger before answering;
 //! `GetUsage` reads the billing counters back from the ledger; connection leases bound a
 //! user's concurrent connections across gateway nodes.
+//!
+//! The limiter counts first and the ledger row is written after, so the two can part: a crash
+//! between them, a caller that gave up before its row was written, or a refund that could not
+//! reach the store that counted all leave a key the limiter remembers and the ledger lacks. So
+//! a replay (the limiter knew the key) is acknowledged only once its row is in the ledger: it
+//! is written then if it is missing, and if it cannot be, the count is refunded and the call
+//! answers UNAVAILABLE like any other.
 
 use std::{sync::Arc, time::Duration};
 
@@ -83,15 +90,11 @@ impl Usage {
                 result => break (request, result?),
             }
         };
-        let fresh = decision.allowed && !decision.replayed;
-        let result = if fresh {
+        let result = if decision.allowed {
             self.record(&request, decision, now).await
         } else {
             Ok(decision)
         };
-        if fresh && result.is_ok() {
-            self.metrics.consumed(meter.as_str(), amount);
-        }
         let consumed = result.map(|decision| Consumed {
             decision,
             denial: decision.denial.map(|denial| match denial {
@@ -109,37 +112,51 @@ impl Usage {
         consumed
     }
 
-    /// Makes an allowed consume durable; undoes the count if it cannot be.
+    /// Makes an allowed consume durable, a replay included (its row may never have been
+    /// written); undoes the count, at the store that made it, if it cannot be.
     async fn record(
         &self,
         request: &ConsumeRequest,
         decision: Decision,
         now: i64,
     ) -> Result<Decision, UsageError> {
+        let meter = Meter::parse(&request.meter)?;
         let entry = LedgerEntry {
             user: request.user_id.into(),
             idempotency_key: request.idempotency_key.clone(),
-            meter: Meter::parse(&request.meter)?,
+            meter,
             amount: request.amount,
             period_start_ms: periods::month(now).start_ms,
             recorded_at_ms: now,
         };
+        let refund = || self.limiter.refund(request, decision.counter);
         match self.ledger.append(entry).await {
-            Ok(LedgerWrite::Inserted) => Ok(decision),
+            Ok(LedgerWrite::Inserted) => {
+                if decision.replayed {
+                    tracing::info!(
+                        meter = meter.as_str(),
+                        "a replayed key had no ledger row; written now"
+                    );
+                }
+                self.metrics.consumed(meter.as_str(), request.amount);
+                Ok(decision)
+            }
+            // The row was there: a replay, counted once.
+            Ok(LedgerWrite::Duplicate) if decision.replayed => Ok(decision),
             Ok(LedgerWrite::Duplicate) => {
                 // The ledger knew the key (the limiter had forgotten it): a retry, counted once.
-                self.limiter.refund(request).await;
+                refund().await;
                 Ok(Decision {
                     replayed: true,
                     ..decision
                 })
             }
             Ok(LedgerWrite::Conflict) => {
-                self.limiter.refund(request).await;
+                refund().await;
                 Err(UsageError::IdempotencyConflict)
             }
             Err(err) => {
-                self.limiter.refund(request).await;
+                refund().await;
                 Err(err.into())
             }
         }

@@ -85,13 +85,15 @@ impl Application {
         let metrics = UsageMetrics::register(&mut registry);
         let rpc_metrics = RpcMetrics::register(&mut registry);
         let (ledger, ledger_writer) = Ledger::start(store.clone(), shutdown.clone());
+        // Quotas the limiter counts in this process start from what the ledger holds.
+        let limiter = Limiter::seeded(
+            engine.clone(),
+            mode,
+            config.clock.clone(),
+            Arc::new(store.clone()),
+        );
         let usage = Arc::new(Usage::new(
-            store,
-            catalogue,
-            Limiter::new(engine.clone(), mode, config.clock.clone()),
-            ledger,
-            engine,
-            metrics,
+            store, catalogue, limiter, ledger, engine, metrics,
         ));
 
         let grpc_listener = serve::bind(config.grpc_addr, "USAGE_GRPC_ADDR").await?;

@@ -30,7 +30,7 @@ const CONTEXT_TTL: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct UserContext {
     pub plan: Plan,
-    /// Effective roles: the assigned ones, or `member` when none is assigned.
+    /// The roles the user holds (none: no role permission at all).
     pub roles: Vec<Role>,
     pub delegations: Vec<DelegationRow>,
 }
@@ -94,10 +94,7 @@ impl Usage {
             .get(&subscription.plan)
             .cloned()
             .unwrap_or_else(|| self.catalogue.default_plan().clone());
-        let mut roles = self.store.roles(user).await?;
-        if roles.is_empty() {
-            roles.push(Role::Member);
-        }
+        let roles = self.roles(user).await?;
         let delegations = self.store.live_delegations(user, now).await?;
         let context = Arc::new(UserContext {
             plan,
@@ -107,6 +104,19 @@ impl Usage {
         self.contexts
             .insert(user, (Arc::clone(&context), Instant::now()));
         Ok(context)
+    }
+
+    /// The roles a user holds, granting the default role if this is the first time
+    /// usage-service sees the user.
+    pub(crate) async fn roles(&self, user: UserId) -> Result<Vec<Role>, UsageError> {
+        if let Some(roles) = self.store.roles(user).await? {
+            return Ok(roles);
+        }
+        self.store
+            .first_sight(user, Role::DEFAULT, self.now_ms())
+            .await?;
+        // This call's grant, or that of another replica which saw the user at the same moment.
+        Ok(self.store.roles(user).await?.unwrap_or_default())
     }
 
     /// Forgets a user's cached context here and on every other replica.

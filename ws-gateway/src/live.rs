@@ -208,6 +208,8 @@ impl Live {
                             self.session.lease_held = true;
                             self.session.profile = profile;
                         }
+                        // The plan now allows fewer connections than the user holds, and
+                        // usage-service counts this one among the newest beyond the limit.
                         Lease::Denied { .. } => return End::Close(CloseCode::TooManyConnections),
                         Lease::Unavailable => {}
                     }

@@ -1,13 +1,22 @@
 //! Two gateway processes on one Redis behave as one gateway: an event published on either
 //! node reaches every connection of its user on both, nobody else's; a logout at
-//! auth-service closes the session's connections on both nodes within the contract's second.
+//! auth-service closes the session's connections on both nodes within the contract's second;
+//! a downgrade below the connections a user holds closes the newest beyond the new limit,
+//! whichever node they are on, within a lease renewal period.
 
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use serde_json::json;
 use tollgate_integration::*;
 
 const WATCH_UP: &str = "tollgate_gateway_revocation_watch_up";
+const LEASES_GRANTED: &str =
+    "tollgate_gateway_rate_limit_decisions_total{kind=\"connections\",outcome=\"allowed\"}";
+/// The gateways' lease TTL in the downgrade test, their shortest: each connection renews its
+/// lease every third of it, [`RENEWAL`].
+const LEASE_TTL: &str = "15s";
+const RENEWAL: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_deliver_everywhere_and_logout_closes_both_within_a_second() {
@@ -51,4 +60,59 @@ async fn two_gateways_deliver_everywhere_and_logout_closes_both_within_a_second(
     );
     assert_session_revoked(&cluster, &alice).await;
     assert_eq!(bob_b.ping("bob-after").await["type"], "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_closes_the_newest_connections_beyond_the_new_limit_on_every_node_with_4009() {
+    let cluster = Cluster::builder()
+        .gateways(2)
+        .gateway_env("GATEWAY_LEASE_TTL", LEASE_TTL)
+        .start()
+        .await;
+    let (node_a, node_b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let user = cluster.register().await;
+    cluster.change_plan(&user.user_id, "pro").await;
+    // The pro plan's ten connections, taken one after the other, alternately on each node.
+    let mut clients = Vec::new();
+    for n in 0..10 {
+        let node = if n % 2 == 0 { node_a } else { node_b };
+        let (client, connected) = WsClient::connected(node, &user.access_token).await;
+        assert_eq!(connected["plan"], "pro");
+        clients.push(client);
+    }
+    let refused = WsClient::connect(node_b, Present::Header(&user.access_token)).await;
+    assert_eq!(refused.unwrap_err().status, 429);
+
+    // Down to free's two: the eight newest close with 4009 at their next renewal.
+    let started = Instant::now();
+    cluster.change_plan(&user.user_id, "free").await;
+    let (oldest, newest) = clients.split_at_mut(2);
+    let codes = join_all(newest.iter_mut().map(WsClient::closed)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(codes, [4009; 8]);
+    // Within a renewal period, measured loosely on a loaded machine.
+    assert!(elapsed <= RENEWAL * 2, "closed after {elapsed:?}");
+
+    // The two oldest, one on each node, keep their leases: each node grants a renewal after
+    // the last close, and they go on answering.
+    for node in [node_a, node_b] {
+        let granted = node.metric(LEASES_GRANTED).await;
+        let renewed = eventually(PATIENCE, || async {
+            node.metric(LEASES_GRANTED).await > granted
+        })
+        .await;
+        assert!(
+            renewed,
+            "a node never renewed its remaining connection's lease"
+        );
+    }
+    for (n, client) in oldest.iter_mut().enumerate() {
+        assert_eq!(client.ping(&format!("still-{n}")).await["type"], "pong");
+    }
+    let refused = WsClient::connect(node_a, Present::Header(&user.access_token)).await;
+    assert_eq!(
+        refused.unwrap_err().status,
+        429,
+        "free's two connections are held"
+    );
 }

@@ -48,6 +48,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// What a user is granted when usage-service first sees it.
+    pub const DEFAULT: Role = Role::Member;
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         match raw {
             "viewer" => Ok(Self::Viewer),

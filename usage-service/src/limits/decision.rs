@@ -5,7 +5,7 @@
 //! raw per-limit verdicts, so the folding rule lives in exactly one place and the two stores
 //! cannot disagree on what a caller sees.
 
-use super::{Decision, Denial};
+use super::{Counter, Decision, Denial};
 
 /// Largest count handled exactly: Lua numbers are doubles, so limits are clamped to 2^53.
 pub(super) const MAX_EXACT: u64 = 1 << 53;
@@ -103,12 +103,13 @@ pub(super) fn quota_verdict(
     }
 }
 
-/// Folds the per-limit verdicts into the caller's decision.
+/// Folds the per-limit verdicts into the caller's decision, made by `counter`.
 ///
 /// A quota denial wins over a rate denial: retrying after the rate limit's hint would only hit
 /// the quota again. When allowed, the binding limit is the one with less headroom (on a tie, the
 /// one that resets later).
 pub(super) fn combine(
+    counter: Counter,
     now_ms: i64,
     replayed: bool,
     rate: Option<Verdict>,
@@ -154,6 +155,7 @@ pub(super) fn combine(
                 0
             },
             replayed,
+            counter,
         },
         None => Decision {
             allowed: true,
@@ -163,6 +165,7 @@ pub(super) fn combine(
             reset_at_ms: now_ms,
             retry_after_ms: 0,
             replayed,
+            counter,
         },
     }
 }

@@ -23,3 +23,8 @@ pub(super) fn idempotency(user: Uuid, key: &str) -> String {
 pub(super) fn leases(user: Uuid) -> String {
     format!("usage:leases:{{{user}}}")
 }
+
+/// The order in which a user's live leases were acquired: `usage:lease-order:{user}`.
+pub(super) fn lease_order(user: Uuid) -> String {
+    format!("usage:lease-order:{{{user}}}")
+}

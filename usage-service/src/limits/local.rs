@@ -6,6 +6,10 @@
 //! records age on the monotonic clock (`tokio::time::Instant`); quota windows and the reset
 //! times handed to callers are wall-clock Unix milliseconds. Expired entries are swept at most
 //! once a second.
+//!
+//! A quota counter remembers the fallback epoch it was seeded in (see [`super::Limiter`]): one
+//! from an earlier Redis outage is stale, since Redis counted in between, and is seeded again
+//! from the ledger before this store counts that window anew.
 
 use std::{
     collections::HashMap,
@@ -18,7 +22,7 @@ use tollgate_shared::time::unix_now_ms;
 use uuid::Uuid;
 
 use super::{
-    Decision, IDEMPOTENCY_TTL, LimitError, Plan, QUOTA_GRACE_MS,
+    Counter, Decision, IDEMPOTENCY_TTL, LimitError, Plan, QUOTA_GRACE_MS,
     decision::{combine, gcra_check, quota_verdict, rate_verdict},
     keys,
 };
@@ -35,13 +39,31 @@ pub(super) struct LocalStore {
 struct State {
     /// GCRA buckets: the debt (µs) as of `at`.
     buckets: HashMap<String, Bucket>,
-    /// Quota counters: units used and when the counter may be forgotten (Unix ms).
-    quotas: HashMap<String, (u64, i64)>,
+    /// Quota counters.
+    quotas: HashMap<String, QuotaCount>,
     /// Idempotency records: `amount:meter` and when the record lapses.
     records: HashMap<String, (String, Instant)>,
-    /// Each user's leases: connection id to expiry.
-    leases: HashMap<Uuid, HashMap<String, Instant>>,
+    /// Each user's leases.
+    leases: HashMap<Uuid, UserLeases>,
     swept_at: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct QuotaCount {
+    used: u64,
+    /// When the counter may be forgotten (Unix ms).
+    forget_at: i64,
+    /// The fallback epoch whose ledger figure it started from.
+    epoch: u64,
+}
+
+/// A user's live leases, and the acquisition number the next new one gets: a lease's number
+/// orders it among the user's leases, oldest first.
+#[derive(Debug, Default)]
+struct UserLeases {
+    next: u64,
+    /// Connection id to (expiry, acquisition number).
+    live: HashMap<String, (Instant, u64)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,11 +141,12 @@ impl LocalStore {
         let quota_key = plan
             .quota
             .map(|quota| keys::quota(plan.user, plan.meter, quota.window_start_ms));
-        let used = quota_key
+        let window = quota_key
             .as_ref()
             .and_then(|key| state.quotas.get(key))
-            .filter(|(_, forget_at)| *forget_at > now_ms)
-            .map_or(0, |(used, _)| *used);
+            .filter(|count| count.forget_at > now_ms)
+            .copied();
+        let used = window.map_or(0, |count| count.used);
         let quota_ok = plan.quota.is_none_or(|quota| {
             used.checked_add(amount)
                 .is_some_and(|sum| sum <= quota.limit)
@@ -142,8 +165,12 @@ impl LocalStore {
                 state.buckets.insert(bucket_key, bucket);
             }
             if let (Some(key), Some(quota)) = (quota_key, plan.quota) {
-                let forget_at = quota.window_end_ms.saturating_add(QUOTA_GRACE_MS);
-                state.quotas.insert(key, (used + amount, forget_at));
+                let count = QuotaCount {
+                    used: used + amount,
+                    forget_at: quota.window_end_ms.saturating_add(QUOTA_GRACE_MS),
+                    epoch: window.map_or(0, |count| count.epoch),
+                };
+                state.quotas.insert(key, count);
             }
             if let (Some(key), Some(record)) = (record_key, &plan.idempotency_record) {
                 state
@@ -167,7 +194,7 @@ impl LocalStore {
                 now_ms,
             )
         });
-        Ok(combine(now_ms, replayed, rate, quota))
+        Ok(combine(Counter::Local, now_ms, replayed, rate, quota))
     }
 
     /// Gives back the units of an allowed consume and forgets its idempotency record; with a
@@ -198,14 +225,46 @@ impl LocalStore {
         }
         if let Some(quota) = plan.quota {
             let key = keys::quota(plan.user, plan.meter, quota.window_start_ms);
-            if let Some((used, _)) = state.quotas.get_mut(&key) {
-                *used = used.saturating_sub(plan.amount);
+            if let Some(count) = state.quotas.get_mut(&key) {
+                count.used = count.used.saturating_sub(plan.amount);
             }
         }
         true
     }
 
-    /// Grants or renews a lease: (granted, active leases after).
+    /// Whether the plan's quota window has a live counter seeded in `epoch`.
+    pub(super) fn quota_is_current(&self, plan: &Plan<'_>, epoch: u64) -> bool {
+        let Some(quota) = plan.quota else {
+            return true;
+        };
+        let now_ms = unix_now_ms();
+        let key = keys::quota(plan.user, plan.meter, quota.window_start_ms);
+        self.lock(Instant::now(), now_ms)
+            .quota_is_current(&key, epoch, now_ms)
+    }
+
+    /// Starts the plan's quota window at `used` (what the ledger holds) for `epoch`, unless a
+    /// caller seeded it for this epoch already (and may have counted since).
+    pub(super) fn seed_quota(&self, plan: &Plan<'_>, used: u64, epoch: u64) {
+        let Some(quota) = plan.quota else {
+            return;
+        };
+        let now_ms = unix_now_ms();
+        let key = keys::quota(plan.user, plan.meter, quota.window_start_ms);
+        let mut state = self.lock(Instant::now(), now_ms);
+        if !state.quota_is_current(&key, epoch, now_ms) {
+            let count = QuotaCount {
+                used,
+                forget_at: quota.window_end_ms.saturating_add(QUOTA_GRACE_MS),
+                epoch,
+            };
+            state.quotas.insert(key, count);
+        }
+    }
+
+    /// Grants or renews a lease: (granted, active leases after). A renewal is granted only
+    /// while the lease is among the user's `limit` oldest; one beyond it (the limit was
+    /// lowered) is refused and dropped.
     pub(super) fn acquire_lease(
         &self,
         user: Uuid,
@@ -216,14 +275,33 @@ impl LocalStore {
         let now = Instant::now();
         let mut state = self.lock(now, unix_now_ms());
         let leases = state.leases.entry(user).or_default();
-        leases.retain(|_, expires| *expires > now);
-        let granted = leases.contains_key(connection_id)
-            || u32::try_from(leases.len()).is_ok_and(|active| active < limit);
-        if granted {
-            leases.insert(connection_id.to_owned(), now + ttl);
+        leases.live.retain(|_, (expires, _)| *expires > now);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let held = leases.live.get(connection_id).map(|&(_, number)| number);
+        let granted = match held {
+            Some(number) => leases.live.values().filter(|(_, n)| *n < number).count() < limit,
+            None => leases.live.len() < limit,
+        };
+        match (granted, held) {
+            (true, Some(number)) => {
+                leases
+                    .live
+                    .insert(connection_id.to_owned(), (now + ttl, number));
+            }
+            (true, None) => {
+                leases.next += 1;
+                let number = leases.next;
+                leases
+                    .live
+                    .insert(connection_id.to_owned(), (now + ttl, number));
+            }
+            (false, Some(_)) => {
+                leases.live.remove(connection_id);
+            }
+            (false, None) => {}
         }
-        let active = u32::try_from(leases.len()).unwrap_or(u32::MAX);
-        if leases.is_empty() {
+        let active = u32::try_from(leases.live.len()).unwrap_or(u32::MAX);
+        if leases.live.is_empty() {
             state.leases.remove(&user);
         }
         (granted, active)
@@ -233,8 +311,8 @@ impl LocalStore {
     pub(super) fn release_lease(&self, user: Uuid, connection_id: &str) {
         let mut state = self.lock(Instant::now(), unix_now_ms());
         if let Some(leases) = state.leases.get_mut(&user) {
-            leases.remove(connection_id);
-            if leases.is_empty() {
+            leases.live.remove(connection_id);
+            if leases.live.is_empty() {
                 state.leases.remove(&user);
             }
         }
@@ -242,13 +320,19 @@ impl LocalStore {
 }
 
 impl State {
+    fn quota_is_current(&self, key: &str, epoch: u64, now_ms: i64) -> bool {
+        self.quotas
+            .get(key)
+            .is_some_and(|count| count.epoch == epoch && count.forget_at > now_ms)
+    }
+
     fn sweep(&mut self, now: Instant, now_ms: i64) {
         self.buckets.retain(|_, bucket| bucket.debt_at(now) > 0.0);
-        self.quotas.retain(|_, (_, forget_at)| *forget_at > now_ms);
+        self.quotas.retain(|_, count| count.forget_at > now_ms);
         self.records.retain(|_, (_, expires)| *expires > now);
         self.leases.retain(|_, leases| {
-            leases.retain(|_, expires| *expires > now);
-            !leases.is_empty()
+            leases.live.retain(|_, (expires, _)| *expires > now);
+            !leases.live.is_empty()
         });
         self.swept_at = now;
     }

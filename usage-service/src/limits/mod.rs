@@ -23,6 +23,10 @@
 //!   per user.
 //! - `amount == 0` is a probe: always allowed, counts nothing, ignores the idempotency key.
 //! - Limits are clamped to 2^53, the largest count Lua's doubles hold exactly.
+//! - **Leases**: each user's live leases are ordered by when they were first acquired. A new
+//!   lease is granted while fewer than `limit` are live; a renewal while the lease is among
+//!   the `limit` oldest. So when a plan's limit is lowered, exactly the newest leases beyond it
+//!   are refused (and dropped) at their next renewal, whichever gateway node holds them.
 //!
 //! # Clocks and accuracy
 //!
@@ -32,7 +36,9 @@
 //! this process's monotonic clock. A fallback is per process: while Redis is down, N replicas
 //! in [`RedisDownMode::Local`] each count on their own, so together they may allow up to N
 //! times the limit (and a lease limit per replica); counts made locally are not merged back
-//! when Redis returns.
+//! when Redis returns. A quota window does not start from zero in the fallback, though: the
+//! first local count of a window in each outage (or, without Redis, since the process started)
+//! starts from what the ledger says was used ([`QuotaSeed`]).
 //!
 //! # Redis failures
 //!
@@ -42,24 +48,35 @@
 //! degraded, [`RedisDownMode::Local`] answers from the in-process store and
 //! [`RedisDownMode::Closed`] refuses with [`LimitError::Unavailable`]. A call that timed out may
 //! still have been counted by Redis; the idempotency key is what makes the caller's retry safe.
+//! A refund goes to the store that counted ([`Decision::counter`]), never to the fallback: a
+//! refund of Redis's count made to the in-process store would give nothing back and leave the
+//! key recorded in Redis.
 //!
 //! # Keys
 //!
 //! Under the engine's deployment prefix: `usage:gcra:{user}:{meter}`,
-//! `usage:quota:{user}:{meter}:{window_start_ms}`, `usage:idem:{user}:{key}` and
-//! `usage:leases:{user}`, where the braces are literal: the user id is a Redis Cluster hash
-//! tag, so one script's keys share a slot.
+//! `usage:quota:{user}:{meter}:{window_start_ms}`, `usage:idem:{user}:{key}`,
+//! `usage:leases:{user}` and `usage:lease-order:{user}`, where the braces are literal: the user
+//! id is a Redis Cluster hash tag, so one script's keys share a slot.
 
 mod decision;
 mod health;
 mod keys;
+mod leases;
 mod local;
 mod redis_store;
 #[cfg(test)]
 mod tests;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
+use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tollgate_shared::engine::Engine;
 
@@ -119,6 +136,13 @@ pub enum Denial {
     QuotaExceeded,
 }
 
+/// Which store decided a consume, and counted it if it was allowed: where its refund goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Redis,
+    Local,
+}
+
 /// The answer to a [`ConsumeRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -137,6 +161,20 @@ pub struct Decision {
     pub retry_after_ms: u64,
     /// True when this idempotency key was already counted: nothing was counted again.
     pub replayed: bool,
+    /// The store that decided (and counted, or had counted).
+    pub counter: Counter,
+}
+
+/// What the durable ledger says a user used of a meter in a quota window: where the in-process
+/// store starts counting a window it takes over, so a Redis outage or a restart does not hand
+/// the whole quota out again.
+pub trait QuotaSeed: Send + Sync + std::fmt::Debug {
+    fn used<'a>(
+        &'a self,
+        user: Uuid,
+        meter: &'a str,
+        window: Quota,
+    ) -> BoxFuture<'a, anyhow::Result<u64>>;
 }
 
 /// Why the limiter could not decide.
@@ -153,6 +191,10 @@ pub enum LimitError {
     /// Redis is down and the limiter is in [`RedisDownMode::Closed`].
     #[error("the limiter is unavailable")]
     Unavailable,
+    /// The in-process store had to take over a quota window and could not learn from the
+    /// ledger how much of it was used.
+    #[error("the quota used so far could not be read")]
+    SeedUnavailable(#[source] anyhow::Error),
 }
 
 /// What to do while Redis cannot be reached.
@@ -177,6 +219,10 @@ struct Inner {
     mode: RedisDownMode,
     local: LocalStore,
     health: Health,
+    seed: Option<Arc<dyn QuotaSeed>>,
+    /// Counts Redis's recoveries: a local quota counter seeded in an earlier epoch missed what
+    /// Redis counted since, and is seeded again.
+    epoch: AtomicU64,
 }
 
 /// A request normalised for the stores.
@@ -228,8 +274,28 @@ impl<'a> Plan<'a> {
 }
 
 impl Limiter {
-    /// A limiter on `engine`'s Redis (or in-process, for a local engine).
+    /// A limiter on `engine`'s Redis (or in-process, for a local engine) whose in-process
+    /// quota counters start from zero.
     pub fn new(engine: Engine, mode: RedisDownMode, clock: Clock) -> Self {
+        Self::build(engine, mode, clock, None)
+    }
+
+    /// A limiter whose in-process quota counters start from what `seed` says was used.
+    pub fn seeded(
+        engine: Engine,
+        mode: RedisDownMode,
+        clock: Clock,
+        seed: Arc<dyn QuotaSeed>,
+    ) -> Self {
+        Self::build(engine, mode, clock, Some(seed))
+    }
+
+    fn build(
+        engine: Engine,
+        mode: RedisDownMode,
+        clock: Clock,
+        seed: Option<Arc<dyn QuotaSeed>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -237,6 +303,8 @@ impl Limiter {
                 mode,
                 local: LocalStore::new(),
                 health: Health::new(),
+                seed,
+                epoch: AtomicU64::new(0),
             }),
         }
     }
@@ -258,31 +326,57 @@ impl Limiter {
             .await;
         match routed {
             Route::Redis(decision) => decision,
-            Route::Local => self.inner.local.consume(&plan),
+            Route::Local => self.consume_locally(&plan).await,
             Route::Unavailable => Err(LimitError::Unavailable),
         }
     }
 
-    /// Undoes an allowed, non-replayed consume (the caller could not make it durable): gives the
-    /// units back and forgets the idempotency key.
+    /// The in-process store's consume, its quota window first seeded from the ledger if this
+    /// store has not counted it in the current epoch.
+    async fn consume_locally(&self, plan: &Plan<'_>) -> Result<Decision, LimitError> {
+        let local = &self.inner.local;
+        if let (Some(seed), Some(quota)) = (&self.inner.seed, plan.quota) {
+            let epoch = self.inner.epoch.load(Ordering::Acquire);
+            if !local.quota_is_current(plan, epoch) {
+                let used = seed
+                    .used(plan.user, plan.meter, quota)
+                    .await
+                    .map_err(LimitError::SeedUnavailable)?;
+                local.seed_quota(plan, used, epoch);
+            }
+        }
+        local.consume(plan)
+    }
+
+    /// Undoes an allowed consume that `counter` counted (the caller could not make it
+    /// durable): gives the units back and forgets the idempotency key.
     ///
     /// With an idempotency key the units are given back only while the key's record exists
-    /// and matches, so refunding twice gives back once. Failures are logged, not returned.
-    pub async fn refund(&self, request: &ConsumeRequest) {
+    /// and matches, so refunding twice gives back once. Redis is asked even while the limiter
+    /// skips it for other calls: it is the store holding the count. Failures are logged, not
+    /// returned; the key's record then stays, and a retry of the key is a replay.
+    pub async fn refund(&self, request: &ConsumeRequest, counter: Counter) {
         let plan = Plan::new(request);
         if plan.amount == 0 {
             return;
         }
-        let keys = plan.redis_keys(&self.inner.engine);
-        let routed = self
-            .on_redis(async |conn| redis_store::refund(conn, &plan, &keys).await)
-            .await;
-        let refunded = match routed {
-            Route::Redis(refunded) => refunded,
-            Route::Local => self.inner.local.refund(&plan),
-            Route::Unavailable => {
-                tracing::warn!(meter = plan.meter, "redis is down; refund dropped");
-                return;
+        let refunded = match counter {
+            Counter::Local => self.inner.local.refund(&plan),
+            Counter::Redis => {
+                let keys = plan.redis_keys(&self.inner.engine);
+                let refund = async |conn: &mut ConnectionManager| {
+                    redis_store::refund(conn, &plan, &keys).await
+                };
+                match self.call_redis(refund).await {
+                    Some(refunded) => refunded,
+                    None => {
+                        tracing::warn!(
+                            meter = plan.meter,
+                            "the refund could not reach redis, which counted the units"
+                        );
+                        return;
+                    }
+                }
             }
         };
         if !refunded {
@@ -290,76 +384,6 @@ impl Limiter {
                 meter = plan.meter,
                 "nothing to refund for this idempotency key"
             );
-        }
-    }
-
-    /// Connection leases: grants `connection_id` a slot among the user's at most `limit` live
-    /// leases, each expiring `ttl` after its last acquire (re-acquiring the same id renews it and
-    /// never counts twice). Returns (granted, active_after).
-    ///
-    /// A limit of 0 grants nothing new; leases expire on the store's clock (Redis `TIME`).
-    pub async fn acquire_lease(
-        &self,
-        user_id: Uuid,
-        connection_id: &str,
-        limit: u32,
-        ttl: Duration,
-    ) -> Result<(bool, u32), LimitError> {
-        let answers = self
-            .acquire_leases(&[(user_id, connection_id, limit, ttl)])
-            .await?;
-        Ok(answers[0])
-    }
-
-    /// [`Self::acquire_lease`] for each `(user, connection id, limit, ttl)`, in order, in one
-    /// round trip to Redis.
-    pub async fn acquire_leases(
-        &self,
-        leases: &[(Uuid, &str, u32, Duration)],
-    ) -> Result<Vec<(bool, u32)>, LimitError> {
-        let keyed: Vec<(String, &str, u32, u64)> = leases
-            .iter()
-            .map(|&(user, id, limit, ttl)| {
-                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                (
-                    self.inner.engine.key(&keys::leases(user)),
-                    id,
-                    limit,
-                    ttl_ms,
-                )
-            })
-            .collect();
-        let routed = self
-            .on_redis(async |conn| redis_store::acquire_leases(conn, &keyed).await)
-            .await;
-        match routed {
-            Route::Redis(answers) => Ok(answers),
-            Route::Local => Ok(leases
-                .iter()
-                .map(|&(user, id, limit, ttl)| self.inner.local.acquire_lease(user, id, limit, ttl))
-                .collect()),
-            Route::Unavailable => Err(LimitError::Unavailable),
-        }
-    }
-
-    /// Gives up each `(user, connection id)` lease, freeing its slot at once.
-    pub async fn release_leases(&self, leases: &[(Uuid, &str)]) -> Result<(), LimitError> {
-        let keyed: Vec<(String, &str)> = leases
-            .iter()
-            .map(|&(user, id)| (self.inner.engine.key(&keys::leases(user)), id))
-            .collect();
-        let routed = self
-            .on_redis(async |conn| redis_store::release_leases(conn, &keyed).await)
-            .await;
-        match routed {
-            Route::Redis(()) => Ok(()),
-            Route::Local => {
-                for &(user, id) in leases {
-                    self.inner.local.release_lease(user, id);
-                }
-                Ok(())
-            }
-            Route::Unavailable => Err(LimitError::Unavailable),
         }
     }
 
@@ -378,28 +402,47 @@ impl Limiter {
         &self,
         op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Route<T> {
-        let Some(mut conn) = self.inner.engine.redis_multiplexed() else {
+        if !self.inner.engine.is_redis() {
             return Route::Local;
-        };
+        }
         if !self.inner.health.should_try() {
             return self.fallback();
         }
+        match self.call_redis(op).await {
+            Some(value) => Route::Redis(value),
+            None => self.fallback(),
+        }
+    }
+
+    /// Runs `op` on Redis within the timeout, whatever the health gate says, and tells the
+    /// gate how it went; None if it failed (or there is no Redis).
+    async fn call_redis<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let mut conn = self.inner.engine.redis_multiplexed()?;
         let attempt = tokio::time::timeout(health::REDIS_TIMEOUT, async {
             op(&mut conn).await.map_err(|err| err.to_string())
         })
         .await;
+        let health = &self.inner.health;
         match attempt {
             Ok(Ok(value)) => {
-                self.inner.health.succeeded();
-                Route::Redis(value)
+                if health.degraded() {
+                    // Back on Redis: what it counts from now on, this outage's local quota
+                    // counters never see, so the next outage seeds them afresh.
+                    self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+                }
+                health.succeeded();
+                Some(value)
             }
             Ok(Err(error)) => {
-                self.inner.health.failed(&error);
-                self.fallback()
+                health.failed(&error);
+                None
             }
             Err(_) => {
-                self.inner.health.failed("timed out");
-                self.fallback()
+                health.failed("timed out");
+                None
             }
         }
     }

@@ -18,7 +18,7 @@ use redis::aio::ConnectionManager as Connection;
 use redis::{RedisResult, Script};
 
 use super::{
-    Decision, IDEMPOTENCY_TTL, LimitError, Plan,
+    Counter, Decision, IDEMPOTENCY_TTL, LimitError, Plan,
     decision::{Verdict, combine, quota_verdict},
 };
 
@@ -137,38 +137,78 @@ end
 return 1
 ";
 
-/// KEYS: leases (a sorted set of connection ids scored by expiry, Unix ms). ARGV: connection
-/// id, limit, ttl ms. Returns {granted, active after}.
-const ACQUIRE_LEASE: &str = r"
+/// Shared by the lease scripts. KEYS: the user's leases (connection ids scored by expiry, Unix
+/// ms) and their order (the same ids scored by acquisition number). Drops expired leases, and
+/// order entries without a lease (left by a release of an older version, which knew no order).
+const LEASES: &str = r"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+for _, id in ipairs(expired) do redis.call('ZREM', KEYS[2], id) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[2]) > redis.call('ZCARD', KEYS[1]) then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if not redis.call('ZSCORE', KEYS[1], id) then redis.call('ZREM', KEYS[2], id) end
+  end
+end
+";
+
+/// KEYS: leases, order. ARGV: connection id, limit, ttl ms. A new lease is granted while fewer
+/// than the limit are live, a renewal while fewer than the limit are older; a refused renewal
+/// drops the lease. A lease without an order entry (taken by an older version) is numbered as
+/// the newest. Returns {granted, active after}.
+const ACQUIRE_LEASE: &str = r"
+local id, limit = ARGV[1], tonumber(ARGV[2])
+local function number_last()
+  local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  local n = 1
+  if top[2] then n = tonumber(top[2]) + 1 end
+  redis.call('ZADD', KEYS[2], n, id)
+end
 local granted = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if redis.call('ZSCORE', KEYS[1], id) then
+  if not redis.call('ZSCORE', KEYS[2], id) then number_last() end
+  if redis.call('ZRANK', KEYS[2], id) < limit then
+    granted = 1
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+elseif redis.call('ZCARD', KEYS[1]) < limit then
   granted = 1
-elseif redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  granted = 1
+  number_last()
 end
 if granted == 1 then
-  redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
+  redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), id)
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])))
+  local expires = math.ceil(tonumber(last[2]))
+  redis.call('PEXPIREAT', KEYS[1], expires)
+  redis.call('PEXPIREAT', KEYS[2], expires)
 end
 return {granted, redis.call('ZCARD', KEYS[1])}
 ";
 
-/// KEYS: leases. ARGV: connection id. Drops the lease and any that have expired.
+/// KEYS: leases, order. ARGV: connection id. Drops the lease (and any that have expired).
 const RELEASE_LEASE: &str = r"
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 ";
 
 static CONSUME_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CONSUME));
 static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REFUND));
-static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE_LEASE));
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE_LEASE));
+static ACQUIRE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{LEASES}{ACQUIRE_LEASE}")));
+static RELEASE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{LEASES}{RELEASE_LEASE}")));
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{CLOCK}{body}"))
+}
+
+/// The (prefixed) keys of one user's leases.
+#[derive(Debug)]
+pub(super) struct LeaseKeys {
+    pub expiries: String,
+    pub order: String,
 }
 
 /// The full (prefixed) keys of one consume or refund.
@@ -237,7 +277,10 @@ pub(super) async fn consume(
             now_ms,
         )
     });
-    Ok((now_ms, Ok(combine(now_ms, replayed == 1, rate, quota))))
+    Ok((
+        now_ms,
+        Ok(combine(Counter::Redis, now_ms, replayed == 1, rate, quota)),
+    ))
 }
 
 /// Runs the refund script; true if units were given back.
@@ -257,19 +300,19 @@ pub(super) async fn refund(
     Ok(refunded == 1)
 }
 
-/// Runs the lease script: (granted, active leases after).
-/// Runs the acquire script for each `(key, connection id, limit, TTL in ms)`, all in one round
+/// Runs the acquire script for each `(keys, connection id, limit, TTL in ms)`, all in one round
 /// trip, in order: (granted, active leases after) each.
 pub(super) async fn acquire_leases(
     conn: &mut Connection,
-    leases: &[(String, &str, u32, u64)],
+    leases: &[(LeaseKeys, &str, u32, u64)],
 ) -> RedisResult<Vec<(bool, u32)>> {
     let mut pipe = redis::pipe();
     pipe.load_script(&ACQUIRE_SCRIPT).ignore();
-    for (key, connection_id, limit, ttl_ms) in leases {
+    for (keys, connection_id, limit, ttl_ms) in leases {
         pipe.invoke_script(
             ACQUIRE_SCRIPT
-                .key(key)
+                .key(&keys.expiries)
+                .key(&keys.order)
                 .arg(*connection_id)
                 .arg(*limit)
                 .arg(*ttl_ms),
@@ -282,16 +325,21 @@ pub(super) async fn acquire_leases(
         .collect())
 }
 
-/// Runs the release script for each `(key, connection id)`, all in one round trip.
+/// Runs the release script for each `(keys, connection id)`, all in one round trip.
 pub(super) async fn release_leases(
     conn: &mut Connection,
-    leases: &[(String, &str)],
+    leases: &[(LeaseKeys, &str)],
 ) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.load_script(&RELEASE_SCRIPT).ignore();
-    for (key, connection_id) in leases {
-        pipe.invoke_script(RELEASE_SCRIPT.key(key).arg(*connection_id))
-            .ignore();
+    for (keys, connection_id) in leases {
+        pipe.invoke_script(
+            RELEASE_SCRIPT
+                .key(&keys.expiries)
+                .key(&keys.order)
+                .arg(*connection_id),
+        )
+        .ignore();
     }
     pipe.query_async(conn).await
 }

@@ -1,3 +1,7 @@
+//! Roles and delegations. Roles are explicit rows: a user is granted the default role once, when
+//! usage-service first sees it (`seen_users` records that), and holds no role permission once
+//! every role is revoked.
+
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -12,31 +16,73 @@ pub struct DelegationRow {
 }
 
 impl Store {
-    /// The roles explicitly assigned to a user.
-    pub async fn roles(&self, user: UserId) -> Result<Vec<Role>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT role FROM user_roles WHERE user_id = $1")
-            .bind(user.to_string())
-            .fetch_all(self.pool())
-            .await?;
+    /// The roles a user holds; None if usage-service has never seen the user (nor assigned it
+    /// a role).
+    pub async fn roles(&self, user: UserId) -> Result<Option<Vec<Role>>, StoreError> {
+        // One row per role, plus a NULL one if the user was seen.
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(
+            "SELECT role FROM user_roles WHERE user_id = $1 \
+             UNION ALL SELECT NULL FROM seen_users WHERE user_id = $1",
+        )
+        .bind(user.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
         rows.iter()
-            .map(|(role,)| Role::parse(role).map_err(|err| StoreError::Corrupt(err.0)))
-            .collect()
+            .filter_map(|(role,)| role.as_deref())
+            .map(|role| Role::parse(role).map_err(|err| StoreError::Corrupt(err.0)))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
+    /// Records that usage-service has seen `user`, granting it `default` if this is the first
+    /// sighting and it holds no role. One transaction: of replicas seeing a new user at once,
+    /// exactly one records it, and the others' insert waits for its commit, so what they read
+    /// next includes the grant.
+    pub async fn first_sight(
+        &self,
+        user: UserId,
+        default: Role,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let first = seen(&mut tx, user, now_ms).await?;
+        if first {
+            sqlx::query(
+                "INSERT INTO user_roles (user_id, role, granted_at) SELECT $1, $2, $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM user_roles WHERE user_id = $1)",
+            )
+            .bind(user.to_string())
+            .bind(default.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Grants `role`. A user not seen before is seen now, with this role instead of the
+    /// default: the first decision about its roles is the one made here.
     pub async fn assign_role(
         &self,
         user: UserId,
         role: Role,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        seen(&mut tx, user, now_ms).await?;
         sqlx::query(
             "INSERT INTO user_roles (user_id, role, granted_at) VALUES ($1, $2, $3) ON CONFLICT (user_id, role) DO NOTHING",
         )
         .bind(user.to_string())
         .bind(role.as_str())
         .bind(now_ms)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -116,4 +162,20 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Marks `user` as seen; true if it had not been.
+async fn seen(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user: UserId,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO seen_users (user_id, first_seen_at) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user.to_string())
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
 }

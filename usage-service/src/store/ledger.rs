@@ -6,8 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
 use super::{Store, StoreError};
-use crate::domain::{Meter, UserId};
+use crate::{
+    domain::{Meter, UserId},
+    limits::{Quota, QuotaSeed},
+    periods,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerEntry {
@@ -143,5 +150,51 @@ impl Store {
                 Ok((meter, total.max(0) as u64))
             })
             .collect()
+    }
+
+    /// Units of `meter` recorded for a user in `[start_ms, end_ms)`, a span inside one billing
+    /// period (a quota window: a UTC day or the period itself).
+    pub async fn used_between(
+        &self,
+        user: UserId,
+        meter: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger \
+             WHERE user_id = $1 AND period_start = $2 AND meter = $3 \
+             AND recorded_at >= $4 AND recorded_at < $5",
+        )
+        .bind(user.to_string())
+        .bind(periods::month(start_ms).start_ms)
+        .bind(meter)
+        .bind(start_ms)
+        .bind(end_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(total.max(0) as u64)
+    }
+}
+
+/// The ledger is what the limiter's in-process store starts a quota window from.
+impl QuotaSeed for Store {
+    fn used<'a>(
+        &'a self,
+        user: Uuid,
+        meter: &'a str,
+        window: Quota,
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            let used = self
+                .used_between(
+                    user.into(),
+                    meter,
+                    window.window_start_ms,
+                    window.window_end_ms,
+                )
+                .await?;
+            Ok(used)
+        })
     }
 }

@@ -17,6 +17,24 @@ async fn assign(app: &TestApp, user: &str, role: &str) {
     app.client().assign_role(app.admin(request)).await.unwrap();
 }
 
+async fn revoke(app: &TestApp, user: &str, role: &str) -> Vec<String> {
+    let request = RevokeRoleRequest {
+        user_id: user.into(),
+        role: role.into(),
+    };
+    let answer = app.client().revoke_role(app.admin(request)).await.unwrap();
+    answer.into_inner().roles
+}
+
+async fn roles_and_permissions(app: &TestApp, user: &str) -> (Vec<String>, Vec<String>) {
+    let request = ListPermissionsRequest {
+        user_id: user.into(),
+    };
+    let listed = app.client().list_permissions(app.check(request)).await;
+    let listed = listed.unwrap().into_inner();
+    (listed.roles, listed.permissions)
+}
+
 async fn delegate(
     app: &TestApp,
     from: &str,
@@ -218,10 +236,113 @@ async fn delegations_grant_what_the_grantor_holds_for_a_time(backend: Backend) {
     assert!(expired, "an expired delegation still grants");
 }
 
+/// Roles are explicit: a user first seen through a decision is granted `member` as a role it
+/// can lose, one first seen through an assignment holds just that role, and a user whose last
+/// role is revoked holds no role permission at all.
+async fn revoking_the_last_role_leaves_no_role_permission(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (restricted, newcomer) = (new_user(), new_user());
+    for user in [&restricted, &newcomer] {
+        app.change_plan(user, "enterprise", false, &key())
+            .await
+            .unwrap();
+    }
+    assign(&app, &restricted, "viewer").await;
+    assert!(
+        app.authorize(&restricted, "tool:search")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !app.authorize(&restricted, "tool:calculator")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(revoke(&app, &restricted, "viewer").await.is_empty());
+    for action in ["tool:search", "tool:calculator"] {
+        let denied = app.authorize(&restricted, action).await.unwrap();
+        assert_eq!(
+            (denied.allowed, denied.reason()),
+            (false, DenyReason::PermissionDenied),
+            "{action}: a revoked viewer is no member"
+        );
+        assert!(denied.roles.is_empty());
+    }
+    assert_eq!(
+        roles_and_permissions(&app, &restricted).await,
+        (vec![], vec![])
+    );
+
+    assert!(
+        app.authorize(&newcomer, "tool:calculator")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(roles_and_permissions(&app, &newcomer).await.0, ["member"]);
+    assert!(revoke(&app, &newcomer, "member").await.is_empty());
+    for action in ["tool:search", "tool:calculator"] {
+        assert!(
+            !app.authorize(&newcomer, action).await.unwrap().allowed,
+            "{action}"
+        );
+    }
+    assert_eq!(
+        roles_and_permissions(&app, &newcomer).await,
+        (vec![], vec![]),
+        "the default is granted once, not again"
+    );
+}
+
 both_backends!(
     plans_and_roles_combine_with_inheritance,
-    delegations_grant_what_the_grantor_holds_for_a_time
+    delegations_grant_what_the_grantor_holds_for_a_time,
+    revoking_the_last_role_leaves_no_role_permission
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_seeing_new_users_at_once_grant_the_default_role_once() {
+    let a = TestApp::spawn(Backend::PostgresRedis).await;
+    let b = TestApp::start(
+        a.config.clone(),
+        std::sync::Arc::clone(&a.database),
+        std::sync::Arc::clone(&a.auth),
+    )
+    .await;
+    let users: Vec<String> = (0..16).map(|_| new_user()).collect();
+    // Both replicas see each new user at the same moment: each answers with the default role.
+    let answers = futures::future::join_all(users.iter().flat_map(|user| {
+        [
+            a.authorize(user, "tool:calculator"),
+            b.authorize(user, "tool:calculator"),
+        ]
+    }))
+    .await;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert!(answer.allowed, "{answer:?}");
+        assert_eq!(answer.roles, ["member"]);
+    }
+    // It was granted once, as one row: one revocation takes it away on both replicas.
+    for user in &users {
+        assert!(revoke(&a, user, "member").await.is_empty());
+    }
+    for user in &users {
+        for replica in [&a, &b] {
+            let revoked = eventually(Duration::from_secs(2), || async {
+                !replica
+                    .authorize(user, "tool:calculator")
+                    .await
+                    .unwrap()
+                    .allowed
+            })
+            .await;
+            assert!(revoked, "a replica still grants the revoked default role");
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_replica_evicts_cached_decisions_on_the_other() {
@@ -246,7 +367,9 @@ async fn a_change_on_one_replica_evicts_cached_decisions_on_the_other() {
     .await;
     assert!(upgraded, "B kept a stale plan");
 
+    // Demoted: viewer granted, the default role taken away.
     assign(&a, &user, "viewer").await;
+    revoke(&a, &user, "member").await;
     let demoted = eventually(within, || async {
         !b.authorize(&user, "tool:calculator").await.unwrap().allowed
     })

@@ -132,7 +132,31 @@ async fn the_ledger_survives_a_restart_and_agrees_with_the_answers(backend: Back
     );
 }
 
+/// A restart (on the embedded default, the in-process limiter's counters go with the process)
+/// takes each quota up where the ledger says it stands.
+async fn quotas_resume_from_the_ledger_after_a_restart(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (config, database, auth) = (
+        app.config.clone(),
+        Arc::clone(&app.database),
+        Arc::clone(&app.auth),
+    );
+    let user = new_user();
+    spend(&app, &user, "agent_runs", 95).await;
+    spend(&app, &user, "tool_calls", 198).await;
+    app.stop().await;
+    let restarted = TestApp::start(config, database, auth).await;
+    assert_eq!(allowed_of(&restarted, &user, "agent_runs", 10).await, 5);
+    assert_eq!(allowed_of(&restarted, &user, "tool_calls", 5).await, 2);
+    let usage = restarted.usage_of(&user).await;
+    assert_eq!(
+        (used(&usage, "agent_runs"), used(&usage, "tool_calls")),
+        (100, 200)
+    );
+}
+
 both_backends!(
+    quotas_resume_from_the_ledger_after_a_restart,
     the_message_rate_allows_the_plan_limit_then_says_when_to_retry,
     quotas_are_exhausted_and_billed_exactly,
     a_retried_key_counts_once_and_a_changed_amount_is_refused,

@@ -13,16 +13,6 @@ async fn proxied(url: &str) -> (FaultProxy, String) {
     FaultProxy::in_front_of(url).await.unwrap()
 }
 
-async fn with_redis_behind(mode: RedisDownMode) -> (FaultProxy, TestApp) {
-    let auth = Auth::spawn(Backend::PostgresRedis).await;
-    let database = Arc::new(TestDatabase::create(Backend::PostgresRedis).await);
-    let (proxy, url) = proxied(&redis_url()).await;
-    let mut config = config(Backend::PostgresRedis, &database, &auth);
-    config.redis_url = Some(url.into());
-    config.redis_down_mode = mode;
-    (proxy, TestApp::start(config, database, auth).await)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_in_local_mode_limits_locally_and_keeps_the_ledger() {
     let (proxy, app) = with_redis_behind(RedisDownMode::Local).await;
@@ -65,6 +55,38 @@ async fn redis_down_in_local_mode_limits_locally_and_keeps_the_ledger() {
     })
     .await;
     assert!(recovered, "the limiter did not go back to Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_in_local_mode_resumes_quotas_from_the_ledger() {
+    let (proxy, app) = with_redis_behind(RedisDownMode::Local).await;
+    let user = new_user();
+    spend(&app, &user, "agent_runs", 50).await;
+    spend(&app, &user, "tool_calls", 195).await;
+
+    // The local limiter takes over each quota where the ledger says it stands.
+    proxy.cut();
+    assert_eq!(allowed_of(&app, &user, "tool_calls", 10).await, 5);
+    assert_eq!(allowed_of(&app, &user, "agent_runs", 10).await, 10);
+    proxy.restore();
+    let recovered = eventually(Duration::from_secs(10), || async {
+        let _ = app.consume(&new_user(), "messages", 1, &key()).await;
+        !app.usage.limiter_degraded()
+    })
+    .await;
+    assert!(recovered, "the limiter did not go back to Redis");
+    spend(&app, &user, "agent_runs", 20).await;
+
+    // A second outage starts from the ledger again (80 used), not from what this process
+    // counted during the first one (60).
+    proxy.cut();
+    assert_eq!(allowed_of(&app, &user, "agent_runs", 30).await, 20);
+    let usage = app.usage_of(&user).await;
+    assert_eq!(
+        (used(&usage, "agent_runs"), used(&usage, "tool_calls")),
+        (100, 200),
+        "never more than the plan's quotas"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,9 @@ use tollgate_proto::{
 pub use tollgate_shared::testing::{
     Backend, TestDatabase, eventually, reason, redis_prefix, redis_url, with_bearer,
 };
-use tollgate_shared::{grpc::TracedChannel, shutdown::Shutdown};
+use tollgate_shared::{fault_proxy::FaultProxy, grpc::TracedChannel, shutdown::Shutdown};
 use tonic::{Request, Status};
-use usage_service::{Application, Config, usage::Usage};
+use usage_service::{Application, Config, config::RedisDownMode, usage::Usage};
 use uuid::Uuid;
 
 pub const SECRET: &str = "usage-test-secret-0123456789abcdef";
@@ -66,6 +66,18 @@ impl Auth {
             .into_inner()
             .access_token
     }
+}
+
+/// usage-service on PostgreSQL, reaching Redis through a fault proxy, in `mode` while Redis is
+/// cut off.
+pub async fn with_redis_behind(mode: RedisDownMode) -> (FaultProxy, TestApp) {
+    let auth = Auth::spawn(Backend::PostgresRedis).await;
+    let database = Arc::new(TestDatabase::create(Backend::PostgresRedis).await);
+    let (proxy, url) = FaultProxy::in_front_of(&redis_url()).await.unwrap();
+    let mut config = config(Backend::PostgresRedis, &database, &auth);
+    config.redis_url = Some(url.into());
+    config.redis_down_mode = mode;
+    (proxy, TestApp::start(config, database, auth).await)
 }
 
 /// A running usage-service with clients for it.
@@ -277,4 +289,19 @@ pub fn used(usage: &pb::GetUsageResponse, meter: &str) -> u64 {
         .iter()
         .find(|m| m.meter == meter)
         .map_or(0, |m| m.used)
+}
+
+/// Consumes `amount` of `meter`, which must be allowed.
+pub async fn spend(app: &TestApp, user: &str, meter: &str, amount: u64) {
+    let answer = app.consume(user, meter, amount, &key()).await.unwrap();
+    assert!(answer.allowed, "{answer:?}");
+}
+
+/// How many of `tries` one-unit consumes of `meter` are allowed.
+pub async fn allowed_of(app: &TestApp, user: &str, meter: &str, tries: usize) -> usize {
+    let mut allowed = 0;
+    for _ in 0..tries {
+        allowed += usize::from(app.consume(user, meter, 1, &key()).await.unwrap().allowed);
+    }
+    allowed
 }

@@ -195,7 +195,27 @@ async fn updates_release_before_they_acquire(backend: Backend) {
     );
 }
 
+/// After a downgrade below the connections held, renewals are refused to the newest leases
+/// beyond the new limit (by acquisition order, whatever the order of the renewals), so the
+/// gateway closes those connections; the oldest keep their slots.
+async fn a_downgrade_refuses_renewals_of_the_newest_leases(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    app.change_plan(&user, "pro", false, &key()).await.unwrap();
+    let held = ["n:1", "n:2", "n:3", "n:4"].map(|id| lease(&user, id));
+    let taken = update(&app, vec![], held.to_vec()).await.unwrap();
+    assert_eq!(taken, [(true, 1), (true, 2), (true, 3), (true, 4)]);
+
+    app.change_plan(&user, "free", true, &key()).await.unwrap();
+    let renewals = ["n:4", "n:1", "n:3", "n:2"].map(|id| lease(&user, id));
+    let renewed = update(&app, vec![], renewals.to_vec()).await.unwrap();
+    assert_eq!(renewed, [(false, 3), (true, 3), (false, 2), (true, 2)]);
+    assert_eq!(acquire(&app, &user, "n:5").await.unwrap(), (false, 2));
+    assert_eq!(acquire(&app, &user, "n:2").await.unwrap(), (true, 2));
+}
+
 both_backends!(
+    a_downgrade_refuses_renewals_of_the_newest_leases,
     connection_leases_enforce_the_plan_limit,
     batched_leases_behave_like_single_ones,
     updates_release_before_they_acquire

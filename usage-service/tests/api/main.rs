@@ -14,5 +14,7 @@ mod clock_skew;
 mod consume;
 mod faults;
 mod leases;
+mod ledger;
 mod replicas;
 mod subscriptions;
+mod upgrade;

@@ -15,9 +15,10 @@ use tollgate_shared::grpc::TracedChannel;
 
 use crate::helpers::*;
 
-struct Process {
-    child: Child,
-    client: UsageServiceClient<TracedChannel>,
+/// A usage-service process, killed (SIGKILL) and reaped on drop.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) client: UsageServiceClient<TracedChannel>,
     log: Arc<Mutex<String>>,
 }
 
@@ -28,7 +29,8 @@ impl Drop for Process {
     }
 }
 
-async fn start(database_url: &str, prefix: &str, auth_url: &str) -> Process {
+/// Starts the binary on `database_url` and Redis under `prefix`, trusting `auth_url`'s keys.
+pub(crate) async fn start(database_url: &str, prefix: &str, auth_url: &str) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_usage-service"))
         .env_clear()
         .env("DATABASE_URL", database_url)

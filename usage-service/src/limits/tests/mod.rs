@@ -1,10 +1,14 @@
 //! The limiter against real Redis (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and
-//! in-process, with real concurrency, and through a fault proxy for outages.
+//! in-process, with real concurrency, and through a fault proxy for outages: consumes here,
+//! connection leases in `leases`, Redis outages in `outages`.
+
+mod leases;
+mod outages;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{sync::Barrier, task::JoinSet, time::Instant};
-use tollgate_shared::{engine::Engine, fault_proxy::FaultProxy, time::unix_now_ms};
+use tokio::{sync::Barrier, task::JoinSet};
+use tollgate_shared::{engine::Engine, time::unix_now_ms};
 use uuid::Uuid;
 
 use super::*;
@@ -290,21 +294,23 @@ async fn refunds_give_units_back_once() {
     for (store, limiter) in both_stores().await {
         let user = Uuid::new_v4();
         let call = |key: &str| request(user, 1, key, Some(per_minute(2)), Some(today(2)));
+        let mut counter = Counter::Local;
         for (key, allowed) in [("a", true), ("b", true), ("c", false)] {
             let decision = limiter.consume(&call(key)).await.unwrap();
             assert_eq!(decision.allowed, allowed, "{store}: {key}");
+            counter = decision.counter;
         }
 
-        limiter.refund(&call("b")).await;
+        limiter.refund(&call("b"), counter).await;
         let retried = limiter.consume(&call("b")).await.unwrap();
         assert!(
             retried.allowed && !retried.replayed,
             "{store}: the key was forgotten"
         );
 
-        limiter.refund(&call("b")).await;
-        limiter.refund(&call("b")).await;
-        limiter.refund(&call("never-consumed")).await;
+        limiter.refund(&call("b"), counter).await;
+        limiter.refund(&call("b"), counter).await;
+        limiter.refund(&call("never-consumed"), counter).await;
         let after = limiter.consume(&call("c")).await.unwrap();
         assert!(after.allowed, "{store}: {after:?}");
         let full = limiter.consume(&call("d")).await.unwrap();
@@ -313,119 +319,4 @@ async fn refunds_give_units_back_once() {
             "{store}: a second refund gave nothing back: {full:?}"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_capped_renewed_released_and_expire() {
-    let long = Duration::from_secs(60);
-    for (store, limiter) in both_stores().await {
-        let user = Uuid::new_v4();
-        // A third id is refused, renewing never counts twice, a release frees a slot.
-        for (id, answer) in [
-            ("a", (true, 1)),
-            ("b", (true, 2)),
-            ("c", (false, 2)),
-            ("a", (true, 2)),
-        ] {
-            let got = limiter.acquire_lease(user, id, 2, long).await.unwrap();
-            assert_eq!(got, answer, "{store}: {id}");
-        }
-        limiter.release_leases(&[(user, "b")]).await.unwrap();
-        let freed = limiter.acquire_lease(user, "c", 2, long).await.unwrap();
-        assert_eq!(freed, (true, 2), "{store}");
-
-        let other = Uuid::new_v4();
-        let short = Duration::from_millis(200);
-        assert!(limiter.acquire_lease(other, "x", 2, short).await.unwrap().0);
-        assert!(limiter.acquire_lease(other, "y", 2, short).await.unwrap().0);
-        assert!(!limiter.acquire_lease(other, "z", 2, long).await.unwrap().0);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let (granted, active) = limiter.acquire_lease(other, "z", 2, long).await.unwrap();
-            if granted {
-                assert!((1..=2).contains(&active), "{store}: {active}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{store}: expired leases never freed a slot"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_falls_back_or_refuses_and_then_recovers() {
-    let prefix = fresh_prefix();
-    let proxy = FaultProxy::start(redis_address().await).await.unwrap();
-    let proxied = Engine::redis(&format!("redis://{}", proxy.address()), &prefix)
-        .await
-        .unwrap();
-    let local_mode = Limiter::new(proxied.clone(), RedisDownMode::Local, Clock::system());
-    let closed_mode = Limiter::new(proxied, RedisDownMode::Closed, Clock::system());
-    let direct = redis_limiter(&prefix, RedisDownMode::Closed).await;
-    assert_counted_on_shared_redis(&local_mode, &direct).await;
-
-    proxy.cut();
-    let started = Instant::now();
-    let refused = closed_mode.consume(&one_per_minute(Uuid::new_v4())).await;
-    assert!(
-        matches!(refused, Err(LimitError::Unavailable)),
-        "{refused:?}"
-    );
-    assert!(closed_mode.redis_degraded());
-    let lease = closed_mode
-        .acquire_lease(Uuid::new_v4(), "a", 1, Duration::from_secs(1))
-        .await;
-    assert!(matches!(lease, Err(LimitError::Unavailable)));
-
-    let user = Uuid::new_v4();
-    let five_per_minute = request(user, 1, "", Some(per_minute(5)), None);
-    let mut allowed = 0;
-    for _ in 0..20 {
-        allowed += usize::from(local_mode.consume(&five_per_minute).await.unwrap().allowed);
-    }
-    assert_eq!(allowed, 5, "the local fallback keeps the same semantics");
-    assert!(local_mode.redis_degraded());
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "an outage costs one timeout per second, not one per call: {:?}",
-        started.elapsed()
-    );
-
-    proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for limiter in [&local_mode, &closed_mode] {
-        loop {
-            let probe = request(Uuid::new_v4(), 0, "", None, None);
-            let probe = limiter.consume(&probe).await;
-            if probe.is_ok() && !limiter.redis_degraded() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the limiter never went back to redis"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert_counted_on_shared_redis(&local_mode, &direct).await;
-}
-
-fn one_per_minute(user: Uuid) -> ConsumeRequest {
-    request(user, 1, "", Some(per_minute(1)), None)
-}
-
-/// A unit `through` spends is seen by `direct`: both reached the same Redis.
-async fn assert_counted_on_shared_redis(through: &Limiter, direct: &Limiter) {
-    let user = Uuid::new_v4();
-    let spent = through.consume(&one_per_minute(user)).await.unwrap();
-    assert!(spent.allowed, "{spent:?}");
-    let seen = direct.consume(&one_per_minute(user)).await.unwrap();
-    assert_eq!(
-        seen.denial,
-        Some(Denial::RateLimited),
-        "counted on the shared redis"
-    );
 }
