@@ -24,28 +24,28 @@ struct LedgerFaults {
 }
 
 impl LedgerFaults {
-    /// Installs the trigger on a migrated database; every insert of one of `keys` now waits
+    /// Installs the trigger on a migrated database (usage-service's tables are in schema `usage`); every insert of one of `keys` now waits
     /// for [`LedgerFaults::release`] and then fails.
     async fn install(database_url: &str, keys: &[&str]) -> Self {
         let pool = PgPool::connect(database_url).await.unwrap();
         sqlx::raw_sql(
-            "CREATE TABLE ledger_faults (idempotency_key TEXT PRIMARY KEY);
-             CREATE FUNCTION ledger_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE TABLE usage.ledger_faults (idempotency_key TEXT PRIMARY KEY);
+             CREATE FUNCTION usage.ledger_fault() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-               IF EXISTS (SELECT 1 FROM ledger_faults WHERE idempotency_key = NEW.idempotency_key) THEN
+               IF EXISTS (SELECT 1 FROM usage.ledger_faults WHERE idempotency_key = NEW.idempotency_key) THEN
                  PERFORM pg_advisory_xact_lock_shared(14);
                  RAISE EXCEPTION 'injected ledger fault';
                END IF;
                RETURN NEW;
              END $$;
-             CREATE TRIGGER ledger_fault BEFORE INSERT ON ledger
-               FOR EACH ROW EXECUTE FUNCTION ledger_fault();",
+             CREATE TRIGGER ledger_fault BEFORE INSERT ON usage.ledger
+               FOR EACH ROW EXECUTE FUNCTION usage.ledger_fault();",
         )
         .execute(&pool)
         .await
         .unwrap();
         for key in keys {
-            sqlx::query("INSERT INTO ledger_faults (idempotency_key) VALUES ($1)")
+            sqlx::query("INSERT INTO usage.ledger_faults (idempotency_key) VALUES ($1)")
                 .bind(key)
                 .execute(&pool)
                 .await
@@ -99,7 +99,7 @@ impl LedgerFaults {
 
     /// The ledger writes every key again.
     async fn clear(&self) {
-        sqlx::query("DELETE FROM ledger_faults")
+        sqlx::query("DELETE FROM usage.ledger_faults")
             .execute(&self.pool)
             .await
             .unwrap();
@@ -108,7 +108,7 @@ impl LedgerFaults {
     /// The user's ledger rows: key to amount.
     async fn ledger(&self, user: &str) -> BTreeMap<String, u64> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT idempotency_key, amount FROM ledger WHERE user_id = $1")
+            sqlx::query_as("SELECT idempotency_key, amount FROM usage.ledger WHERE user_id = $1")
                 .bind(user)
                 .fetch_all(&self.pool)
                 .await

@@ -36,12 +36,26 @@ async fn roles(pool: &AnyPool, user: &str) -> Vec<String> {
 
 async fn the_upgrade_makes_the_implicit_default_role_explicit(backend: Backend) {
     let database = TestDatabase::create(backend).await;
-    let pool = tollgate_shared::db::connect(&database.url, 1)
+    let settings = tollgate_shared::db::Settings {
+        url: &database.url,
+        max_connections: 1,
+        timeouts: Default::default(),
+    };
+    let pool = tollgate_shared::db::connect(settings, &usage_service::store::SCHEMA)
         .await
         .unwrap();
+    if backend == Backend::PostgresRedis {
+        sqlx::raw_sql("CREATE SCHEMA usage")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     let migrations = migrations();
     let (first, later) = migrations.split_first().unwrap();
-    sqlx::raw_sql(first).execute(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(first.clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
 
     // What the first version stored: a user it saw, a user restricted to viewer, and a user
     // made admin before it was ever seen.
@@ -66,7 +80,10 @@ async fn the_upgrade_makes_the_implicit_default_role_explicit(backend: Backend) 
     }
 
     for migration in later {
-        sqlx::raw_sql(migration).execute(&pool).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(migration.clone()))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     assert_eq!(roles(&pool, &seen).await, ["member"]);
     assert_eq!(roles(&pool, &viewer).await, ["viewer"]);
