@@ -10,6 +10,7 @@ use tollgate_shared::both_backends;
 
 mod bad_input;
 mod faults;
+mod families;
 mod http;
 mod keys;
 mod login;
