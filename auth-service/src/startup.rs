@@ -29,6 +29,7 @@ use crate::{
     keys::KeyRing,
     metrics::AuthMetrics,
     passwords::Passwords,
+    pruning::PruneSettings,
     revocation_feed::RevocationFeed,
     store::Store,
     throttle::{Throttle, ThrottleSettings},
@@ -45,6 +46,7 @@ pub struct Application {
     readiness: Readiness,
     shutdown: Shutdown,
     grace: Duration,
+    prune: PruneSettings,
 }
 
 /// Connects to the database and migrates, failing with one line that names the variable.
@@ -98,6 +100,7 @@ impl Application {
                 access_ttl: config.access_token_ttl,
                 refresh_ttl: config.refresh_token_ttl,
                 refresh_reuse_grace: config.refresh_reuse_grace,
+                session_max_lifetime: config.session_max_lifetime,
                 service_token_ttl: config.service_token_ttl,
             },
             metrics,
@@ -115,6 +118,10 @@ impl Application {
             readiness: Readiness::new(),
             shutdown,
             grace: config.shutdown_grace,
+            prune: PruneSettings {
+                interval: config.prune_interval,
+                retention: config.access_token_ttl + config.jwt_leeway,
+            },
         })
     }
 
@@ -147,11 +154,13 @@ impl Application {
             readiness,
             shutdown,
             grace,
+            prune,
         } = self;
         let (health, health_service, reflection) = health_and_reflection()?;
         let tasks = [
             Some(auth.spawn_event_listener(shutdown.clone())),
             Some(auth.spawn_key_reloader(Duration::from_secs(30), shutdown.clone())),
+            Some(auth.spawn_pruner(prune, shutdown.clone())),
             auth.engine
                 .spawn_relay(&[REVOCATIONS_CHANNEL, KEYS_CHANNEL], shutdown.clone()),
         ];
