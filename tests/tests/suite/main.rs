@@ -6,6 +6,7 @@
 
 mod drain;
 mod faults;
+mod help;
 mod metrics;
 mod nodes;
 mod partitions;
