@@ -182,14 +182,17 @@ async fn lock_live_session(
     session_id: Uuid,
     rotation: &Rotation<'_>,
 ) -> Result<Option<i64>, StoreError> {
+    let opened_after = rotation
+        .now_ms
+        .saturating_sub(rotation.lifetime.max_lifetime_ms);
     let row: Option<(i64,)> = sqlx::query_as(
         "UPDATE sessions SET last_refreshed_at = last_refreshed_at \
-         WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND created_at + $3 > $2 \
+         WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND created_at > $3 \
          RETURNING created_at",
     )
     .bind(session_id.to_string())
     .bind(rotation.now_ms)
-    .bind(rotation.lifetime.max_lifetime_ms)
+    .bind(opened_after)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(row.map(|(created_at,)| created_at))
