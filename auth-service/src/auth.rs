@@ -12,17 +12,11 @@ use tollgate_shared::{
 };
 use uuid::Uuid;
 
+use crate::store::SessionLifetime;
 use crate::{
-    clients::ClientRegistry,
-    domain::RefreshToken,
-    error::AuthError,
-    keys::KeyRing,
-    metrics::AuthMetrics,
-    passwords::Passwords,
-    revocation_feed::RevocationFeed,
-    store::{SessionLifetime, Store},
-    throttle::Throttle,
-    validation::Validator,
+    clients::ClientRegistry, domain::RefreshToken, error::AuthError, keys::KeyRing,
+    metrics::AuthMetrics, passwords::Passwords, revocation_feed::RevocationFeed, store::Store,
+    throttle::Throttle, validation::Validator,
 };
 
 /// Token lifetimes and names.

@@ -16,11 +16,9 @@ use tollgate_shared::tokens::TokenError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::domain::RefreshTokenError;
 use crate::{
-    clients::ClientError,
-    domain::{InvalidInput, RefreshTokenError},
-    revocation_feed::Lagged,
-    store::StoreError,
+    clients::ClientError, domain::InvalidInput, revocation_feed::Lagged, store::StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]

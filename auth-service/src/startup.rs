@@ -120,7 +120,7 @@ impl Application {
             grace: config.shutdown_grace,
             prune: PruneSettings {
                 interval: config.prune_interval,
-                retention: config.access_token_ttl + config.jwt_leeway,
+                retention: config.access_token_ttl.saturating_add(config.jwt_leeway),
             },
         })
     }
