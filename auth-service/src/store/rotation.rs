@@ -10,10 +10,10 @@
 //! token, and revokes the session.
 //!
 //! Every rotation first locks the session row with an `UPDATE` (PostgreSQL's row lock,
-//! SQLite's write lock) and only then reads the presented token's state: concurrent refreshes
-//! and revocations of one session are serialised by the database, each deciding on what the
-//! previous one committed, so two of them never both rotate the same token and a revocation is
-//! never undone by a racing refresh.
+//! SQLite's write lock) and only then touches the presented token, with statements that each
+//! read what was committed before them: concurrent refreshes and revocations of one session are
+//! serialised by the database, each deciding on what the previous one committed, so two of them
+//! never both rotate the same token and a revocation is never undone by a racing refresh.
 
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
@@ -102,23 +102,25 @@ impl Store {
         &self,
         rotation: Rotation<'_>,
     ) -> Result<RefreshOutcome, StoreError> {
-        let row: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT rt.session_id, rt.expires_at, s.user_id FROM refresh_tokens rt \
+        let row: Option<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT rt.session_id, rt.expires_at, s.user_id, s.created_at FROM refresh_tokens rt \
              JOIN sessions s ON s.id = rt.session_id WHERE rt.hash = $1",
         )
         .bind(rotation.presented.as_str())
         .fetch_optional(self.pool())
         .await?;
-        let Some((session_id, token_expires_at, user_id)) = row else {
+        let Some((session_id, token_expires_at, user_id, created_at)) = row else {
             return Ok(RefreshOutcome::Unknown);
         };
         if token_expires_at <= rotation.now_ms {
             return Ok(RefreshOutcome::Expired);
         }
         let (session_id, user_id) = (parse_uuid(&session_id)?, parse_uuid(&user_id)?);
+        // A session's opening time never changes, so it may be read before the lock.
+        let expires_at = rotation.lifetime.expires_at(created_at, rotation.now_ms);
 
         let mut tx = self.pool().begin().await?;
-        let Some(created_at) = lock_live_session(&mut tx, session_id, &rotation).await? else {
+        if !lock_and_extend(&mut tx, session_id, expires_at, &rotation).await? {
             tx.rollback().await?;
             return Ok(
                 match self.session_status(session_id, rotation.now_ms).await? {
@@ -126,32 +128,30 @@ impl Store {
                     SessionStatus::Active | SessionStatus::Gone => RefreshOutcome::Expired,
                 },
             );
-        };
-        let Some(state) = token_state(&mut tx, rotation.presented).await? else {
-            // Pruned between the first read and the lock: it had expired.
-            tx.rollback().await?;
-            return Ok(RefreshOutcome::Unknown);
-        };
-
-        let step = state.step(rotation.now_ms, rotation.grace_ms);
-        let applied = match step {
-            Step::Rotate => spend(&mut tx, session_id, &rotation).await?,
-            Step::Reissue => mark_reissued(&mut tx, &rotation).await?,
-            Step::Replay => {
-                revoke_in(&mut tx, session_id, rotation.now_ms, "refresh_token_reuse").await?;
-                tx.commit().await?;
-                return Ok(RefreshOutcome::ReuseDetected {
-                    user_id,
-                    session_id,
-                });
+        }
+        // The common case first: the presented token is live and is spent in one statement.
+        let via_grace = if spend(&mut tx, session_id, &rotation).await? {
+            false
+        } else {
+            let state = token_state(&mut tx, rotation.presented).await?;
+            match state.map(|state| state.step(rotation.now_ms, rotation.grace_ms)) {
+                Some(Step::Reissue) if mark_reissued(&mut tx, &rotation).await? => true,
+                Some(Step::Replay) => {
+                    revoke_in(&mut tx, session_id, rotation.now_ms, "refresh_token_reuse").await?;
+                    tx.commit().await?;
+                    return Ok(RefreshOutcome::ReuseDetected {
+                        user_id,
+                        session_id,
+                    });
+                }
+                // The row vanished under the lock: only pruning deletes tokens, so it had
+                // expired. (A live token would have been spent above.)
+                Some(Step::Rotate | Step::Reissue) | None => {
+                    tx.rollback().await?;
+                    return Ok(RefreshOutcome::Unknown);
+                }
             }
         };
-        if !applied {
-            // The row vanished under the lock: only pruning deletes tokens, so it had expired.
-            tx.rollback().await?;
-            return Ok(RefreshOutcome::Unknown);
-        }
-        let expires_at = rotation.lifetime.expires_at(created_at, rotation.now_ms);
         insert_token(
             &mut tx,
             rotation.next,
@@ -160,42 +160,39 @@ impl Store {
             expires_at,
         )
         .await?;
-        sqlx::query("UPDATE sessions SET last_refreshed_at = $2, expires_at = $3 WHERE id = $1")
-            .bind(session_id.to_string())
-            .bind(rotation.now_ms)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated {
             user_id,
             session_id,
-            via_grace: step == Step::Reissue,
+            via_grace,
         })
     }
 }
 
 /// Locks the session row if the session is live (not revoked, not expired, within its maximum
-/// lifetime) and returns when it was opened.
-async fn lock_live_session(
+/// lifetime), recording the refresh and the new expiry. Returns whether it was live. (A replay
+/// found later in the transaction revokes the session, so the new expiry does no harm there.)
+async fn lock_and_extend(
     tx: &mut Transaction<'static, Any>,
     session_id: Uuid,
+    expires_at: i64,
     rotation: &Rotation<'_>,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<bool, StoreError> {
     let opened_after = rotation
         .now_ms
         .saturating_sub(rotation.lifetime.max_lifetime_ms);
-    let row: Option<(i64,)> = sqlx::query_as(
-        "UPDATE sessions SET last_refreshed_at = last_refreshed_at \
-         WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND created_at > $3 \
-         RETURNING created_at",
+    Ok(sqlx::query(
+        "UPDATE sessions SET last_refreshed_at = $2, expires_at = $3 \
+         WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND created_at > $4",
     )
     .bind(session_id.to_string())
     .bind(rotation.now_ms)
+    .bind(expires_at)
     .bind(opened_after)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|(created_at,)| created_at))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 async fn token_state(
@@ -232,8 +229,8 @@ async fn token_state(
     ))
 }
 
-/// Spends the presented token and retires every other live token of the session (its
-/// siblings). Returns false if the token is no longer there to spend.
+/// Spends the presented token if it is live, and then retires every other live token of the
+/// session (its siblings). Returns whether it was live.
 async fn spend(
     tx: &mut Transaction<'static, Any>,
     session_id: Uuid,
