@@ -12,6 +12,7 @@ use tollgate_shared::{
 };
 use uuid::Uuid;
 
+use crate::store::SessionLifetime;
 use crate::{
     clients::ClientRegistry, domain::RefreshToken, error::AuthError, keys::KeyRing,
     metrics::AuthMetrics, passwords::Passwords, revocation_feed::RevocationFeed, store::Store,
@@ -26,7 +27,18 @@ pub struct TokenSettings {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub refresh_reuse_grace: Duration,
+    pub session_max_lifetime: Duration,
     pub service_token_ttl: Duration,
+}
+
+impl TokenSettings {
+    pub fn session_lifetime(&self) -> SessionLifetime {
+        let millis = |duration: Duration| duration.as_millis().try_into().unwrap_or(i64::MAX);
+        SessionLifetime {
+            refresh_ttl_ms: millis(self.refresh_ttl),
+            max_lifetime_ms: millis(self.session_max_lifetime),
+        }
+    }
 }
 
 /// A freshly issued access + refresh token pair.
@@ -99,7 +111,7 @@ impl Auth {
         let session_id = Uuid::new_v4();
         let refresh = RefreshToken::generate();
         let now = unix_now_ms();
-        let expires_at = now + self.tokens.refresh_ttl.as_millis() as i64;
+        let expires_at = self.tokens.session_lifetime().expires_at(now, now);
         self.store
             .create_session(session_id, user_id, &refresh.hash(), now, expires_at)
             .await?;

@@ -35,6 +35,7 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://tollgate-auth.db"
     )]
     pub database_url: SecretString,
@@ -50,7 +51,7 @@ pub struct Config {
     pub request_timeout: RequestTimeout,
 
     /// `redis://…`. Unset: the in-process engine (one replica only).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
@@ -73,9 +74,18 @@ pub struct Config {
     #[arg(long, env = "AUTH_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
 
-    /// How long a just-rotated refresh token may be presented again.
+    /// How long a just-rotated refresh token may be presented again, once (a lost response).
     #[arg(long, env = "AUTH_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub refresh_reuse_grace: Duration,
+
+    /// Absolute lifetime of a session: refreshing slides its expiry, never past this long
+    /// after login.
+    #[arg(long, env = "AUTH_SESSION_MAX_LIFETIME", default_value = "90d", value_parser = parse_positive_duration)]
+    pub session_max_lifetime: Duration,
+
+    /// How often expired sessions and refresh tokens are deleted (by one replica at a time).
+    #[arg(long, env = "AUTH_PRUNE_INTERVAL", default_value = "1h", value_parser = parse_positive_duration)]
+    pub prune_interval: Duration,
 
     /// Clock-skew tolerance on `exp` and `nbf`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
@@ -87,7 +97,7 @@ pub struct Config {
 
     /// Service clients: `client_id:secret:scope+scope,…`. Secrets must be at least 16
     /// characters.
-    #[arg(long, env = "AUTH_SERVICE_CLIENTS", default_value = "", value_parser = ClientRegistry::parse, hide_default_value = true)]
+    #[arg(long, env = "AUTH_SERVICE_CLIENTS", default_value = "", value_parser = ClientRegistry::parse, hide_default_value = true, hide_env_values = true)]
     pub service_clients: ClientRegistry,
 
     /// Failed logins per account before it is throttled for the window.
@@ -113,6 +123,14 @@ pub struct Config {
     /// OTLP/gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+}
+
+/// A duration that must not be zero (a zero lifetime or period would be a misconfiguration).
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err(format!("`{value}` must be longer than zero")),
+        duration => Ok(duration),
+    }
 }
 
 #[derive(Clone, Copy, Debug, Subcommand)]
@@ -143,6 +161,8 @@ impl Config {
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 86_400),
             refresh_reuse_grace: Duration::from_secs(10),
+            session_max_lifetime: Duration::from_secs(90 * 86_400),
+            prune_interval: Duration::from_secs(3600),
             jwt_leeway: Duration::from_secs(30),
             service_token_ttl: Duration::from_secs(600),
             service_clients: ClientRegistry::default(),

@@ -16,6 +16,7 @@ use tollgate_shared::tokens::TokenError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::domain::RefreshTokenError;
 use crate::{
     clients::ClientError, domain::InvalidInput, revocation_feed::Lagged, store::StoreError,
 };
@@ -85,6 +86,18 @@ impl RefreshRefusal {
 impl From<InvalidInput> for AuthError {
     fn from(err: InvalidInput) -> Self {
         Self::InvalidInput(err.0)
+    }
+}
+
+impl From<RefreshTokenError> for AuthError {
+    fn from(err: RefreshTokenError) -> Self {
+        match err {
+            RefreshTokenError::Missing => Self::InvalidInput("refresh_token is required"),
+            RefreshTokenError::TooLarge => Self::InvalidInput("refresh_token is too large"),
+            RefreshTokenError::NotARefreshToken => {
+                Self::InvalidRefreshToken(RefreshRefusal::Unknown)
+            }
+        }
     }
 }
 

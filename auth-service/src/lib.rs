@@ -14,6 +14,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod passwords;
+pub mod pruning;
 pub mod revocation_feed;
 pub mod service_tokens;
 pub mod sessions;

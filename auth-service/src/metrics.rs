@@ -12,10 +12,16 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AuthMetrics {
     outcomes: Family<OutcomeLabels, Counter>,
     revocations: Counter,
+    pruned: Family<TableLabels, Counter>,
 }
 
 impl AuthMetrics {
@@ -31,6 +37,11 @@ impl AuthMetrics {
             "Sessions revoked",
             metrics.revocations.clone(),
         );
+        registry.register(
+            "auth_pruned_rows",
+            "Expired rows deleted by pruning, by table (sessions, refresh_tokens)",
+            metrics.pruned.clone(),
+        );
         metrics
     }
 
@@ -42,5 +53,11 @@ impl AuthMetrics {
 
     pub fn revoked(&self) {
         self.revocations.inc();
+    }
+
+    pub fn pruned(&self, table: &'static str, rows: u64) {
+        self.pruned
+            .get_or_create(&TableLabels { table })
+            .inc_by(rows);
     }
 }

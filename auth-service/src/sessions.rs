@@ -33,7 +33,7 @@ impl Auth {
             presented: &presented.hash(),
             next: &next.hash(),
             now_ms,
-            expires_at_ms: now_ms + self.tokens.refresh_ttl.as_millis() as i64,
+            lifetime: self.tokens.session_lifetime(),
             grace_ms: self.tokens.refresh_reuse_grace.as_millis() as i64,
         };
         match self.store.rotate_refresh_token(rotation).await? {

@@ -29,6 +29,7 @@ use crate::{
     keys::KeyRing,
     metrics::AuthMetrics,
     passwords::Passwords,
+    pruning::PruneSettings,
     revocation_feed::RevocationFeed,
     store::Store,
     throttle::{Throttle, ThrottleSettings},
@@ -46,7 +47,9 @@ pub struct Application {
     shutdown: Shutdown,
     grace: Duration,
     request_timeout: RequestTimeout,
+    prune: PruneSettings,
 }
+
 /// Connects to the database and migrates, failing with one line that names the variable.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(db::Settings {
@@ -99,6 +102,7 @@ impl Application {
                 access_ttl: config.access_token_ttl,
                 refresh_ttl: config.refresh_token_ttl,
                 refresh_reuse_grace: config.refresh_reuse_grace,
+                session_max_lifetime: config.session_max_lifetime,
                 service_token_ttl: config.service_token_ttl,
             },
             metrics,
@@ -117,6 +121,10 @@ impl Application {
             shutdown,
             grace: config.shutdown_grace,
             request_timeout: config.request_timeout,
+            prune: PruneSettings {
+                interval: config.prune_interval,
+                retention: config.access_token_ttl.saturating_add(config.jwt_leeway),
+            },
         })
     }
 
@@ -150,11 +158,13 @@ impl Application {
             shutdown,
             grace,
             request_timeout,
+            prune,
         } = self;
         let (health, routes) = health_and_reflection(auth_service_server::SERVICE_NAME)?;
         let tasks = [
             Some(auth.spawn_event_listener(shutdown.clone())),
             Some(auth.spawn_key_reloader(Duration::from_secs(30), shutdown.clone())),
+            Some(auth.spawn_pruner(prune, shutdown.clone())),
             auth.engine
                 .spawn_relay(&[REVOCATIONS_CHANNEL, KEYS_CHANNEL], shutdown.clone()),
         ];

@@ -2,9 +2,11 @@
 //! the services in memory and written, for the developer's own backend, to a file only its
 //! owner can read (`<data dir>/credentials.env`). They are never printed or logged.
 
-use std::{io::Write, path::Path};
+use std::path::Path;
 
 use rand::{Rng, distributions::Alphanumeric};
+
+use crate::data_dir;
 
 /// The gateway's own client (it validates tokens and asks usage-service) and a `backend`
 /// client allowed to publish events to users.
@@ -40,17 +42,14 @@ impl Credentials {
         )
     }
 
-    /// Writes the backend's client id and secret for the developer (mode 0600).
+    /// Writes the backend's client id and secret for the developer (mode 0600, even if the
+    /// file existed before).
     pub fn write_backend_file(&self, data_dir: &Path) -> std::io::Result<std::path::PathBuf> {
-        let path = data_dir.join(FILE_NAME);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&path)?;
-        writeln!(file, "SERVICE_CLIENT_ID={BACKEND_CLIENT}")?;
-        writeln!(file, "SERVICE_CLIENT_SECRET={}", self.backend_secret)?;
-        Ok(path)
+        let contents = format!(
+            "SERVICE_CLIENT_ID={BACKEND_CLIENT}\nSERVICE_CLIENT_SECRET={}\n",
+            self.backend_secret
+        );
+        data_dir::write_private(data_dir, FILE_NAME, &contents)
     }
 
     /// Reads the backend's secret back from a running stack's data directory.

@@ -4,6 +4,7 @@
 //! receive a published event.
 
 pub mod credentials;
+pub mod data_dir;
 pub mod demo;
 pub mod stack;
 

@@ -17,7 +17,14 @@ use clap::{Args, Parser};
 use tokio::task::JoinSet;
 use tollgate_shared::{config::parse_socket_addr, shutdown::Shutdown};
 
-use crate::credentials::{Credentials, GATEWAY_CLIENT};
+use crate::{
+    credentials::{Credentials, GATEWAY_CLIENT},
+    data_dir,
+};
+
+/// The embedded databases' file names in the data directory.
+const AUTH_DATABASE: &str = "auth.db";
+const USAGE_DATABASE: &str = "usage.db";
 
 #[derive(Clone, Debug, Args)]
 pub struct Options {
@@ -86,8 +93,8 @@ impl Stack {
     /// Builds the three services on their listeners and starts serving them; stop them with
     /// [`Stack::stop`] or the shutdown signal.
     pub async fn start(options: Options, shutdown: Shutdown) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)
-            .with_context(|| format!("TOLLGATE_DATA_DIR: cannot create {:?}", options.data_dir))?;
+        data_dir::prepare(&options.data_dir, &[AUTH_DATABASE, USAGE_DATABASE])
+            .with_context(|| format!("TOLLGATE_DATA_DIR: cannot prepare {:?}", options.data_dir))?;
         let credentials = Credentials::generate();
         let credentials_file = credentials
             .write_backend_file(&options.data_dir)
@@ -97,7 +104,7 @@ impl Stack {
         let mut auth = parse::<auth_service::Config>("auth-service")?;
         auth.grpc_addr = options.auth_grpc_addr;
         auth.http_addr = options.auth_http_addr;
-        auth.database_url = sqlite(&options.data_dir, "auth.db").into();
+        auth.database_url = sqlite(&options.data_dir, AUTH_DATABASE).into();
         auth.redis_url = None;
         auth.service_clients =
             auth_service::clients::ClientRegistry::parse(&credentials.registry())
@@ -110,7 +117,7 @@ impl Stack {
         let mut usage = parse::<usage_service::Config>("usage-service")?;
         usage.grpc_addr = options.usage_grpc_addr;
         usage.http_addr = options.usage_http_addr;
-        usage.database_url = sqlite(&options.data_dir, "usage.db").into();
+        usage.database_url = sqlite(&options.data_dir, USAGE_DATABASE).into();
         usage.redis_url = None;
         usage.auth_service_url = auth_url.clone();
         let usage = usage_service::Application::build(usage, shutdown.clone()).await?;

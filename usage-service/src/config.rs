@@ -35,6 +35,7 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://tollgate-usage.db"
     )]
     pub database_url: SecretString,
@@ -50,7 +51,7 @@ pub struct Config {
     pub request_timeout: RequestTimeout,
 
     /// `redis://…`. Unset: the in-process engine (one replica only).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
 
     /// Prefix of every Redis key and channel.

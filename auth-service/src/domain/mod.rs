@@ -7,7 +7,7 @@ mod refresh_token;
 
 pub use email::Email;
 pub use password::Password;
-pub use refresh_token::{RefreshToken, RefreshTokenHash};
+pub use refresh_token::{RefreshToken, RefreshTokenError, RefreshTokenHash};
 
 /// Why user input was refused; the message is safe to show the user.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
-use super::InvalidInput;
+use tollgate_shared::tokens::MAX_TOKEN_BYTES;
 
 /// An opaque refresh token: 256 random bits, base64url. It is handed to the client once and
 /// stored only as its [`RefreshTokenHash`].
@@ -16,15 +16,34 @@ impl std::fmt::Debug for RefreshToken {
 
 const ENCODED_LEN: usize = 43;
 
+/// Why a presented refresh token was refused before any lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshTokenError {
+    /// An empty field: a malformed request.
+    #[error("refresh_token is required")]
+    Missing,
+    /// Larger than any token: a malformed request.
+    #[error("refresh_token is too large")]
+    TooLarge,
+    /// Not the shape of a token this service issues (an access or service token, a truncated
+    /// or corrupted one). The service cannot tell it from a refresh token it never issued, and
+    /// the client's remedy is the same, so it is refused like one: an invalid refresh token.
+    #[error("not a refresh token")]
+    NotARefreshToken,
+}
+
 impl RefreshToken {
     pub fn generate() -> Self {
         Self(URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()))
     }
 
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+    pub fn parse(raw: &str) -> Result<Self, RefreshTokenError> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(InvalidInput("refresh_token is required"));
+            return Err(RefreshTokenError::Missing);
+        }
+        if raw.len() > MAX_TOKEN_BYTES {
+            return Err(RefreshTokenError::TooLarge);
         }
         let decodes = raw.len() == ENCODED_LEN
             && URL_SAFE_NO_PAD
@@ -33,7 +52,7 @@ impl RefreshToken {
         if decodes {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(InvalidInput("refresh_token is malformed"))
+            Err(RefreshTokenError::NotARefreshToken)
         }
     }
 
@@ -76,14 +95,17 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in [
-            "",
-            "abc",
-            &"a".repeat(44),
-            &"!".repeat(43),
-            &"a".repeat(1 << 20),
-        ] {
-            assert!(RefreshToken::parse(bad).is_err());
+        assert_eq!(RefreshToken::parse(" "), Err(RefreshTokenError::Missing));
+        assert_eq!(
+            RefreshToken::parse(&"a".repeat(1 << 20)),
+            Err(RefreshTokenError::TooLarge)
+        );
+        let access_token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        for other in ["abc", &"a".repeat(44), &"!".repeat(43), access_token] {
+            assert_eq!(
+                RefreshToken::parse(other),
+                Err(RefreshTokenError::NotARefreshToken)
+            );
         }
     }
 }

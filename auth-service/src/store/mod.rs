@@ -1,10 +1,13 @@
-//! Durable state: users, sessions, refresh-token chains and signing keys.
+//! Durable state: users, sessions, refresh-token chains and signing keys, and the pruning of
+//! what has expired.
 //!
 //! One implementation serves both backends through `tollgate_shared::db` (sqlx's `Any` driver
 //! with portable SQL), so the behavioural tests that pass on the embedded SQLite default pass on
 //! PostgreSQL by construction, not by keeping two copies in step.
 
 mod keys;
+mod prune;
+mod rotation;
 mod sessions;
 mod users;
 
@@ -12,7 +15,8 @@ use sqlx::AnyPool;
 use tollgate_shared::db;
 
 pub use keys::StoredKey;
-pub use sessions::{RefreshOutcome, Rotation, SessionRow, SessionStatus};
+pub use rotation::{RefreshOutcome, Rotation};
+pub use sessions::{SessionLifetime, SessionRow, SessionStatus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -1,36 +1,15 @@
-//! Sessions and refresh-token rotation.
+//! Sessions: opening, revoking, listing and checking them. Refresh-token rotation is in
+//! `rotation.rs`.
 //!
 //! Every mutation of a session's token chain starts by updating the session row, which takes
 //! its row lock on PostgreSQL (and the write lock on SQLite): concurrent refreshes and
-//! revocations of one session are serialised by the database, so exactly one rotation wins and
-//! a revocation is never undone by a racing refresh.
+//! revocations of one session are serialised by the database.
 
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
 use super::{Store, StoreError, users::parse_uuid};
 use crate::domain::RefreshTokenHash;
-
-/// What presenting a refresh token led to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// A new token was chained; `via_grace` when an already-rotated token whose child is
-    /// unused was presented again within the grace window.
-    Rotated {
-        user_id: Uuid,
-        session_id: Uuid,
-        via_grace: bool,
-    },
-    /// A rotated token was replayed outside the rules: the session is now revoked.
-    ReuseDetected {
-        user_id: Uuid,
-        session_id: Uuid,
-    },
-    /// Unknown token.
-    Unknown,
-    Expired,
-    SessionRevoked,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRow {
@@ -48,14 +27,21 @@ pub enum SessionStatus {
     Gone,
 }
 
-/// A rotation's inputs: the presented token, the one to chain after it, and the clock.
-#[derive(Clone, Copy, Debug)]
-pub struct Rotation<'a> {
-    pub presented: &'a RefreshTokenHash,
-    pub next: &'a RefreshTokenHash,
-    pub now_ms: i64,
-    pub expires_at_ms: i64,
-    pub grace_ms: i64,
+/// How long a session lives: each refresh extends it by the refresh-token lifetime, never past
+/// its maximum lifetime after it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLifetime {
+    pub refresh_ttl_ms: i64,
+    pub max_lifetime_ms: i64,
+}
+
+impl SessionLifetime {
+    /// The expiry of a session opened at `created_at_ms` and refreshed (or opened) at `now_ms`.
+    pub fn expires_at(self, created_at_ms: i64, now_ms: i64) -> i64 {
+        now_ms
+            .saturating_add(self.refresh_ttl_ms)
+            .min(created_at_ms.saturating_add(self.max_lifetime_ms))
+    }
 }
 
 impl Store {
@@ -81,101 +67,6 @@ impl Store {
         insert_token(&mut tx, refresh, session_id, now_ms, expires_at_ms).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Rotates `presented`, following the contract's reuse rules.
-    pub async fn rotate_refresh_token(
-        &self,
-        rotation: Rotation<'_>,
-    ) -> Result<RefreshOutcome, StoreError> {
-        let row: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT rt.session_id, rt.expires_at, s.user_id FROM refresh_tokens rt \
-             JOIN sessions s ON s.id = rt.session_id WHERE rt.hash = $1",
-        )
-        .bind(rotation.presented.as_str())
-        .fetch_optional(self.pool())
-        .await?;
-        let Some((session_id, token_expires_at, user_id)) = row else {
-            return Ok(RefreshOutcome::Unknown);
-        };
-        if token_expires_at <= rotation.now_ms {
-            return Ok(RefreshOutcome::Expired);
-        }
-        let (session_id, user_id) = (parse_uuid(&session_id)?, parse_uuid(&user_id)?);
-
-        let mut tx = self.pool().begin().await?;
-        let live = sqlx::query(
-            "UPDATE sessions SET last_refreshed_at = $2, expires_at = $3 \
-             WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
-        )
-        .bind(session_id.to_string())
-        .bind(rotation.now_ms)
-        .bind(rotation.expires_at_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !live {
-            tx.rollback().await?;
-            return Ok(
-                match self.session_status(session_id, rotation.now_ms).await? {
-                    SessionStatus::Revoked => RefreshOutcome::SessionRevoked,
-                    SessionStatus::Active | SessionStatus::Gone => RefreshOutcome::Expired,
-                },
-            );
-        }
-
-        if chain_after(&mut tx, rotation.presented, &rotation, session_id).await? {
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Rotated {
-                user_id,
-                session_id,
-                via_grace: false,
-            });
-        }
-
-        // Already rotated. (Concurrent requests read the clock before queueing on the session
-        // lock, so `now_ms` may predate the rotation: elapsed time is clamped at zero.)
-        // Within the grace window of its rotation, a token whose child is
-        // still unused (a concurrent refresh, or a response that never arrived) gets another
-        // child; anything else is a replay of a stolen token.
-        let (rotated_at, child): (Option<i64>, Option<String>) =
-            sqlx::query_as("SELECT rotated_at, child_hash FROM refresh_tokens WHERE hash = $1")
-                .bind(rotation.presented.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let within_grace =
-            rotated_at.is_some_and(|at| (rotation.now_ms - at).max(0) < rotation.grace_ms);
-        if let (true, Some(child)) = (within_grace, child)
-            && is_unused(&mut tx, &child).await?
-        {
-            sqlx::query("UPDATE refresh_tokens SET child_hash = $2 WHERE hash = $1")
-                .bind(rotation.presented.as_str())
-                .bind(rotation.next.as_str())
-                .execute(&mut *tx)
-                .await?;
-            insert_token(
-                &mut tx,
-                rotation.next,
-                session_id,
-                rotation.now_ms,
-                rotation.expires_at_ms,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Rotated {
-                user_id,
-                session_id,
-                via_grace: true,
-            });
-        }
-
-        revoke_in(&mut tx, session_id, rotation.now_ms, "refresh_token_reuse").await?;
-        tx.commit().await?;
-        Ok(RefreshOutcome::ReuseDetected {
-            user_id,
-            session_id,
-        })
     }
 
     /// Revokes one session. Returns whether it was live.
@@ -266,46 +157,7 @@ impl Store {
     }
 }
 
-async fn is_unused(tx: &mut Transaction<'static, Any>, hash: &str) -> Result<bool, StoreError> {
-    let row: Option<(Option<i64>,)> =
-        sqlx::query_as("SELECT rotated_at FROM refresh_tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(matches!(row, Some((None,))))
-}
-
-/// Chains `rotation.next` after `parent` if `parent` is still the live end of the chain.
-async fn chain_after(
-    tx: &mut Transaction<'static, Any>,
-    parent: &RefreshTokenHash,
-    rotation: &Rotation<'_>,
-    session_id: Uuid,
-) -> Result<bool, StoreError> {
-    let claimed = sqlx::query(
-        "UPDATE refresh_tokens SET rotated_at = $2, child_hash = $3 WHERE hash = $1 AND rotated_at IS NULL",
-    )
-    .bind(parent.as_str())
-    .bind(rotation.now_ms)
-    .bind(rotation.next.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if claimed {
-        insert_token(
-            tx,
-            rotation.next,
-            session_id,
-            rotation.now_ms,
-            rotation.expires_at_ms,
-        )
-        .await?;
-    }
-    Ok(claimed)
-}
-
-async fn insert_token(
+pub(super) async fn insert_token(
     tx: &mut Transaction<'static, Any>,
     hash: &RefreshTokenHash,
     session_id: Uuid,
@@ -322,7 +174,7 @@ async fn insert_token(
     Ok(())
 }
 
-async fn revoke_in(
+pub(super) async fn revoke_in(
     tx: &mut Transaction<'static, Any>,
     session_id: Uuid,
     now_ms: i64,
@@ -336,4 +188,27 @@ async fn revoke_in(
         .await?
         .rows_affected()
         == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionLifetime;
+
+    #[test]
+    fn refreshing_slides_the_expiry_up_to_the_maximum_lifetime() {
+        let lifetime = SessionLifetime {
+            refresh_ttl_ms: 30,
+            max_lifetime_ms: 90,
+        };
+        assert_eq!(lifetime.expires_at(0, 0), 30);
+        assert_eq!(lifetime.expires_at(0, 50), 80);
+        assert_eq!(lifetime.expires_at(0, 70), 90);
+        assert_eq!(lifetime.expires_at(0, 200), 90);
+        let shorter = SessionLifetime {
+            refresh_ttl_ms: 30,
+            max_lifetime_ms: 10,
+        };
+        assert_eq!(shorter.expires_at(0, 0), 10);
+        assert_eq!(lifetime.expires_at(i64::MAX - 5, i64::MAX - 5), i64::MAX);
+    }
 }

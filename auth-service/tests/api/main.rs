@@ -9,10 +9,12 @@ mod helpers;
 use tollgate_shared::both_backends;
 
 mod bad_input;
+mod families;
 mod faults;
 mod http;
 mod keys;
 mod login;
+mod pruning;
 mod refresh;
 mod register;
 mod replicas;

@@ -7,6 +7,7 @@
 mod deployment;
 mod drain;
 mod faults;
+mod help;
 mod metrics;
 mod nodes;
 mod partitions;
