@@ -3,7 +3,7 @@
 //! Each service names a [`ServiceSchema`]: on PostgreSQL its tables live in a schema of that
 //! name and its migrations are tracked in `<schema>._sqlx_migrations`; on SQLite, which has one
 //! namespace per file, they are tracked in `_sqlx_migrations_<schema>` (the services' table
-//! names are disjoint, which the cross-service suite checks). Two services therefore never
+//! names are disjoint, which the stack crate's tests check). Two services therefore never
 //! read each other's migration history, whatever their versions.
 //!
 //! A database laid out by an earlier release (tables and `_sqlx_migrations` in PostgreSQL's
