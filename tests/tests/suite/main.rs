@@ -14,5 +14,6 @@ mod seed_business;
 mod seed_cross_service;
 mod seed_edge_cases;
 mod seed_lifecycle;
+mod startup;
 mod storm;
 mod traces;
