@@ -9,6 +9,7 @@ mod faults;
 mod metrics;
 mod nodes;
 mod partitions;
+mod redis_acl;
 mod seed_auth;
 mod seed_business;
 mod seed_cross_service;
