@@ -383,8 +383,8 @@ impl Live {
         if let Reply::RateLimited { id, retry_after } = reply {
             return self.rate_limited(id.as_ref(), retry_after);
         }
-        // A message the plan allowed ends a run of refusals (a pong does not: pings are not
-        // what the plan limits).
+        // Any other answer to a message ends a run of refusals (a pong does not: pings are
+        // not what the plan limits).
         self.violations = 0;
         match reply {
             Reply::RateLimited { .. } => {}
