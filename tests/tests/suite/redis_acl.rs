@@ -97,7 +97,6 @@ impl RedisUsers {
             .await
             .unwrap()
     }
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
