@@ -182,9 +182,7 @@ async fn logout(
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    tollgate_shared::tokens::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 #[derive(Deserialize)]

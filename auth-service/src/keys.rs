@@ -12,7 +12,7 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tollgate_shared::{
-    jwks::RefreshGate,
+    probe_gate::ProbeGate,
     time::unix_now_ms,
     tokens::{
         AccessClaims, Jwk, KeySet, ServiceClaims, SigningKey, TokenError, Verified, Verifier,
@@ -30,7 +30,7 @@ pub struct KeyRing {
     /// How long a retired key stays published: the longest token lifetime plus leeway.
     retention: Duration,
     /// Reloads prompted by unknown kids: at most one a second.
-    reload_gate: RefreshGate,
+    reload_gate: ProbeGate,
 }
 
 #[derive(Debug)]
@@ -57,13 +57,13 @@ impl KeyRing {
             current: RwLock::new(Arc::new(published)),
             store,
             retention,
-            reload_gate: RefreshGate::new(Duration::from_secs(1)),
+            reload_gate: ProbeGate::new(Duration::from_secs(1)),
         })
     }
 
     /// Re-reads the keys from the database.
     pub async fn reload(&self) -> Result<(), StoreError> {
-        self.reload_gate.record();
+        self.reload_gate.hold();
         let (published, keys) = read(&self.store, self.retention).await?;
         self.verifier.replace_keys(keys);
         *self
@@ -111,7 +111,7 @@ impl KeyRing {
         verify: impl Fn(&Verifier) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         match verify(&self.verifier) {
-            Err(TokenError::UnknownKey) if self.reload_gate.try_claim() => {
+            Err(TokenError::UnknownKey) if self.reload_gate.try_claim().is_some() => {
                 if let Err(err) = self.reload().await {
                     tracing::warn!(error = %err, "reloading signing keys failed");
                 }

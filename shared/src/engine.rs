@@ -5,6 +5,9 @@
 //! this process's own counter, and every published event is also delivered to this process's
 //! subscribers directly, so a replica always sees its own revocations at once. The subscriber
 //! task reconnects on its own when Redis returns.
+//!
+//! Whatever arrives from Redis is untrusted input: the relay (`engine_relay.rs`) drops and
+//! counts messages over a size limit before any subscriber sees them.
 
 use std::{
     collections::HashMap,
@@ -15,13 +18,16 @@ use std::{
 
 use crate::{events, shutdown::Shutdown};
 use deadpool_redis::{Pool, Runtime};
-use futures::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::{sync::broadcast, time::Instant};
 use uuid::Uuid;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[path = "engine_relay.rs"]
+mod relay;
+pub use relay::{MAX_RELAYED_BYTES, RelayLimit};
 
 /// A message on one of the bus channels (channel names without the deployment prefix).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,68 +329,6 @@ impl Engine {
                 on_heard(heard).await;
             }
         })
-    }
-
-    /// With Redis: relays `channels` from Redis to local subscribers until shutdown,
-    /// reconnecting with backoff. Without Redis there is nothing to relay.
-    pub fn spawn_relay(
-        &self,
-        channels: &[&str],
-        shutdown: Shutdown,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let redis = self.inner.redis.as_ref()?;
-        let client = redis.client.clone();
-        let channels: Vec<String> = channels.iter().map(|channel| self.key(channel)).collect();
-        let this = self.clone();
-        Some(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await
-                {
-                    Ok(Ok(mut pubsub)) => {
-                        if pubsub.subscribe(&channels).await.is_ok() {
-                            backoff = Duration::from_millis(100);
-                            let mut messages = pubsub.on_message();
-                            loop {
-                                tokio::select! {
-                                    message = messages.next() => match message {
-                                        Some(message) => this.relay(message.get_channel_name(), message.get_payload::<String>().ok()),
-                                        None => break,
-                                    },
-                                    () = shutdown.wait() => return,
-                                }
-                            }
-                        }
-                        tracing::warn!("redis subscription lost; reconnecting");
-                    }
-                    Ok(Err(err)) => tracing::warn!(error = %err, "redis subscribe failed"),
-                    Err(_) => tracing::warn!("redis subscribe timed out"),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.wait() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }))
-    }
-
-    fn relay(&self, full_channel: &str, envelope: Option<String>) {
-        let Some(envelope) = envelope else { return };
-        let Some((node, payload)) = events::open(&envelope) else {
-            return;
-        };
-        if node == self.inner.node {
-            return;
-        }
-        let channel = full_channel
-            .strip_prefix(&self.inner.prefix)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .unwrap_or(full_channel);
-        let _ = self.inner.bus.send(BusMessage {
-            channel: channel.to_owned(),
-            payload: payload.to_owned(),
-        });
     }
 }
 

@@ -76,12 +76,7 @@ pub fn extract_trace_context(headers: &HeaderMap) -> opentelemetry::Context {
 
 /// The token of an `authorization: Bearer <token>` metadata entry.
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
+    crate::tokens::bearer(metadata.get("authorization")?.to_str().ok()?)
 }
 
 /// A lazily connecting, traced channel with connect and per-request timeouts (no call waits

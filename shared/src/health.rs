@@ -40,10 +40,14 @@ impl Readiness {
 
 /// `/healthz` and `/readyz`.
 pub fn routes(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    liveness()
         .route("/readyz", get(ready))
         .with_state(readiness)
+}
+
+/// `/healthz` alone, for a listener that answers liveness but not readiness.
+pub fn liveness<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/healthz", get(|| async { "ok" }))
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {

@@ -7,21 +7,17 @@
 //! within that interval waits for the next refresh rather than being refused, so a key rotated
 //! just after a fetch is accepted at once.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
 use tollgate_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
 
 use crate::{
+    backoff::{ExponentialBackoff, STARTUP_GRACE, StartupGrace},
     grpc::TracedChannel,
+    probe_gate::ProbeGate,
     shutdown::Shutdown,
-    time::{unix_now, unix_now_ms},
+    time::unix_now,
     tokens::{
         AccessClaims, Jwk, KeySet, ServiceClaims, TokenError, Verified, Verifier, VerifierSettings,
     },
@@ -43,52 +39,13 @@ pub struct JwksVerifier {
 struct Inner {
     verifier: Verifier,
     client: Client,
-    gate: RefreshGate,
+    /// Refreshes prompted by unknown `kid`s: at most one per interval.
+    gate: ProbeGate,
     /// Verified service tokens by SHA-256: a caller presents the same one for minutes, and a
     /// signature check per call would dominate a cheap RPC.
     service_tokens: quick_cache::sync::Cache<[u8; 32], Arc<ServiceClaims>>,
     /// Bumped after every successful refresh, so callers can wait for the first key set.
     loaded: tokio::sync::watch::Sender<u64>,
-}
-
-/// Lets key refreshes prompted by unknown `kid`s through at most once per interval, without a
-/// lock: the first caller past the interval claims it, the others go on without refreshing.
-#[derive(Debug)]
-pub struct RefreshGate {
-    last_ms: AtomicI64,
-    interval: Duration,
-}
-
-impl RefreshGate {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            last_ms: AtomicI64::new(0),
-            interval,
-        }
-    }
-
-    /// Notes a refresh that happened now (a scheduled one, say).
-    pub fn record(&self) {
-        self.last_ms.store(unix_now_ms(), Ordering::SeqCst);
-    }
-
-    /// How long until a refresh may be claimed again.
-    pub fn until_open(&self) -> Duration {
-        let elapsed = unix_now_ms() - self.last_ms.load(Ordering::SeqCst);
-        let remaining = self.interval.as_millis() as i64 - elapsed;
-        Duration::from_millis(remaining.max(0) as u64)
-    }
-
-    /// Claims the right to refresh now, if the last refresh is old enough.
-    pub fn try_claim(&self) -> bool {
-        let now = unix_now_ms();
-        let last = self.last_ms.load(Ordering::SeqCst);
-        now - last >= self.interval.as_millis() as i64
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-    }
 }
 
 impl JwksVerifier {
@@ -101,7 +58,7 @@ impl JwksVerifier {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(settings, KeySet::default()),
                 client: AuthServiceClient::new(channel),
-                gate: RefreshGate::new(min_refresh_interval),
+                gate: ProbeGate::new(min_refresh_interval),
                 loaded: tokio::sync::watch::Sender::new(0),
                 service_tokens: quick_cache::sync::Cache::new(1_000),
             }),
@@ -115,7 +72,7 @@ impl JwksVerifier {
 
     /// Fetches the JWKS now.
     pub async fn refresh(&self) -> Result<usize, tonic::Status> {
-        self.inner.gate.record();
+        self.inner.gate.hold();
         let response = self
             .inner
             .client
@@ -152,23 +109,29 @@ impl JwksVerifier {
         tokio::spawn(async move {
             // A failed refresh is retried sooner, from 250 ms doubling up to `period`, so a
             // service started alongside auth-service becomes ready as soon as it answers.
-            let mut retry = Duration::from_millis(250);
+            let mut backoff =
+                ExponentialBackoff::new(Duration::from_millis(250), period, 0.5).start();
+            let mut grace = StartupGrace::new(STARTUP_GRACE);
             loop {
                 let wait = match this.refresh().await {
                     Ok(_) => {
-                        retry = Duration::from_millis(250);
+                        grace.answered();
+                        backoff.reset();
                         period
                     }
                     Err(status) => {
-                        tracing::warn!(code = ?status.code(), "refreshing the JWKS failed");
-                        let wait = retry.min(period);
-                        retry = (retry * 2).min(period);
-                        wait
+                        if grace.is_quiet() && status.code() == tonic::Code::Unavailable {
+                            tracing::debug!(
+                                "auth-service not reachable yet; fetching the JWKS again"
+                            );
+                        } else {
+                            tracing::warn!(code = ?status.code(), "refreshing the JWKS failed");
+                        }
+                        backoff.next_delay()
                     }
                 };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.wait() => return,
+                if !shutdown.sleep(wait).await {
+                    return;
                 }
             }
         })
@@ -220,7 +183,7 @@ impl JwksVerifier {
         verify: impl Fn(&Verifier) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         match verify(&self.inner.verifier) {
-            Err(TokenError::UnknownKey) if self.inner.gate.try_claim() => {
+            Err(TokenError::UnknownKey) if self.inner.gate.try_claim().is_some() => {
                 if let Err(status) = self.refresh().await {
                     tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
                 }
@@ -248,7 +211,7 @@ impl JwksVerifier {
                     .await
                     .is_ok();
                 if !refreshed {
-                    if self.inner.gate.try_claim() {
+                    if self.inner.gate.try_claim().is_some() {
                         if let Err(status) = self.refresh().await {
                             tracing::warn!(code = ?status.code(), "refreshing the JWKS for an unknown kid failed");
                         }

@@ -10,6 +10,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod db;
@@ -22,6 +23,7 @@ pub mod grpc_methods;
 pub mod health;
 pub mod jwks;
 pub mod metrics;
+pub mod probe_gate;
 pub mod process;
 pub mod serve;
 pub mod service_auth;

@@ -10,7 +10,11 @@ use tokio::{sync::watch, task::JoinHandle};
 use tollgate_proto::auth::v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
 use tonic::{Status, metadata::MetadataValue, service::Interceptor};
 
-use crate::{grpc::TracedChannel, shutdown::Shutdown};
+use crate::{
+    backoff::{ExponentialBackoff, STARTUP_GRACE, StartupGrace},
+    grpc::TracedChannel,
+    shutdown::Shutdown,
+};
 
 /// Who this service is to auth-service, and what it wants a token for.
 #[derive(Clone, Debug)]
@@ -86,7 +90,9 @@ async fn refresh_loop(
     sender: watch::Sender<Option<MetadataValue<tonic::metadata::Ascii>>>,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5).start();
+    let mut grace = StartupGrace::new(STARTUP_GRACE);
     loop {
         let request = IssueServiceTokenRequest {
             client_id: credentials.client_id.clone(),
@@ -96,30 +102,34 @@ async fn refresh_loop(
         };
         let wait = match client.issue_service_token(request).await {
             Ok(response) => {
+                grace.answered();
                 let response = response.into_inner();
                 match MetadataValue::try_from(format!("Bearer {}", response.access_token)) {
                     Ok(value) => {
                         sender.send_replace(Some(value));
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         let lifetime = Duration::from_secs(response.expires_in.max(1) as u64);
                         lifetime.mul_f64(0.8)
                     }
                     Err(_) => {
                         tracing::error!("auth-service issued a token that is not a valid header");
-                        backoff
+                        backoff.next_delay()
                     }
                 }
             }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "fetching a service token failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                wait
+                if grace.is_quiet() && status.code() == tonic::Code::Unavailable {
+                    tracing::debug!(
+                        "auth-service not reachable yet; fetching a service token again"
+                    );
+                } else {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "fetching a service token failed");
+                }
+                backoff.next_delay()
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.wait() => return,
+        if !shutdown.sleep(wait).await {
+            return;
         }
     }
 }

@@ -28,6 +28,15 @@ impl Shutdown {
         self.0.cancelled().await
     }
 
+    /// Sleeps for `duration` unless shutdown comes first; false when it did (the caller
+    /// stops).
+    pub async fn sleep(&self, duration: std::time::Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => true,
+            () = self.wait() => false,
+        }
+    }
+
     /// The underlying token, for APIs that take one.
     pub fn token(&self) -> CancellationToken {
         self.0.clone()

@@ -25,6 +25,15 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 /// The audiences a service token may name.
 pub const SERVICE_AUDIENCES: [&str; 3] = ["auth-service", "usage-service", "ws-gateway"];
 
+/// The token of an `Authorization` value in the `Bearer` scheme (RFC 6750 §2.1, the scheme
+/// name case-insensitive), or `None` for another scheme or a blank token. Every service reads
+/// bearer tokens (HTTP headers and gRPC metadata) through this one function.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Claims of a user's access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {

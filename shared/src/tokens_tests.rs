@@ -236,3 +236,20 @@ fn a_jwk_whose_kid_is_not_its_thumbprint_is_ignored() {
     jwk.kid = "chosen-by-attacker".into();
     assert!(KeySet::from_jwks([&jwk]).is_empty());
 }
+
+#[test]
+fn bearer_tokens_are_read_from_the_bearer_scheme_only() {
+    for (value, token) in [
+        ("Bearer abc.def.ghi", Some("abc.def.ghi")),
+        ("bearer abc", Some("abc")),
+        ("BEARER   abc  ", Some("abc")),
+        ("  Bearer abc", Some("abc")),
+        ("Bearer", None),
+        ("Bearer    ", None),
+        ("Basic dXNlcjpwdw==", None),
+        ("Bearerabc", None),
+        ("", None),
+    ] {
+        assert_eq!(bearer(value), token, "{value:?}");
+    }
+}

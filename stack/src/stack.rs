@@ -76,6 +76,9 @@ pub struct Endpoints {
     pub usage_grpc: SocketAddr,
     pub usage_http: SocketAddr,
     pub gateway: SocketAddr,
+    /// The gateway's `/readyz` and `/metrics`: its internal listener with
+    /// `GATEWAY_ADMIN_ADDR`, else its only one.
+    pub gateway_admin: SocketAddr,
     pub data_dir: PathBuf,
     pub credentials_file: PathBuf,
 }
@@ -137,6 +140,7 @@ impl Stack {
         gateway.service_client_secret = credentials.gateway_secret.clone().into();
         let gateway = ws_gateway::Application::build(gateway, shutdown.clone()).await?;
         let gateway_addr = gateway.addr();
+        let gateway_admin = gateway.admin_addr().unwrap_or(gateway_addr);
         services.spawn(async move { ("ws-gateway", gateway.run_until_stopped().await) });
 
         Ok(Self {
@@ -146,6 +150,7 @@ impl Stack {
                 usage_grpc,
                 usage_http,
                 gateway: gateway_addr,
+                gateway_admin,
                 data_dir: options.data_dir,
                 credentials_file,
             },
@@ -169,13 +174,14 @@ impl Stack {
         let e = &self.endpoints;
         format!(
             "Tollgate is running on the embedded default (SQLite under {data:?}, in-process engine).\n\
-             \n  ws-gateway     ws://{gw}/ws   POST http://{gw}/v1/publish   http://{gw}/metrics\
+             \n  ws-gateway     ws://{gw}/ws   POST http://{gw}/v1/publish   http://{ga}/metrics\
              \n  auth-service   http://{ah}/v1/register|login|refresh|logout   grpc {ag}\
              \n  usage-service  grpc {ug}   http://{uh}/metrics\
              \n\n  The `backend` client's credentials (scope publish) are in {creds:?}.\
              \n  Try it: `cargo run --release -- demo` in another terminal. Ctrl-C stops everything.",
             data = e.data_dir,
             gw = e.gateway,
+            ga = e.gateway_admin,
             ah = e.auth_http,
             ag = e.auth_grpc,
             ug = e.usage_grpc,

@@ -29,20 +29,31 @@ impl Binary {
     }
 
     /// The listen-address variables, each with the field of the listening line that holds
-    /// the address it was bound to (a restart binds the same addresses again).
+    /// the address it was bound to (a restart binds the same addresses again). A field may
+    /// be absent: the gateway's `admin` listener exists only with `GATEWAY_ADMIN_ADDR`.
     pub fn address_variables(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Auth => &[("AUTH_GRPC_ADDR", "grpc"), ("AUTH_HTTP_ADDR", "http")],
             Self::Usage => &[("USAGE_GRPC_ADDR", "grpc"), ("USAGE_HTTP_ADDR", "http")],
-            Self::Gateway => &[("GATEWAY_ADDR", "addr")],
+            Self::Gateway => &[("GATEWAY_ADDR", "addr"), ("GATEWAY_ADMIN_ADDR", "admin")],
         }
     }
 
-    /// The field of the listening line with the HTTP address (health, metrics).
+    /// The field of the listening line with the HTTP address clients use (for the gateway,
+    /// `/ws` and `/v1/publish`).
     pub fn http_field(self) -> &'static str {
         match self {
             Self::Auth | Self::Usage => "http",
             Self::Gateway => "addr",
+        }
+    }
+
+    /// The field of the listening line with the internal HTTP address (`/readyz`,
+    /// `/metrics`), when the service has one of its own.
+    pub fn admin_field(self) -> Option<&'static str> {
+        match self {
+            Self::Auth | Self::Usage => None,
+            Self::Gateway => Some("admin"),
         }
     }
 

@@ -294,6 +294,16 @@ impl WsClient {
         self.reply_to(id).await
     }
 
+    /// Sends the cheapest message that usage-service meters, `cancel_run` of a run that does
+    /// not exist, and answers the reply to it: `error {code: unknown_run}` once it was
+    /// counted, `rate_limited`, or `error {code: dependency_unavailable}`. (A `ping` is
+    /// keepalive, answered by the gateway itself and never metered.)
+    pub async fn metered(&mut self, id: &str) -> Value {
+        self.send_json(json!({"type": "cancel_run", "id": id, "run_id": "no-such-run"}))
+            .await;
+        self.reply_to(id).await
+    }
+
     /// Sends a ping and answers the very next frame: a `pong` proves nothing else (an event
     /// meant for someone else, say) was queued before it.
     pub async fn ping_first(&mut self, id: &str) -> Value {
@@ -319,14 +329,14 @@ impl WsClient {
         }
     }
 
-    /// Pings (a poll every 100 ms, within the test's patience) until a `pong` comes back,
-    /// handing every reply to `observe`; false if none did.
-    pub async fn ping_until_pong(&mut self, mut observe: impl FnMut(&Value)) -> bool {
+    /// Sends metered messages (a poll every 100 ms, within the test's patience) until one is
+    /// counted, handing every reply to `observe`; false if none was.
+    pub async fn metered_until_counted(&mut self, mut observe: impl FnMut(&Value)) -> bool {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         for attempt in 0.. {
-            let reply = self.ping(&format!("poll-{attempt}")).await;
+            let reply = self.metered(&format!("poll-{attempt}")).await;
             observe(&reply);
-            if reply["type"] == "pong" {
+            if is_counted(&reply) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -383,6 +393,11 @@ impl WsClient {
     pub fn abandon(self) {
         drop(self);
     }
+}
+
+/// Whether the reply to [`WsClient::metered`] says the message was counted.
+pub fn is_counted(reply: &Value) -> bool {
+    reply["type"] == "error" && reply["code"] == "unknown_run"
 }
 
 /// The `type` of every frame.

@@ -1,8 +1,10 @@
 //! What must hold after every fault, whatever the fault was.
 //!
 //! - **Nothing acknowledged is lost.** The test counts, per user and meter, every unit it saw
-//!   acknowledged: a `pong` (one message), an `agent_started` (one message and one agent run),
-//!   a `tool_executing` (one tool call), an allowed `Consume`. After the fault the billing
+//!   acknowledged: an `unknown_run` answer to a `cancel_run` (one message, see
+//!   [`WsClient::metered`](crate::client::WsClient::metered)), an `agent_started` (one message
+//!   and one agent run), a `tool_executing` (one tool call), an allowed `Consume`. A `pong` is
+//!   not usage: pings are answered by the gateway and never metered. After the fault the billing
 //!   ledger (`GetUsage`) must hold at least that. It may hold more only by what the test could
 //!   not know the fate of (a timeout, `dependency_unavailable`, a request cut off by a close):
 //!   such units are counted as *uncertain*, and the ledger must stay within
@@ -71,12 +73,11 @@ impl Acknowledgements {
     }
 
     /// Counts what one frame received by `user`'s client says was metered. Request ids of
-    /// runs start with `run` (see [`WsClient::run_agent`]), others are pings.
+    /// runs start with `run` (see [`WsClient::run_agent`]), others are other messages.
     pub fn observe(&self, user: &str, frame: &Value) {
         self.track(user);
         let is_run = frame["id"].as_str().is_some_and(|id| id.starts_with("run"));
         match frame["type"].as_str().unwrap_or_default() {
-            "pong" => self.add(user, MESSAGES, 1, 0),
             "agent_started" => {
                 self.add(user, MESSAGES, 1, 0);
                 self.add(user, AGENT_RUNS, 1, 0);
@@ -92,8 +93,8 @@ impl Acknowledgements {
                         self.add(user, AGENT_RUNS, 0, 1);
                     }
                 }
-                // The message passed; the run quota did not.
-                (Some("quota_exceeded"), false) => self.add(user, MESSAGES, 1, 0),
+                // The message passed; the run quota did not, or there was no such run.
+                (Some("quota_exceeded" | "unknown_run"), false) => self.add(user, MESSAGES, 1, 0),
                 _ => {}
             },
             _ => {}

@@ -4,6 +4,8 @@
 //! - **Ports.** Listen addresses start as port 0; the service logs the addresses it bound (the
 //!   JSON "… listening" line), and from then on the environment names those exact addresses,
 //!   so [`Service::restart`] comes back where clients and the other services expect it.
+//!   Readiness and metrics are read on the internal listener when the service has one (the
+//!   gateway with `GATEWAY_ADMIN_ADDR`), as Prometheus and the kubelet would.
 //! - **Logs** (stdout and stderr, every incarnation) are kept in memory, for assertions and
 //!   for the failure message: when a test panics, each service it owns prints the tail of its
 //!   log as it is dropped.
@@ -99,11 +101,9 @@ impl Service {
         self.listening = listening;
         // From now on the environment names the bound addresses, so a restart binds them again.
         for (variable, field) in self.binary.address_variables() {
-            let bound = self.listening[*field]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            self.set_env(variable, &bound);
+            if let Some(bound) = self.listening[*field].as_str().map(str::to_owned) {
+                self.set_env(variable, &bound);
+            }
         }
     }
 
@@ -148,6 +148,18 @@ impl Service {
             .clone()
     }
 
+    /// The lines logged at WARN or ERROR so far, every incarnation.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<Value>(line)
+                    .is_ok_and(|json| matches!(json["level"].as_str(), Some("WARN" | "ERROR")))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// A bound address from the listening line (`grpc`, `http` or `addr`).
     pub fn addr(&self, field: &str) -> SocketAddr {
         self.listening[field]
@@ -156,9 +168,22 @@ impl Service {
             .unwrap_or_else(|| panic!("no `{field}` address in {}", self.listening))
     }
 
-    /// The HTTP address (health, metrics; the gateway's only one).
+    /// The HTTP address clients use (for the gateway: `/ws`, `/v1/publish`).
     pub fn http_addr(&self) -> SocketAddr {
         self.addr(self.binary.http_field())
+    }
+
+    /// The address of `/readyz` and `/metrics`: the internal listener if the service runs
+    /// one, its HTTP address otherwise.
+    pub fn admin_addr(&self) -> SocketAddr {
+        match self.binary.admin_field() {
+            Some(field) if self.listening[field].is_string() => self.addr(field),
+            _ => self.http_addr(),
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr())
     }
 
     /// `http://<grpc address>`, what other services are configured with.
@@ -185,7 +210,7 @@ impl Service {
     /// Whether `/readyz` answers 200.
     pub async fn is_ready(&self) -> bool {
         self.http
-            .get(self.http_url("/readyz"))
+            .get(self.admin_url("/readyz"))
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -206,7 +231,7 @@ impl Service {
     pub async fn metrics(&self) -> String {
         let response = self
             .http
-            .get(self.http_url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .timeout(Duration::from_secs(5))
             .send()
             .await;

@@ -193,6 +193,8 @@ impl ClusterBuilder {
             ("REDIS_PREFIX", &prefix),
             ("RUST_LOG", RUST_LOG),
             ("GATEWAY_ADDR", "127.0.0.1:0"),
+            // As deployed: readiness and metrics on an internal listener of their own.
+            ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
             ("AUTH_SERVICE_URL", &auth_url),
             ("SERVICE_CLIENT_ID", "ws-gateway"),
             ("SERVICE_CLIENT_SECRET", &secret),

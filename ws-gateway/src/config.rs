@@ -13,9 +13,16 @@ use tollgate_shared::config::{SecretString, parse_duration, parse_socket_addr};
     about = "Tollgate's WebSocket gateway: authenticated, plan-metered connections, agent runs and event delivery"
 )]
 pub struct Config {
-    /// HTTP listen address (`/ws`, `/v1/publish`, health, metrics). Port 0 picks a free port.
+    /// HTTP listen address (`/ws`, `/v1/publish`, `/healthz`; `/readyz` and `/metrics` too
+    /// unless `GATEWAY_ADMIN_ADDR` is set). Port 0 picks a free port.
     #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_socket_addr)]
     pub addr: SocketAddr,
+
+    /// Internal listener for `/readyz`, `/metrics` and `/healthz` (Prometheus, the kubelet),
+    /// kept off the public port. Unset: they are served on `GATEWAY_ADDR` with everything
+    /// else. Port 0 picks a free port.
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", value_parser = parse_socket_addr)]
+    pub admin_addr: Option<SocketAddr>,
 
     /// auth-service's gRPC endpoint (token validation, JWKS, revocations, service tokens).
     #[arg(
@@ -192,6 +199,7 @@ impl Config {
     pub fn for_tests(auth_service_url: &str, usage_service_url: &str) -> Self {
         Self {
             addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: None,
             auth_service_url: auth_service_url.to_owned(),
             usage_service_url: usage_service_url.to_owned(),
             redis_url: None,

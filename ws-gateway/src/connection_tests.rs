@@ -194,10 +194,58 @@ async fn a_revoked_session_closes_with_4004() {
 async fn metered_messages_without_usage_service_answer_dependency_unavailable() {
     let mut harness = start(Some(session(600)), |_| {}).await;
     harness.json().await;
-    harness.send_json(json!({"type": "ping", "id": "p"})).await;
+    harness
+        .send_json(json!({"type": "cancel_run", "id": "m", "run_id": "r"}))
+        .await;
     let error = harness.json().await;
     assert_eq!(error["code"], "dependency_unavailable");
-    assert_eq!(error["id"], "p");
+    assert_eq!(error["id"], "m");
+}
+
+#[tokio::test]
+async fn pings_are_answered_without_usage_service() {
+    let mut harness = start(Some(session(600)), |_| {}).await;
+    harness.json().await;
+    harness.send_json(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(harness.json().await, json!({"type": "pong", "id": "p"}));
+}
+
+#[tokio::test]
+async fn a_flood_of_pings_is_refused_then_closed_with_4008() {
+    let mut harness = start(Some(session(600)), |config| {
+        config.max_rate_violations = 3;
+    })
+    .await;
+    harness.json().await;
+    let mut pongs = 0;
+    loop {
+        harness.send_json(json!({"type": "ping"})).await;
+        let reply = harness.json().await;
+        if reply["type"] == "rate_limited" {
+            assert!(reply["retry_after_ms"].as_u64().unwrap() > 0, "{reply}");
+            break;
+        }
+        assert_eq!(reply["type"], "pong");
+        pongs += 1;
+    }
+    assert_eq!(pongs, 10, "the burst");
+    for _ in 0..2 {
+        harness.send_json(json!({"type": "ping"})).await;
+    }
+    assert_eq!(harness.close_code().await, 4008);
+}
+
+#[tokio::test]
+async fn auth_on_an_authenticated_connection_counts_as_a_bad_frame() {
+    let mut harness = start(Some(session(600)), |config| config.max_bad_frames = 2).await;
+    harness.json().await;
+    harness.send(Message::Text("{".into())).await;
+    assert_eq!(harness.json().await["code"], "bad_request");
+    harness
+        .send_json(json!({"type": "auth", "id": "a", "token": "x.y.z"}))
+        .await;
+    assert_eq!(harness.json().await["code"], "already_authenticated");
+    assert_eq!(harness.close_code().await, 1008);
 }
 
 #[tokio::test]

@@ -19,7 +19,10 @@ use axum::{
     http::{HeaderMap, Uri, header},
     response::{IntoResponse, Response},
 };
-use tollgate_shared::{grpc::extract_trace_context, tokens::TokenError};
+use tollgate_shared::{
+    grpc::extract_trace_context,
+    tokens::{TokenError, bearer},
+};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -203,15 +206,6 @@ fn configure(ws: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * largest_outgoing)
-}
-
-/// The bearer token of an `Authorization` header value.
-pub fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
 }
 
 /// The one token presented on the upgrade request, if any.

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod error;
 pub mod handshake;
 pub mod hub;
+pub mod keepalive;
 pub mod leases;
 pub mod limits;
 pub mod live;

@@ -3,7 +3,9 @@
 //! Requests are answered one at a time: each becomes a boxed future (metering through
 //! usage-service, then the action) polled inside the loop, so timers, closes from elsewhere
 //! and shutdown are still noticed while it waits, and no further frame is read until it is
-//! answered. Its [`Reply`] is then applied to the connection's state.
+//! answered. Its [`Reply`] is then applied to the connection's state. A `ping` is answered at
+//! once, unmetered, within the connection's [`PingBudget`] (see [`crate::keepalive`]); an
+//! `auth` on an authenticated connection is refused like a malformed frame.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
@@ -20,6 +22,7 @@ use crate::{
     error::{CloseCode, ErrorCode},
     handshake::Session,
     hub::ConnectionHandle,
+    keepalive::PingBudget,
     limits::{Lease, Meter, Metered},
     protocol::{ClientMessage, Outbound, RequestId, ServerMessage},
     runs::{Finished, RunContext, Runs, UsageToolGate},
@@ -65,7 +68,6 @@ enum Event {
 
 /// What a request does once it has passed the message meter.
 enum Action {
-    Ping,
     Refresh(String),
     Run(RunRequest),
     Cancel(String),
@@ -86,6 +88,7 @@ pub struct Live {
     seq: u64,
     bad_frames: u32,
     violations: u32,
+    pings: PingBudget,
     warned: bool,
     last_seen: Instant,
 }
@@ -108,6 +111,7 @@ impl Live {
             seq: 0,
             bad_frames: 0,
             violations: 0,
+            pings: PingBudget::default(),
             warned: false,
             last_seen: Instant::now(),
         }
@@ -260,32 +264,30 @@ impl Live {
         let message = match ClientMessage::parse(text.as_str()) {
             Ok(message) => message,
             Err(bad) => {
-                self.bad_frames += 1;
-                self.send(
-                    ServerMessage::Error {
-                        id: bad.id.as_ref(),
-                        code: ErrorCode::BadRequest.as_str(),
-                        message: &bad.message,
-                        run_id: None,
-                        upgrade_to: None,
-                    }
-                    .encode(),
-                );
-                return (self.bad_frames >= self.shared.config.max_bad_frames)
-                    .then_some(End::Close(CloseCode::PolicyViolation));
+                return self.bad_frame(bad.id.as_ref(), ErrorCode::BadRequest, &bad.message);
             }
         };
-        self.bad_frames = 0;
+        // A well-formed request ends a run of bad frames.
+        let bad_frames = std::mem::take(&mut self.bad_frames);
         let (id, action) = match message {
+            // Not a request this connection serves, and never metered: one more bad frame.
             ClientMessage::Auth { id, .. } => {
-                self.send(ServerMessage::error(
+                self.bad_frames = bad_frames;
+                return self.bad_frame(
                     id.as_ref(),
                     ErrorCode::AlreadyAuthenticated,
                     "this connection is already authenticated; use refresh_token",
-                ));
-                return None;
+                );
             }
-            ClientMessage::Ping { id } => (id, Action::Ping),
+            ClientMessage::Ping { id } => {
+                return match self.pings.take() {
+                    Ok(()) => {
+                        self.send(ServerMessage::Pong { id: id.as_ref() }.encode());
+                        None
+                    }
+                    Err(retry_after) => self.rate_limited(id.as_ref(), retry_after),
+                };
+            }
             ClientMessage::RefreshToken { id, token } => (id, Action::Refresh(token)),
             ClientMessage::CancelRun { id, run_id } => (id, Action::Cancel(run_id)),
             ClientMessage::RunAgent {
@@ -346,19 +348,45 @@ impl Live {
         RunRequest::new(agent, input, tools).map_err(|err| (ErrorCode::BadRequest, err.to_string()))
     }
 
+    /// Answers a frame that is not a request this connection serves; enough of them in a row
+    /// close it with 1008.
+    fn bad_frame(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<End> {
+        self.bad_frames += 1;
+        self.send(
+            ServerMessage::Error {
+                id,
+                code: code.as_str(),
+                message,
+                run_id: None,
+                upgrade_to: None,
+            }
+            .encode(),
+        );
+        (self.bad_frames >= self.shared.config.max_bad_frames)
+            .then_some(End::Close(CloseCode::PolicyViolation))
+    }
+
+    /// Answers a request refused for a rate (the plan's messages, or pings); enough of them in
+    /// a row close the connection with 4008.
+    fn rate_limited(&mut self, id: Option<&RequestId>, retry_after: Duration) -> Option<End> {
+        self.violations += 1;
+        self.send(
+            ServerMessage::RateLimited {
+                id,
+                retry_after_ms: retry_after.as_millis().max(1) as u64,
+            }
+            .encode(),
+        );
+        (self.violations >= self.shared.config.max_rate_violations)
+            .then_some(End::Close(CloseCode::RateLimited))
+    }
+
     fn on_reply(&mut self, reply: Reply) -> Option<End> {
         if let Reply::RateLimited { id, retry_after } = reply {
-            self.violations += 1;
-            self.send(
-                ServerMessage::RateLimited {
-                    id: id.as_ref(),
-                    retry_after_ms: retry_after.as_millis() as u64,
-                }
-                .encode(),
-            );
-            return (self.violations >= self.shared.config.max_rate_violations)
-                .then_some(End::Close(CloseCode::RateLimited));
+            return self.rate_limited(id.as_ref(), retry_after);
         }
+        // Any other answer to a message ends a run of refusals (a pong does not: pings are
+        // not what the plan limits).
         self.violations = 0;
         match reply {
             Reply::RateLimited { .. } => {}
@@ -444,7 +472,6 @@ async fn request(
         }
     }
     match action {
-        Action::Ping => Reply::Frame(ServerMessage::Pong { id: id.as_ref() }.encode()),
         Action::Cancel(run_id) => Reply::Cancel { id, run_id },
         Action::Refresh(token) => match shared.validator.validate(&token).await {
             Ok(new) if new.user_id == identity.user_id && new.session_id == identity.session_id => {

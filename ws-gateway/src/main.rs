@@ -14,7 +14,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let app = Application::build(config, shutdown).await?;
-    tracing::info!(addr = %app.addr(), "ws-gateway listening");
+    tracing::info!(
+        addr = %app.addr(),
+        admin = app.admin_addr().map(tracing::field::display),
+        "ws-gateway listening"
+    );
     app.run_until_stopped().await?;
     tracing::info!("ws-gateway stopped");
     Ok(())

@@ -39,6 +39,12 @@ pub struct RpcLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `oversized` or `malformed`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -50,6 +56,7 @@ pub struct GatewayMetrics {
     /// 1 while the `WatchRevocations` stream is open.
     pub revocation_watch_up: Gauge,
     auth: Family<AuthLabels, Counter>,
+    bus_dropped: Family<ReasonLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     pub events_delivered: Counter,
@@ -66,6 +73,7 @@ impl Default for GatewayMetrics {
             breaker_state: Gauge::default(),
             revocation_watch_up: Gauge::default(),
             auth: Family::default(),
+            bus_dropped: Family::default(),
             closes: Family::default(),
             decisions: Family::default(),
             events_delivered: Counter::default(),
@@ -101,6 +109,14 @@ impl GatewayMetrics {
             metrics.auth.clone(),
         );
         registry.register(
+            "gateway_bus_messages_dropped",
+            "Messages from the Redis bus dropped on arrival, by reason (oversized, malformed)",
+            metrics.bus_dropped.clone(),
+        );
+        // Present from the start, so an alert can be written on it before the first drop.
+        metrics.bus_drops("oversized");
+        metrics.bus_drops("malformed");
+        registry.register(
             "gateway_connections_closed",
             "Connections closed by the gateway, by close code",
             metrics.closes.clone(),
@@ -127,7 +143,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "gateway_revocations",
-            "Session revocations heard, by source (watch, bus), before deduplication",
+            "Session revocations heard, by source (watch, bus, validate), before deduplication",
             metrics.revocations.clone(),
         );
         registry.register_with_unit(
@@ -143,6 +159,13 @@ impl GatewayMetrics {
         self.auth
             .get_or_create(&AuthLabels { outcome, reason })
             .inc();
+    }
+
+    /// The counter of bus messages dropped for `reason` (a handle: cloning shares it).
+    pub fn bus_drops(&self, reason: &'static str) -> Counter {
+        self.bus_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
     }
 
     pub fn closed(&self, code: CloseCode) {

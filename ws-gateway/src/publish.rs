@@ -16,10 +16,10 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tollgate_shared::tokens::TokenError;
+use tollgate_shared::tokens::{TokenError, bearer};
 use uuid::Uuid;
 
-use crate::{error::GatewayError, handshake::bearer, protocol::clip, state::Shared};
+use crate::{error::GatewayError, protocol::clip, state::Shared};
 
 /// The scope a publisher's service token must hold.
 pub const SCOPE_PUBLISH: &str = "publish";
@@ -60,6 +60,7 @@ pub async fn publish(
     shared
         .delivery
         .publish(request.user_id, &request.data)
-        .await;
+        .await
+        .map_err(|_| GatewayError::PayloadTooLarge)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))))
 }

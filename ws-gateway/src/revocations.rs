@@ -1,7 +1,7 @@
 //! Hearing session revocations and acting on them within a second (CONTRACT §2): every open
 //! connection of a revoked session closes with 4004, on every gateway node.
 //!
-//! Two sources, because neither alone covers every deployment:
+//! Three sources of news, because no one of them covers every deployment and every order:
 //!
 //! - auth-service's `WatchRevocations` stream, always. It is the only way to hear auth-service
 //!   when the two share no Redis (the embedded default runs each service as its own process).
@@ -10,10 +10,19 @@
 //!   DATA_LOSS) misses nothing that auth-service still remembers.
 //! - with Redis, the engine bus (`auth:revocations`), which reaches every node even while the
 //!   watch stream is reconnecting.
+//! - auth-service refusing a token in `ValidateToken` because its session is revoked, which
+//!   may reach the gateway before either event.
 //!
-//! Both feed [`Revocations::apply`], which deduplicates by session id through the bounded
-//! [`RevocationList`] of recently revoked sessions. That list is also what `degraded`
-//! validation consults while auth-service is unreachable.
+//! Each piece of news closes the session's connections on this node, whatever came before:
+//! a session already on the list may still have connections open (the list was written by a
+//! `ValidateToken` refusal, or a connection registered in between). The bounded
+//! [`RevocationList`] of recently revoked sessions deduplicates only the log. That list is
+//! also what validation consults first, and all it has while auth-service is unreachable in
+//! `degraded` mode.
+//!
+//! A watcher that cannot reach auth-service yet at startup (the services start together, and
+//! it needs a service token first) retries quietly until auth-service first answers or the
+//! startup grace is over; from then on every failure is a warning.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +31,7 @@ use quick_cache::sync::Cache;
 use tokio::task::JoinHandle;
 use tollgate_proto::auth::v1::{WatchRevocationsRequest, auth_service_client::AuthServiceClient};
 use tollgate_shared::{
+    backoff::{ExponentialBackoff, STARTUP_GRACE, StartupGrace},
     engine::{Engine, Heard},
     events::{REVOCATIONS_CHANNEL, Revocation},
     grpc::TracedChannel,
@@ -85,19 +95,33 @@ impl Revocations {
         &self.list
     }
 
-    /// Records the revocation and closes the session's connections on this node (once).
+    /// Records a revocation event and closes the session's connections on this node.
     pub fn apply(&self, revocation: &Revocation, source: &'static str) {
+        self.revoke(
+            revocation.user_id,
+            revocation.session_id,
+            source,
+            &revocation.reason,
+        );
+    }
+
+    /// auth-service refused a token of `session` because the session is revoked.
+    pub fn refused(&self, user: Uuid, session: Uuid) {
+        self.revoke(user, session, "validate", "session_revoked");
+    }
+
+    /// Every piece of news closes; only the first (or one that closed something) is logged.
+    fn revoke(&self, user: Uuid, session: Uuid, source: &'static str, reason: &str) {
         self.metrics.revocation(source);
-        if self.list.record(revocation.session_id) {
-            let closed = self.hub.close_session(
-                revocation.user_id,
-                revocation.session_id,
-                CloseCode::SessionRevoked,
-            );
+        let first = self.list.record(session);
+        let closed = self
+            .hub
+            .close_session(user, session, CloseCode::SessionRevoked);
+        if first || closed > 0 {
             tracing::info!(
-                session_id = %revocation.session_id,
-                user_id = %revocation.user_id,
-                reason = %revocation.reason,
+                session_id = %session,
+                user_id = %user,
+                reason,
                 source,
                 closed,
                 "session revoked"
@@ -116,7 +140,10 @@ impl Revocations {
         let client = AuthServiceClient::with_interceptor(channel, interceptor);
         tokio::spawn(async move {
             let mut since_ms = 0;
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff =
+                ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(5), 0.5)
+                    .start();
+            let mut grace = StartupGrace::new(STARTUP_GRACE);
             loop {
                 let mut client = client.clone();
                 let request = WatchRevocationsRequest { since_ms };
@@ -126,6 +153,7 @@ impl Revocations {
                 };
                 match opened {
                     Ok(response) => {
+                        grace.answered();
                         tracing::debug!(since_ms, "watching revocations");
                         this.metrics.revocation_watch_up.set(1);
                         let mut stream = response.into_inner();
@@ -136,7 +164,7 @@ impl Revocations {
                             };
                             match item {
                                 Some(Ok(message)) => {
-                                    backoff = Duration::from_millis(100);
+                                    backoff.reset();
                                     match parse(message) {
                                         Some(revocation) => {
                                             since_ms = since_ms
@@ -158,16 +186,22 @@ impl Revocations {
                         }
                         this.metrics.revocation_watch_up.set(0);
                     }
+                    // Services start together: auth-service may not listen yet, and the first
+                    // service token may still be on its way.
+                    Err(status)
+                        if grace.is_quiet() && status.code() == tonic::Code::Unavailable =>
+                    {
+                        tracing::debug!(
+                            "auth-service not reachable yet; watching revocations again"
+                        );
+                    }
                     Err(status) => {
                         tracing::warn!(code = ?status.code(), "watching revocations failed; retrying");
                     }
                 }
-                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff + jitter) => {}
-                    () = shutdown.wait() => return,
+                if !shutdown.sleep(backoff.next_delay()).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         })
     }
@@ -176,13 +210,15 @@ impl Revocations {
     /// until shutdown.
     pub fn spawn_bus_listener(&self, engine: &Engine, shutdown: Shutdown) -> JoinHandle<()> {
         let this = self.clone();
+        let malformed = self.metrics.bus_drops("malformed");
         engine.spawn_listener(shutdown, move |heard| {
             match heard {
                 Heard::Message(message) if message.channel == REVOCATIONS_CHANNEL => {
                     match serde_json::from_str::<Revocation>(&message.payload) {
                         Ok(revocation) => this.apply(&revocation, "bus"),
                         Err(err) => {
-                            tracing::warn!(error = %err, "ignoring a malformed revocation")
+                            malformed.inc();
+                            tracing::warn!(error = %err, "ignoring a malformed revocation");
                         }
                     }
                 }
@@ -237,5 +273,25 @@ mod tests {
         assert_eq!(*mailbox.close.borrow(), Some(CloseCode::SessionRevoked));
         assert!(revocations.list().is_revoked(session));
         assert!(!revocations.list().record(session), "deduplicated");
+    }
+
+    #[test]
+    fn a_session_already_listed_still_has_its_connections_closed() {
+        let metrics = GatewayMetrics::default();
+        let hub = Hub::new(metrics.clone());
+        let revocations = Revocations::new(Arc::default(), hub.clone(), metrics);
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (handle, mailbox) = ConnectionHandle::new("c1".into(), 4);
+        let _registration = hub.register(user, session, handle);
+        // A `ValidateToken` refusal for another token of the session was heard first.
+        revocations.list().record(session);
+        let revocation = Revocation {
+            session_id: session,
+            user_id: user,
+            revoked_at_ms: 1,
+            reason: "logout".into(),
+        };
+        revocations.apply(&revocation, "bus");
+        assert_eq!(*mailbox.close.borrow(), Some(CloseCode::SessionRevoked));
     }
 }

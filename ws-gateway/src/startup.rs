@@ -1,10 +1,18 @@
 //! Building and running the gateway: `Application::build` connects to Redis (when configured),
-//! prepares the clients of auth-service and usage-service and binds the listener (port 0
+//! prepares the clients of auth-service and usage-service and binds the listeners (port 0
 //! allowed); `run_until_stopped` serves until the shutdown signal, then drains.
 //!
-//! Shutdown, in order: readiness turns 503 and the listener stops accepting; every connection
-//! is sent 1001 and closes (each connection task is tracked); once they are all gone, or the
-//! grace period is over, the background tasks stop and `run_until_stopped` returns.
+//! Two listeners: the public one (`GATEWAY_ADDR`) for clients and backends, and, with
+//! `GATEWAY_ADMIN_ADDR`, an internal one for `/readyz` and `/metrics`, which then leave the
+//! public port (a node's insides are nobody's business on the internet). `/healthz` answers on
+//! both: the kubelet's liveness probe next to readiness, and a load balancer that can only
+//! probe the serving port.
+//!
+//! Shutdown, in order: readiness turns 503 and the public listener stops accepting; every
+//! connection is sent 1001 and closes (each connection task is tracked); once they are all
+//! gone, or the grace period is over, the internal listener stops (it answers 503 on
+//! `/readyz` and serves metrics throughout the drain), the background tasks stop and
+//! `run_until_stopped` returns.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -54,6 +62,7 @@ pub const SELF_AUDIENCE: &str = "ws-gateway";
 pub struct Application {
     shared: Arc<Shared>,
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     registry: Arc<Registry>,
     engine: Engine,
     revocations: Revocations,
@@ -128,7 +137,7 @@ impl Application {
             auth_channel,
             auth_tokens.interceptor(),
             breaker,
-            revoked.clone(),
+            revocations.clone(),
             config.auth_mode,
             config.validation_cache_ttl,
             metrics.clone(),
@@ -143,8 +152,17 @@ impl Application {
             config.emergency_limit,
             metrics.clone(),
         );
-        let delivery = Delivery::new(engine.clone(), hub.clone(), metrics.clone());
+        let delivery = Delivery::new(
+            engine.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.publish_max_bytes,
+        );
         let listener = serve::bind(config.addr, "GATEWAY_ADDR").await?;
+        let admin_listener = match config.admin_addr {
+            Some(addr) => Some(serve::bind(addr, "GATEWAY_ADMIN_ADDR").await?),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(
             config,
             validator,
@@ -161,6 +179,7 @@ impl Application {
         Ok(Self {
             shared,
             listener,
+            admin_listener,
             registry: Arc::new(registry),
             engine,
             revocations,
@@ -182,11 +201,21 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The internal listener's address, with `GATEWAY_ADMIN_ADDR`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
     /// Serves until the shutdown signal fires, then drains (see the module documentation).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             shared,
             listener,
+            admin_listener,
             registry,
             engine,
             revocations,
@@ -204,18 +233,34 @@ impl Application {
             shared.delivery.spawn_listener(shutdown.clone()),
             spawn_readiness(&shared, auth_tokens, usage_tokens),
         ];
-        tasks.extend(engine.spawn_relay(&[EVENTS_CHANNEL, REVOCATIONS_CHANNEL], shutdown.clone()));
+        tasks.extend(engine.spawn_relay_within(
+            &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
+            shared.delivery.bus_limit(),
+            shutdown.clone(),
+        ));
         // Lease calls outlive the shutdown signal: draining connections still give theirs back.
         let leases_done = CancellationToken::new();
         let lease_calls =
             tokio::spawn(lease_queues.run(shared.limits.usage().clone(), leases_done.clone()));
 
-        let router = Router::new()
+        let clients = Router::new()
             .route("/ws", get(handshake::upgrade))
             .route("/v1/publish", post(publish::publish))
-            .with_state(Arc::clone(&shared))
-            .merge(health::routes(shared.readiness.clone()))
-            .merge(shared_metrics::routes(registry));
+            .with_state(Arc::clone(&shared));
+        let internal =
+            health::routes(shared.readiness.clone()).merge(shared_metrics::routes(registry));
+        let admin_done = CancellationToken::new();
+        let (router, admin) = match admin_listener {
+            Some(listener) => {
+                let admin = axum::serve(listener, internal)
+                    .with_graceful_shutdown(admin_done.clone().cancelled_owned());
+                (
+                    clients.merge(health::liveness()),
+                    Some(tokio::spawn(admin.into_future())),
+                )
+            }
+            None => (clients.merge(internal), None),
+        };
         let http_shutdown = shutdown.clone();
         let server = axum::serve(
             listener.tap_io(|tcp| {
@@ -247,6 +292,12 @@ impl Application {
         };
         shutdown.trigger();
         shared.readiness.set_ready(false);
+        admin_done.cancel();
+        if let Some(admin) = admin
+            && let Ok(Err(err)) = admin.await
+        {
+            tracing::warn!(error = %err, "the internal listener failed");
+        }
         leases_done.cancel();
         let _ = lease_calls.await;
         for task in tasks {

@@ -15,14 +15,15 @@
 //! 3. **Cached revocation list**: a session the gateway has heard revoked is refused.
 //! 4. **`ValidateToken`** through the circuit breaker, for what only auth-service knows: whether
 //!    the session is still live (revoked, logged out everywhere, refresh-token reuse). Its
-//!    refusal is final; a revoked session goes on the revocation list.
+//!    refusal is final. A session it says is revoked is news like a revocation event: it goes
+//!    on the revocation list and its open connections on this node close with 4004.
 //! 5. **auth-service unreachable** (breaker open, or the call failed): in `degraded` mode the
 //!    locally verified, not-known-revoked token is accepted; in `strict` mode the answer is
 //!    "unavailable" (503 at the upgrade, 1013 in-band).
 //!
 //! Every outcome is counted in `gateway_auth_outcomes` by reason.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
@@ -36,7 +37,7 @@ use tonic::{Code, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
 use crate::{
-    breaker::Breaker, config::AuthMode, metrics::GatewayMetrics, revocations::RevocationList,
+    breaker::Breaker, config::AuthMode, metrics::GatewayMetrics, revocations::Revocations,
 };
 
 type Client = AuthServiceClient<InterceptedService<TracedChannel, ServiceAuthInterceptor>>;
@@ -68,7 +69,7 @@ pub struct TokenValidator {
     jwks: JwksVerifier,
     client: Client,
     breaker: Breaker,
-    revoked: Arc<RevocationList>,
+    revocations: Revocations,
     confirmed: Cache<[u8; 32], (Identity, Instant)>,
     mode: AuthMode,
     cache_ttl: Duration,
@@ -82,7 +83,7 @@ impl TokenValidator {
         channel: TracedChannel,
         interceptor: ServiceAuthInterceptor,
         breaker: Breaker,
-        revoked: Arc<RevocationList>,
+        revocations: Revocations,
         mode: AuthMode,
         cache_ttl: Duration,
         metrics: GatewayMetrics,
@@ -91,7 +92,7 @@ impl TokenValidator {
             jwks,
             client: AuthServiceClient::with_interceptor(channel, interceptor),
             breaker,
-            revoked,
+            revocations,
             confirmed: Cache::new(CACHED_TOKENS),
             mode,
             cache_ttl,
@@ -129,7 +130,7 @@ impl TokenValidator {
         if let Some((cached, until)) = self.confirmed.get(&digest)
             && Instant::now() < until
         {
-            if self.revoked.is_revoked(cached.session_id) {
+            if self.revocations.list().is_revoked(cached.session_id) {
                 return Err(AuthFailure::Invalid(TokenError::Revoked));
             }
             return Ok((cached, "cached"));
@@ -145,7 +146,7 @@ impl TokenValidator {
             session_id: claims.sid,
             expires_at: claims.exp,
         };
-        if self.revoked.is_revoked(identity.session_id) {
+        if self.revocations.list().is_revoked(identity.session_id) {
             return Err(AuthFailure::Invalid(TokenError::Revoked));
         }
 
@@ -185,11 +186,11 @@ impl TokenValidator {
             Err(status) if refusal(&status) => {
                 permit.success();
                 self.metrics.upstream("ValidateToken", "refused", elapsed);
-                let err = reason_of(&status);
-                if err == TokenError::Revoked {
-                    self.revoked.record(identity.session_id);
+                if says_revoked(&status) {
+                    self.revocations
+                        .refused(identity.user_id, identity.session_id);
                 }
-                Err(AuthFailure::Invalid(err))
+                Err(AuthFailure::Invalid(reason_of(&status)))
             }
             Err(status) => {
                 permit.failure();
@@ -222,6 +223,20 @@ fn refusal(status: &tonic::Status) -> bool {
         && reason_of(status) != TokenError::Missing
 }
 
+/// Whether auth-service said, in so many words, that the token's session is revoked (a refusal
+/// without a reason is refused as revoked, but closes nothing).
+fn says_revoked(status: &tonic::Status) -> bool {
+    reason_text(status) == TokenError::Revoked.reason()
+}
+
+fn reason_text(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("tollgate-reason")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+}
+
 /// The `TokenError` behind auth-service's machine-readable reason.
 fn reason_of(status: &tonic::Status) -> TokenError {
     const ALL: [TokenError; 13] = [
@@ -239,11 +254,7 @@ fn reason_of(status: &tonic::Status) -> TokenError {
         TokenError::Revoked,
         TokenError::InsufficientScope,
     ];
-    let reason = status
-        .metadata()
-        .get("tollgate-reason")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
+    let reason = reason_text(status);
     ALL.into_iter()
         .find(|err| err.reason() == reason)
         .unwrap_or(if status.code() == Code::InvalidArgument {
@@ -264,6 +275,11 @@ mod tests {
             .metadata_mut()
             .insert("tollgate-reason", "session_revoked".parse().unwrap());
         assert_eq!(reason_of(&status), TokenError::Revoked);
+        assert!(says_revoked(&status));
+        assert!(
+            !says_revoked(&tonic::Status::unauthenticated("?")),
+            "refused, but nothing to close on a guess"
+        );
         let mut status = tonic::Status::unauthenticated("expired");
         status
             .metadata_mut()

@@ -38,9 +38,9 @@ async fn auth_service_killed_connections_go_on_new_ones_use_the_cached_jwks_and_
     cluster.auth.kill_9();
     let gateway = cluster.gateway();
     // The open connection does not notice.
-    let pong = open.ping("during").await;
-    acknowledgements.observe(&open_user.user_id, &pong);
-    assert_eq!(pong["type"], "pong");
+    let reply = open.metered("during").await;
+    acknowledgements.observe(&open_user.user_id, &reply);
+    assert!(is_counted(&reply), "{reply}");
     // New connections are accepted on the cached JWKS; the failures open the breaker.
     for _ in 0..3 {
         let (client, connected) = WsClient::connected(gateway, &waiting_user.access_token).await;
@@ -71,8 +71,8 @@ async fn auth_service_killed_connections_go_on_new_ones_use_the_cached_jwks_and_
     })
     .await;
     assert!(closed, "the breaker never closed again");
-    let pong = open.ping("after").await;
-    acknowledgements.observe(&open_user.user_id, &pong);
+    let reply = open.metered("after").await;
+    acknowledgements.observe(&open_user.user_id, &reply);
     assert_session_revoked(&cluster, &revoked).await;
     assert_ledger_matches(&cluster, &acknowledgements).await;
 }
@@ -117,7 +117,7 @@ async fn usage_service_killed_metered_actions_are_unavailable_then_work_and_noth
     acknowledgements.track(&user.user_id);
     let (mut client, _) = WsClient::connected(cluster.gateway(), &user.access_token).await;
     for n in 0..3 {
-        acknowledgements.observe(&user.user_id, &client.ping(&format!("before-{n}")).await);
+        acknowledgements.observe(&user.user_id, &client.metered(&format!("before-{n}")).await);
     }
     client.run_agent("run-before", "2+2", &["calculator"]).await;
     for frame in client.transcript("run-before").await {
@@ -126,7 +126,9 @@ async fn usage_service_killed_metered_actions_are_unavailable_then_work_and_noth
 
     cluster.usage.kill_9();
     let gateway = cluster.gateway();
-    let reply = client.ping("down").await;
+    // Keepalive never depends on billing.
+    assert_eq!(client.ping("keepalive").await["type"], "pong");
+    let reply = client.metered("down").await;
     acknowledgements.observe(&user.user_id, &reply);
     assert_eq!(
         (reply["type"].as_str(), reply["code"].as_str()),
@@ -153,7 +155,7 @@ async fn usage_service_killed_metered_actions_are_unavailable_then_work_and_noth
     cluster.usage.restart().await;
     cluster.usage.ready().await;
     let recovered = client
-        .ping_until_pong(|reply| acknowledgements.observe(&user.user_id, reply))
+        .metered_until_counted(|reply| acknowledgements.observe(&user.user_id, reply))
         .await;
     assert!(recovered, "metered actions never recovered");
     client.run_agent("run-after", "4+4", &["calculator"]).await;

@@ -67,13 +67,14 @@ impl Pages {
     }
 }
 
-/// Pings until one is refused for the plan's message rate; answers the pongs before it.
-async fn ping_until_rate_limited(client: &mut WsClient) -> u32 {
-    for pongs in 0..100 {
-        let reply = client.ping(&format!("flood-{pongs}")).await;
+/// Sends metered messages until one is refused for the plan's message rate; answers how many
+/// were counted before it.
+async fn message_until_rate_limited(client: &mut WsClient) -> u32 {
+    for counted in 0..100 {
+        let reply = client.metered(&format!("flood-{counted}")).await;
         match reply["type"].as_str() {
-            Some("pong") => {}
-            Some("rate_limited") => return pongs,
+            _ if is_counted(&reply) => {}
+            Some("rate_limited") => return counted,
             _ => panic!("an unexpected reply: {reply}"),
         }
     }
@@ -110,8 +111,8 @@ async fn scenario(cluster: &Cluster) -> f64 {
     assert_eq!(publish(gateway, Some(&publisher), &event).await.0, 202);
     client.event_where("n", &json!(1)).await;
     // The run's request was the first message (the plan allows about 30 a minute; how many
-    // exactly depends on how long the test takes, so the pongs are counted instead).
-    let allowed_messages = 1.0 + f64::from(ping_until_rate_limited(&mut client).await);
+    // exactly depends on how long the test takes, so the answers are counted instead).
+    let allowed_messages = 1.0 + f64::from(message_until_rate_limited(&mut client).await);
     client.close().await;
     let closed = eventually(PATIENCE, || async {
         gateway

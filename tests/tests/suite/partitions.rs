@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tollgate_integration::*;
 
-/// Everything one connected user can do without Redis: metered pings and a run (usage-service
+/// Everything one connected user can do without Redis: metered messages and a run (usage-service
 /// limits locally), and an event published on the node it is connected to (local delivery).
 async fn serves_locally(
     cluster: &Cluster,
@@ -18,9 +18,9 @@ async fn serves_locally(
     acknowledgements: &Acknowledgements,
     round: &str,
 ) {
-    let reply = client.ping(&format!("ping-{round}")).await;
+    let reply = client.metered(&format!("message-{round}")).await;
     acknowledgements.observe(&user.user_id, &reply);
-    assert_eq!(reply["type"], "pong", "{round}: {reply}");
+    assert!(is_counted(&reply), "{round}: {reply}");
     let run = format!("run-{round}");
     client
         .run_agent(&run, "what is 6*7?", &["calculator"])
@@ -211,7 +211,7 @@ async fn serves_without_postgres(
     acknowledgements.consumed(&user.user_id, "agent_runs", 1, &direct);
     let refused = direct.expect_err("usage acknowledged without a ledger");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let reply: Value = client.ping("no-ledger").await;
+    let reply: Value = client.metered("no-ledger").await;
     acknowledgements.observe(&user.user_id, &reply);
     assert_eq!(reply["code"], "dependency_unavailable", "{reply}");
     // The connection stays open and events still reach it.
@@ -237,7 +237,7 @@ async fn recovers_from_postgres(
     .await;
     assert!(healed, "registration and login never recovered");
     let recovered = client
-        .ping_until_pong(|reply| acknowledgements.observe(&user.user_id, reply))
+        .metered_until_counted(|reply| acknowledgements.observe(&user.user_id, reply))
         .await;
     assert!(recovered, "metering never recovered");
     let direct = cluster
@@ -253,7 +253,7 @@ async fn postgres_cut_off_or_black_holed_writes_are_unavailable_and_tokens_still
     let acknowledgements = Acknowledgements::default();
     let (user, stranger) = (cluster.register().await, cluster.register().await);
     let (mut client, _) = WsClient::connected(cluster.gateway(), &user.access_token).await;
-    acknowledgements.observe(&user.user_id, &client.ping("warm").await);
+    acknowledgements.observe(&user.user_id, &client.metered("warm").await);
     let proxy = cluster.postgres_proxy();
 
     proxy.cut();

@@ -131,9 +131,9 @@ async fn messages_are_rate_limited_by_plan_and_persistent_abuse_closes_with_4008
     // slow machine may see one more pass before the first refusal.
     let mut answered = 0;
     let limited = loop {
-        let reply = client.ping(&format!("m{answered}")).await;
+        let reply = client.metered(&format!("m{answered}")).await;
         acknowledgements.observe(&free.user_id, &reply);
-        if reply["type"] != "pong" {
+        if !is_counted(&reply) {
             break reply;
         }
         answered += 1;
@@ -148,15 +148,16 @@ async fn messages_are_rate_limited_by_plan_and_persistent_abuse_closes_with_4008
     );
     // Four more at once make five violations in a row: the connection is closed.
     for n in 0..4 {
-        let ping = serde_json::json!({"type": "ping", "id": format!("more-{n}")});
-        assert!(client.try_send_json(ping).await);
+        let message =
+            serde_json::json!({"type": "cancel_run", "id": format!("more-{n}"), "run_id": "none"});
+        assert!(client.try_send_json(message).await);
     }
     assert_eq!(client.closed().await, 4008);
     // The pro plan's limit is ten times higher.
     for n in 0..40 {
-        let reply = pros.ping(&format!("p{n}")).await;
+        let reply = pros.metered(&format!("p{n}")).await;
         acknowledgements.observe(&pro.user_id, &reply);
-        assert_eq!(reply["type"], "pong", "pro message {n}");
+        assert!(is_counted(&reply), "pro message {n}: {reply}");
     }
     // Only what was answered was billed.
     assert_ledger_matches(&cluster, &acknowledgements).await;

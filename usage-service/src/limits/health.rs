@@ -1,15 +1,16 @@
 //! Redis health as the limiter sees it: whether the last call failed, and when to try again.
 //!
-//! After a failure Redis is skipped for [`RETRY_AFTER`]; then exactly one call (whichever wins
-//! a compare-and-swap) probes it while the others keep skipping, so an outage costs one timeout
-//! per second instead of one per call, and a success clears the degraded state by itself.
+//! After a failure Redis is skipped for [`RETRY_AFTER`]; then exactly one call (whichever
+//! claims the shared [`ProbeGate`]) probes it while the others keep skipping, so an outage
+//! costs one timeout per second instead of one per call, and a success clears the degraded
+//! state by itself.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tollgate_shared::probe_gate::ProbeGate;
 
 /// The bound on one Redis call, pool checkout included.
 pub(super) const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -18,23 +19,16 @@ pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct Health {
-    epoch: Instant,
     degraded: AtomicBool,
-    /// Milliseconds since `epoch` before which Redis is skipped.
-    retry_at_ms: AtomicU64,
+    gate: ProbeGate,
 }
 
 impl Health {
     pub(super) fn new() -> Self {
         Self {
-            epoch: Instant::now(),
             degraded: AtomicBool::new(false),
-            retry_at_ms: AtomicU64::new(0),
+            gate: ProbeGate::new(RETRY_AFTER),
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(super) fn degraded(&self) -> bool {
@@ -42,28 +36,13 @@ impl Health {
     }
 
     /// Whether this call should go to Redis: always while healthy; while degraded, only the
-    /// one call that claims the next probe slot.
+    /// one call that claims the next probe.
     pub(super) fn should_try(&self) -> bool {
-        if !self.degraded() {
-            return true;
-        }
-        let now = self.now_ms();
-        let retry_at = self.retry_at_ms.load(Ordering::Acquire);
-        now >= retry_at
-            && self
-                .retry_at_ms
-                .compare_exchange(
-                    retry_at,
-                    now + retry_after_ms(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+        !self.degraded() || self.gate.try_claim().is_some()
     }
 
     pub(super) fn failed(&self, error: &str) {
-        self.retry_at_ms
-            .store(self.now_ms() + retry_after_ms(), Ordering::Release);
+        self.gate.hold();
         if !self.degraded.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 error,
@@ -81,6 +60,28 @@ impl Health {
     }
 }
 
-fn retry_after_ms() -> u64 {
-    u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_skips_redis_then_lets_one_probe_through_a_second() {
+        let health = Health::new();
+        assert!(
+            health.should_try() && health.should_try(),
+            "healthy: every call"
+        );
+        health.failed("connection refused");
+        assert!(health.degraded());
+        assert!(!health.should_try(), "skipped right after the failure");
+        tokio::time::advance(RETRY_AFTER).await;
+        assert!(health.should_try(), "one probe");
+        assert!(!health.should_try(), "only one");
+        health.failed("still down");
+        tokio::time::advance(RETRY_AFTER).await;
+        assert!(health.should_try());
+        health.succeeded();
+        assert!(!health.degraded());
+        assert!(health.should_try() && health.should_try());
+    }
 }

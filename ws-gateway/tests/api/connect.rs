@@ -205,4 +205,49 @@ async fn plain_http_gets_json_answers() {
     }
 }
 
+/// `GATEWAY_ADMIN_ADDR` moves readiness and metrics to an internal listener: the public port
+/// serves clients, backends and liveness only. The internal listener outlives the drain, so
+/// the kubelet sees 503 and Prometheus sees the last connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_listener_takes_readiness_and_metrics_off_the_public_port() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let mut config = services.gateway_config();
+    config.admin_addr = Some(([127, 0, 0, 1], 0).into());
+    let mut gateway = Gateway::start(config).await;
+    assert!(gateway.admin.is_some_and(|admin| admin != gateway.addr));
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    for (path, public, internal) in [
+        ("/metrics", 404, 200),
+        ("/readyz", 404, 200),
+        ("/healthz", 200, 200),
+        ("/v1/publish", 405, 404),
+    ] {
+        assert_eq!(status(gateway.url(path)).await, public, "public {path}");
+        assert_eq!(
+            status(gateway.admin_url(path)).await,
+            internal,
+            "internal {path}"
+        );
+    }
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    assert_eq!(
+        gateway.metric("tollgate_gateway_connections_active").await,
+        1.0
+    );
+
+    gateway.trigger_shutdown();
+    let draining = eventually(PATIENCE, || async {
+        status(gateway.admin_url("/readyz")).await == 503
+    })
+    .await;
+    assert!(draining, "the internal listener did not report the drain");
+    assert_eq!(client.closed().await, 1001);
+    gateway.stopped().await.unwrap();
+    assert!(
+        reqwest::get(gateway.admin_url("/healthz")).await.is_err(),
+        "the internal listener outlived the gateway"
+    );
+}
+
 both_backends!(each_token_position_connects);

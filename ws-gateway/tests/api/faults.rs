@@ -2,6 +2,7 @@
 //! and the gateway recovers by itself.
 
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use serde_json::json;
@@ -116,6 +117,64 @@ async fn auth_down_in_strict_mode_refuses_new_connections_with_503() {
     assert!(recovered, "connections never recovered");
 }
 
+/// A client that gives up on its upgrade while `ValidateToken` is in flight tells nothing about
+/// auth-service. However many do, the breaker stays closed, and in strict mode the next
+/// client is still validated instead of being refused with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_upgrades_never_open_the_breaker() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let proxy = FaultProxy::start(services.auth_grpc).await.unwrap();
+    let mut config = services.gateway_config();
+    config.auth_service_url = format!("http://{}", proxy.address());
+    config.auth_mode = AuthMode::Strict;
+    config.breaker_failures = 2;
+    config.breaker_cool_down = Duration::from_secs(600);
+    config.validation_cache_ttl = Duration::ZERO;
+    config.upstream_timeout = Duration::from_secs(10);
+    let gateway = Gateway::start(config).await;
+    let pair = services.register().await;
+    let admitted =
+        "tollgate_gateway_rate_limit_decisions_total{kind=\"connect\",outcome=\"allowed\"}";
+
+    // auth-service answers, but slowly: each call is in flight long enough to give up on.
+    proxy.delay(Duration::from_millis(400));
+    for n in 1..=10 {
+        let mut upgrade = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            gateway.addr, pair.access_token
+        );
+        upgrade.write_all(request.as_bytes()).await.unwrap();
+        // Past the address check, the token is being validated: give up.
+        assert!(
+            eventually(PATIENCE, || async {
+                gateway.metric(admitted).await >= f64::from(n)
+            })
+            .await
+        );
+        drop(upgrade);
+    }
+    // Every abandoned request is over (each held a connection slot while it ran).
+    assert!(
+        eventually(PATIENCE, || async {
+            gateway.metric("tollgate_gateway_connections_active").await == 0.0
+        })
+        .await
+    );
+    assert_eq!(
+        gateway.metric(BREAKER).await,
+        0.0,
+        "abandoned requests opened the breaker"
+    );
+
+    proxy.restore();
+    let (_client, connected) = gateway.connected(&pair.access_token).await;
+    assert_eq!(connected["user_id"], pair.user_id);
+    assert_eq!(gateway.metric(BREAKER).await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_down_answers_dependency_unavailable_and_recovers() {
     let services = Services::spawn(Backend::Embedded).await;
@@ -127,11 +186,16 @@ async fn usage_down_answers_dependency_unavailable_and_recovers() {
     let (mut client, _) = gateway.connected(&pair.access_token).await;
 
     proxy.cut();
-    client.send_json(json!({"type": "ping", "id": "p"})).await;
-    let error = client.expect("error").await;
+    // Keepalive never depends on billing: a client that pings is told its connection is alive.
+    for n in 0..3 {
+        client.send_json(json!({"type": "ping", "id": n})).await;
+        assert_eq!(client.expect("pong").await["id"], n);
+    }
+    // Real messages cannot be counted, so they are refused.
+    let error = client.metered("m").await;
     assert_eq!(
         (error["code"].as_str(), error["id"].as_str()),
-        (Some("dependency_unavailable"), Some("p"))
+        (Some("dependency_unavailable"), Some("m"))
     );
     client
         .send_json(
@@ -148,20 +212,15 @@ async fn usage_down_answers_dependency_unavailable_and_recovers() {
     assert_eq!(connected["plan"], "unknown");
 
     proxy.restore();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        client.send_json(json!({"type": "ping"})).await;
-        match client.recv().await {
-            Received::Json(reply) if reply["type"] == "pong" => break,
-            Received::Json(reply) if reply["code"] == "dependency_unavailable" => {}
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metering never recovered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let recovered = client
+        .metered_until_counted(|reply| {
+            assert!(
+                reply["code"] == "dependency_unavailable" || reply["code"] == "unknown_run",
+                "unexpected {reply}"
+            );
+        })
+        .await;
+    assert!(recovered, "metering never recovered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,9 +236,13 @@ async fn usage_down_with_fail_open_allows_under_the_emergency_limit() {
     let (mut client, _) = gateway.connected(&pair.access_token).await;
     proxy.cut();
     for n in 0..3 {
-        client.send_json(json!({"type": "ping", "id": n})).await;
-        assert_eq!(client.expect("pong").await["id"], n);
+        let reply = client.metered(&format!("m{n}")).await;
+        assert_eq!(reply["code"], "unknown_run", "{reply}");
     }
-    client.send_json(json!({"type": "ping", "id": 3})).await;
-    assert_eq!(client.expect("rate_limited").await["id"], 3);
+    assert_eq!(client.metered("m3").await["type"], "rate_limited");
+    // Pings are not metered, so the emergency limit does not apply to them.
+    client
+        .send_json(json!({"type": "ping", "id": "alive"}))
+        .await;
+    assert_eq!(client.expect("pong").await["id"], "alive");
 }

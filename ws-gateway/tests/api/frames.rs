@@ -67,6 +67,30 @@ async fn malformed_frames_are_answered_then_repeated_abuse_closes_with_1008() {
     assert_eq!(client.closed().await, 1008);
 }
 
+/// `auth` on a connection that is already authenticated is not a request the gateway serves:
+/// it is refused like a malformed frame (it is not metered, so it must not be free either),
+/// and repeating it closes the connection with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_auth_on_an_authenticated_connection_closes_with_1008() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let gateway = Gateway::start(services.gateway_config()).await;
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    client.send(Message::text("{not json")).await;
+    assert_eq!(client.expect("error").await["code"], "bad_request");
+    for n in 0..2 {
+        client
+            .send_json(json!({"type": "auth", "id": n, "token": pair.access_token}))
+            .await;
+        let error = client.expect("error").await;
+        assert_eq!(
+            (error["code"].as_str(), error["id"].as_u64()),
+            (Some("already_authenticated"), Some(n))
+        );
+    }
+    assert_eq!(client.closed().await, 1008);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_4010_and_memory_stays_bounded() {
     let services = Services::spawn(Backend::Embedded).await;

@@ -198,6 +198,21 @@ impl Services {
             .access_token
     }
 
+    /// auth-service's `ValidateToken` answer for `token`, asked with `service_token`.
+    pub async fn validate(
+        &self,
+        service_token: &str,
+        token: &str,
+    ) -> Result<auth_pb::ValidateTokenResponse, tonic::Status> {
+        let request = auth_pb::ValidateTokenRequest {
+            token: token.into(),
+        };
+        self.auth_client()
+            .validate_token(with_bearer(request, service_token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A token for `pair`'s user and session, signed with the active key, expiring in
     /// `ttl_secs` (negative: already expired).
     pub fn mint(&self, pair: &auth_pb::TokenPair, ttl_secs: i64) -> String {
@@ -214,6 +229,29 @@ impl Services {
             sid: pair.session_id.parse().unwrap(),
         };
         self.auth.keys().signer().sign(&claims)
+    }
+
+    /// The `messages` the user was billed for this period, from usage-service's ledger.
+    pub async fn messages_used(&self, user_id: &str) -> u64 {
+        let reader = self
+            .service_token("admin", "usage-service", &["usage.check"])
+            .await;
+        let request = with_bearer(
+            usage_pb::GetUsageRequest {
+                user_id: user_id.into(),
+                at: 0,
+            },
+            &reader,
+        );
+        UsageServiceClient::new(self.usage_channel.clone())
+            .get_usage(request)
+            .await
+            .expect("GetUsage answers")
+            .into_inner()
+            .meters
+            .iter()
+            .find(|meter| meter.meter == "messages")
+            .map_or(0, |meter| meter.used)
     }
 
     pub async fn change_plan(&self, user_id: &str, plan: &str) {
@@ -250,6 +288,8 @@ async fn is_ready(addr: SocketAddr) -> bool {
 /// A running gateway. Dropping it shuts it down.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The internal listener, with `GATEWAY_ADMIN_ADDR`.
+    pub admin: Option<SocketAddr>,
     shutdown: Shutdown,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
@@ -279,14 +319,15 @@ impl Gateway {
         let app = Application::build_with_executor(config, shutdown.clone(), executor)
             .await
             .expect("the gateway builds");
-        let addr = app.addr();
+        let (addr, admin) = (app.addr(), app.admin_addr());
         let server = tokio::spawn(app.run_until_stopped());
         assert!(
-            eventually(PATIENCE, || is_ready(addr)).await,
+            eventually(PATIENCE, || is_ready(admin.unwrap_or(addr))).await,
             "the gateway never became ready"
         );
         Self {
             addr,
+            admin,
             shutdown,
             server: Some(server),
             http: reqwest::Client::new(),
@@ -295,6 +336,11 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the internal listener if there is one, else on the public one.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.unwrap_or(self.addr))
     }
 
     /// Fires the shutdown signal (what SIGTERM does in `main`).
@@ -358,7 +404,7 @@ impl Gateway {
 
     pub async fn metrics(&self) -> String {
         self.http
-            .get(self.url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .unwrap()

@@ -122,3 +122,69 @@ async fn logout_closes_the_sessions_connections_within_a_second(backend: Backend
 }
 
 both_backends!(logout_closes_the_sessions_connections_within_a_second);
+
+/// Two kinds of news say a session is revoked: auth-service refusing one of its tokens in
+/// `ValidateToken`, and the revocation event. Whichever reaches the gateway first, the
+/// session's open connections close with 4004. Here the refusal comes first: the session is
+/// revoked in auth-service's store without an event, a new token of it is refused at the
+/// gateway, and only then does the event arrive (on Redis, as from another auth-service
+/// replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_closes_the_connections_even_when_validate_token_said_so_first() {
+    let services = Services::spawn(Backend::PostgresRedis).await;
+    let gateway = Gateway::start(services.gateway_config()).await;
+    let pair = services.register().await;
+    let (mut open, _) = gateway.connected(&pair.access_token).await;
+    let (user_id, session_id) = (
+        pair.user_id.parse().unwrap(),
+        pair.session_id.parse().unwrap(),
+    );
+
+    let revoked_at_ms = tollgate_shared::time::unix_now_ms();
+    assert!(
+        services
+            .auth
+            .store()
+            .revoke_session(session_id, revoked_at_ms, "logout")
+            .await
+            .unwrap()
+    );
+    // auth-service trusts a live session for a few seconds; wait until it answers "revoked".
+    let validator = services
+        .service_token("ws-gateway", "auth-service", &["auth.validate"])
+        .await;
+    let refused = eventually(PATIENCE, || async {
+        services
+            .validate(&validator, &pair.access_token)
+            .await
+            .is_err_and(|status| status.code() == tonic::Code::Unauthenticated)
+    })
+    .await;
+    assert!(refused, "auth-service never saw the revocation");
+    // Another token of the session (not cached at the gateway) is refused by auth-service.
+    let another = services.mint(&pair, 600);
+    let refusal = gateway
+        .connect(Present::Header(&another))
+        .await
+        .expect_err("a token of a revoked session");
+    assert_eq!((refusal.status, refusal.code()), (401, "session_revoked"));
+
+    // Then the event arrives.
+    let bus = tollgate_shared::engine::Engine::redis(&redis_url(), &services.redis_prefix)
+        .await
+        .unwrap();
+    let event = tollgate_shared::events::Revocation {
+        session_id,
+        user_id,
+        revoked_at_ms,
+        reason: "logout".into(),
+    };
+    bus.publish(
+        tollgate_shared::events::REVOCATIONS_CHANNEL,
+        serde_json::to_string(&event).unwrap(),
+    )
+    .await;
+    let published = Instant::now();
+    assert_eq!(open.closed().await, 4004);
+    assert!(published.elapsed() < Duration::from_millis(1_500));
+}

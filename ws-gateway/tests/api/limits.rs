@@ -73,14 +73,16 @@ async fn flooding_messages_is_rate_limited_then_closed_with_4008() {
     let gateway = Gateway::start(services.gateway_config()).await;
     let pair = services.register().await;
     let (mut client, _) = gateway.connected(&pair.access_token).await;
-    let mut pongs = 0;
+    let mut counted = 0;
     let mut limited = 0;
     // Free allows 30 messages a minute (a burst of 30, then one every 2 s): well within 200
     // sends, five denials in a row close the connection.
     for n in 0..200 {
-        client.send_json(json!({"type": "ping", "id": n})).await;
+        client
+            .send_json(json!({"type": "cancel_run", "id": n, "run_id": "none"}))
+            .await;
         match client.recv().await {
-            Received::Json(reply) if reply["type"] == "pong" => pongs += 1,
+            Received::Json(reply) if reply["code"] == "unknown_run" => counted += 1,
             Received::Json(reply) if reply["type"] == "rate_limited" => {
                 assert_eq!(reply["id"], n);
                 assert!(reply["retry_after_ms"].as_u64().unwrap() > 0, "{reply}");
@@ -88,14 +90,63 @@ async fn flooding_messages_is_rate_limited_then_closed_with_4008() {
             }
             Received::Close(code) => {
                 assert_eq!(code, Some(4008));
-                assert!(pongs >= 30, "{pongs} pongs before the limit");
+                assert!(counted >= 30, "{counted} messages before the limit");
                 assert!(limited >= 5);
                 return;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
-    panic!("never closed: {pongs} pongs, {limited} rate_limited");
+    panic!("never closed: {counted} messages counted, {limited} rate_limited");
+}
+
+/// Pings are keepalive, not usage: the gateway answers them itself, never bills them (the
+/// plan's messages a minute stay for real messages), and limits them per connection, so a
+/// flood of pings is refused and then closed like any other abuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_never_billed_and_a_flood_of_them_is_closed_with_4008() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let gateway = Gateway::start(services.gateway_config()).await;
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    for n in 0..10 {
+        client.send_json(json!({"type": "ping", "id": n})).await;
+        assert_eq!(client.expect("pong").await["id"], n);
+    }
+    assert_eq!(
+        services.messages_used(&pair.user_id).await,
+        0,
+        "pings were billed"
+    );
+    // The plan's whole message allowance is still there for real messages.
+    for n in 0..30 {
+        let reply = client.metered(&format!("m{n}")).await;
+        assert_eq!(reply["code"], "unknown_run", "message {n}: {reply}");
+    }
+    assert_eq!(services.messages_used(&pair.user_id).await, 30);
+
+    // A flood of pings: refused with a retry hint, then closed.
+    let mut limited = 0;
+    for n in 0..200 {
+        let id = format!("flood-{n}");
+        client.send_json(json!({"type": "ping", "id": id})).await;
+        match client.recv().await {
+            Received::Json(reply) if reply["type"] == "pong" => {}
+            Received::Json(reply) if reply["type"] == "rate_limited" => {
+                assert_eq!(reply["id"], id);
+                assert!(reply["retry_after_ms"].as_u64().unwrap() > 0, "{reply}");
+                limited += 1;
+            }
+            Received::Close(code) => {
+                assert_eq!(code, Some(4008));
+                assert!(limited >= 5, "{limited}");
+                assert_eq!(services.messages_used(&pair.user_id).await, 30);
+                return;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("a flood of pings was never stopped");
 }
 
 both_backends!(the_plan_caps_concurrent_connections);

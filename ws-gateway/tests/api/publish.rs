@@ -95,3 +95,39 @@ async fn publishing_needs_a_publish_token_and_a_valid_body() {
 }
 
 both_backends!(events_reach_every_connection_of_the_user_and_no_other);
+
+/// Redis is shared: anything that can PUBLISH on it (a misbehaving or compromised service) can
+/// put a message on the gateways' event channel. One larger than the publish limit is dropped
+/// and counted on arrival: no client receives it and the gateway serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_bus_message_is_dropped_and_counted() {
+    let services = Services::spawn(Backend::PostgresRedis).await;
+    let mut config = services.gateway_config();
+    config.publish_max_bytes = 4096;
+    let gateway = Gateway::start(config).await;
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    let dropped = "tollgate_gateway_bus_messages_dropped_total{reason=\"oversized\"}";
+    assert_eq!(gateway.metric(dropped).await, 0.0);
+
+    let intruder = tollgate_shared::engine::Engine::redis(&redis_url(), &services.redis_prefix)
+        .await
+        .unwrap();
+    let frame = json!({"type": "event", "data": "x".repeat(64 * 1024)});
+    intruder
+        .publish("gateway:events", format!("{} {frame}", pair.user_id))
+        .await;
+    assert!(
+        eventually(PATIENCE, || async { gateway.metric(dropped).await == 1.0 }).await,
+        "the oversized message was not counted"
+    );
+
+    // The next frame the client gets is a real event: the oversized one never arrived.
+    let publisher = services
+        .service_token("backend", "ws-gateway", &["publish"])
+        .await;
+    let body = json!({"user_id": pair.user_id, "data": {"n": 1}}).to_string();
+    assert_eq!(gateway.publish(Some(&publisher), &body).await.status(), 202);
+    assert_eq!(client.expect("event").await["data"], json!({"n": 1}));
+    assert_eq!(gateway.metric(dropped).await, 1.0);
+}
