@@ -58,6 +58,14 @@ def check_deployment(deployment, problems):
             elif name in GRPC_SERVICES and "grpc" not in container[probe]:
                 problems.append(f"{where}: {probe} must be a native gRPC probe")
         env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        if name == "ws-gateway":
+            # Readiness and metrics live on the internal listener, off the public port.
+            if not env.get("GATEWAY_ADMIN_ADDR"):
+                problems.append(f"{where}: GATEWAY_ADMIN_ADDR must be set")
+            for probe in ("readinessProbe", "livenessProbe"):
+                port = container.get(probe, {}).get("httpGet", {}).get("port")
+                if port != "admin":
+                    problems.append(f"{where}: {probe} must use the admin port, not {port}")
         grace_variable = {
             "auth-service": "AUTH_SHUTDOWN_GRACE",
             "usage-service": "USAGE_SHUTDOWN_GRACE",
