@@ -15,6 +15,8 @@ pub mod keys;
 pub mod metrics;
 pub mod passwords;
 pub mod revocation_feed;
+pub mod rewrap;
+pub mod sealing;
 pub mod service_tokens;
 pub mod sessions;
 pub mod startup;

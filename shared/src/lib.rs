@@ -11,6 +11,7 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod balance;
+pub mod client_addr;
 pub mod config;
 pub mod db;
 pub mod engine;
