@@ -32,6 +32,9 @@ impl Drop for Replica {
     }
 }
 
+/// The key-encryption key both replicas seal the signing keys with.
+const KEYS: &str = "cmVwbGljYXMtdGVzdCBrZXktZW5jcnlwdGlvbiBrZXkgMzJi";
+
 const CLIENTS: &str = "gateway:test-client-secret-0123456789abcdef:auth.validate,admin:test-client-secret-0123456789abcdef:auth.admin";
 
 async fn start_replica(database_url: &str, prefix: &str) -> Replica {
@@ -43,6 +46,7 @@ async fn start_replica(database_url: &str, prefix: &str) -> Replica {
         .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
         .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
         .env("AUTH_SERVICE_CLIENTS", CLIENTS)
+        .env("AUTH_KEY_ENCRYPTION_KEYS", KEYS)
         .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
