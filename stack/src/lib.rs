@@ -5,6 +5,7 @@
 
 pub mod credentials;
 pub mod demo;
+pub mod key_encryption;
 pub mod stack;
 
 use clap::{Parser, Subcommand};
