@@ -298,6 +298,11 @@ async fn a_bad_configuration_fails_fast_with_one_line_naming_the_variable() {
             "DATABASE_URL",
         ),
         ("REDIS_URL", "redis://127.0.0.1:1", "REDIS_URL"),
+        (
+            "AUTH_KEY_ENCRYPTION_KEYS",
+            "dGlueQ==",
+            "AUTH_KEY_ENCRYPTION_KEYS",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
@@ -305,6 +310,7 @@ async fn a_bad_configuration_fails_fast_with_one_line_naming_the_variable() {
             .current_dir(dir.path())
             .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
             .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
+            .env("AUTH_KEY_ENCRYPTION_KEYS", KEYS)
             .env(variable, value)
             .output()
             .unwrap();
