@@ -49,7 +49,7 @@ impl Auth {
     ) -> Result<TokenPair, AuthError> {
         let result = async {
             self.throttle.attempt_from(client).await?;
-            self.throttle.check_account(&email).await?;
+            self.throttle.check_account(&email, client).await?;
             let credentials = self.store.find_credentials(&email).await?;
             let (user_id, hash) =
                 credentials.map_or((None, None), |(id, hash)| (Some(id), Some(hash)));
@@ -59,10 +59,10 @@ impl Auth {
                 .await
                 .map_err(AuthError::Internal)?;
             let Some(user_id) = user_id.filter(|_| matches) else {
-                self.throttle.record_failure(&email).await;
+                self.throttle.record_failure(&email, client).await;
                 return Err(AuthError::InvalidCredentials);
             };
-            self.throttle.clear(&email).await;
+            self.throttle.clear(&email, client).await;
             tracing::Span::current().record("user_id", tracing::field::display(user_id));
             self.open_session(user_id).await
         }

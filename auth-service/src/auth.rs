@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tollgate_shared::{
+    client_addr::TrustedProxies,
     engine::{Engine, Heard},
     events::{KEYS_CHANNEL, REVOCATIONS_CHANNEL, Revocation},
     shutdown::Shutdown,
@@ -59,6 +60,8 @@ pub struct Auth {
     pub(crate) passwords: Passwords,
     pub(crate) clients: ClientRegistry,
     pub(crate) throttle: Throttle,
+    /// Whose forwarding headers name the client (`TRUSTED_PROXIES`).
+    pub(crate) proxies: TrustedProxies,
     pub(crate) validator: Validator,
     pub(crate) tokens: TokenSettings,
     pub(crate) metrics: AuthMetrics,

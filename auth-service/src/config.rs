@@ -5,12 +5,16 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tollgate_shared::{
+    client_addr::TrustedProxies,
     config::{SecretString, parse_duration, parse_socket_addr},
     db,
     serve::RequestTimeout,
 };
 
-use crate::clients::ClientRegistry;
+use crate::{clients::ClientRegistry, sealing::KeyEncryptionKeys};
+
+/// The key-encryption key of `Config::for_tests` (tests sharing a database share it).
+const TEST_KEY_ENCRYPTION_KEY: &str = "dGVzdC1vbmx5IGtleS1lbmNyeXB0aW9uIGtleSwgMzIgYnl0ZXMrIQ==";
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -100,21 +104,50 @@ pub struct Config {
     #[arg(long, env = "AUTH_SERVICE_CLIENTS", default_value = "", value_parser = ClientRegistry::parse, hide_default_value = true, hide_env_values = true)]
     pub service_clients: ClientRegistry,
 
-    /// Failed logins per account before it is throttled for the window.
-    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES", default_value_t = 10)]
+    /// Key-encryption keys that seal the signing keys at rest (required): comma-separated
+    /// base64, newest first, each at least 32 random bytes (`openssl rand -base64 32`). The
+    /// newest seals, every one opens.
+    #[arg(long, env = "AUTH_KEY_ENCRYPTION_KEYS", value_parser = KeyEncryptionKeys::parse, hide_env_values = true)]
+    pub key_encryption_keys: Option<KeyEncryptionKeys>,
+
+    /// Failed logins of one account from one client address before each further attempt from
+    /// that address must wait (other addresses are unaffected).
+    #[arg(long, env = "AUTH_LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: u64,
 
-    /// Window of the per-account failure count.
+    /// How long failed logins are counted.
     #[arg(long, env = "AUTH_LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_duration)]
     pub login_failure_window: Duration,
 
-    /// Login and register attempts per client address per window.
+    /// The first wait after those failures; it doubles with each further failure.
+    #[arg(long, env = "AUTH_LOGIN_FAILURE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub login_failure_delay: Duration,
+
+    /// The longest wait after failed logins.
+    #[arg(long, env = "AUTH_LOGIN_MAX_DELAY", default_value = "15m", value_parser = parse_duration)]
+    pub login_max_delay: Duration,
+
+    /// Login and register attempts per client address per window, across accounts.
     #[arg(long, env = "AUTH_LOGIN_MAX_PER_ADDRESS", default_value_t = 100)]
     pub login_max_per_address: u64,
 
     /// Window of the per-address attempt count.
     #[arg(long, env = "AUTH_LOGIN_ADDRESS_WINDOW", default_value = "1m", value_parser = parse_duration)]
     pub login_address_window: Duration,
+
+    /// Refresh requests, and client-credentials requests, per client address per window (each
+    /// counted on its own).
+    #[arg(long, env = "AUTH_TOKEN_MAX_PER_ADDRESS", default_value_t = 600)]
+    pub token_max_per_address: u64,
+
+    /// Window of the per-address refresh and client-credentials counts.
+    #[arg(long, env = "AUTH_TOKEN_ADDRESS_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub token_address_window: Duration,
+
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client (comma-separated
+    /// CIDRs or addresses). Unset: none, every client is its TCP peer.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse, hide_default_value = true)]
+    pub trusted_proxies: TrustedProxies,
 
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "AUTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -139,6 +172,16 @@ pub enum Command {
     Serve,
     /// Run the database migrations and exit.
     Migrate,
+    /// Manage the signing keys stored in the database.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Clone, Copy, Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-seal every stored signing key under the newest key-encryption key and report the rows
+    /// left on older ones (exit 1 if any). Safe to run while replicas serve, and to repeat.
+    Rewrap,
 }
 
 impl Config {
@@ -166,10 +209,18 @@ impl Config {
             jwt_leeway: Duration::from_secs(30),
             service_token_ttl: Duration::from_secs(600),
             service_clients: ClientRegistry::default(),
-            login_max_failures: 10,
+            key_encryption_keys: Some(
+                KeyEncryptionKeys::parse(TEST_KEY_ENCRYPTION_KEY).expect("a valid test key"),
+            ),
+            login_max_failures: 5,
             login_failure_window: Duration::from_secs(15 * 60),
+            login_failure_delay: Duration::from_secs(1),
+            login_max_delay: Duration::from_secs(15 * 60),
             login_max_per_address: 1_000,
             login_address_window: Duration::from_secs(60),
+            token_max_per_address: 100_000,
+            token_address_window: Duration::from_secs(60),
+            trusted_proxies: TrustedProxies::default(),
             shutdown_grace: Duration::from_secs(10),
             otlp_endpoint: None,
         }

@@ -237,6 +237,12 @@ impl AuthError {
     }
 }
 
+/// A retry-after in whole seconds, rounded up: a client that waits that long is not refused
+/// again for a fraction of a second.
+fn whole_seconds(retry_after: Duration) -> u64 {
+    retry_after.as_millis().div_ceil(1000).max(1) as u64
+}
+
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         err.log();
@@ -253,7 +259,7 @@ impl From<AuthError> for Status {
             status.metadata_mut().insert("tollgate-reason", value);
         }
         if let Some(retry_after) = err.retry_after()
-            && let Ok(value) = retry_after.as_secs().max(1).to_string().parse()
+            && let Ok(value) = whole_seconds(retry_after).to_string().parse()
         {
             status.metadata_mut().insert("retry-after", value);
         }
@@ -267,7 +273,7 @@ impl IntoResponse for AuthError {
         let body = Json(json!({"error": {"code": self.reason(), "message": self.to_string()}}));
         let mut response = (self.http_status(), body).into_response();
         if let Some(retry_after) = self.retry_after()
-            && let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+            && let Ok(value) = HeaderValue::from_str(&whole_seconds(retry_after).to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }

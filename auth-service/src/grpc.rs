@@ -13,6 +13,7 @@ use crate::{
     auth::{Auth, TokenPair},
     domain::{Email, Password, RefreshToken},
     error::AuthError,
+    throttle::TokenEndpoint,
 };
 
 /// Scope a caller of `ValidateToken` and `WatchRevocations` needs.
@@ -29,10 +30,25 @@ impl AuthGrpc {
     pub fn new(auth: Arc<Auth>) -> Self {
         Self { auth }
     }
-}
 
-fn client_ip<T>(request: &Request<T>) -> Option<IpAddr> {
-    request.remote_addr().map(|addr| addr.ip())
+    /// The client's address: the TCP peer, or whom a trusted proxy says it forwards for.
+    fn client_ip<T>(&self, request: &Request<T>) -> Option<IpAddr> {
+        self.auth
+            .proxies
+            .resolve_grpc(request.remote_addr(), request.metadata())
+    }
+
+    /// Counts a refresh or client-credentials request against its address's limit.
+    async fn throttle_token_request(
+        &self,
+        client: Option<IpAddr>,
+        endpoint: TokenEndpoint,
+    ) -> Result<(), AuthError> {
+        self.auth
+            .throttle
+            .token_request_from(client, endpoint)
+            .await
+    }
 }
 
 fn bearer<T>(request: &Request<T>) -> Result<String, AuthError> {
@@ -81,7 +97,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
-        let client = client_ip(&request);
+        let client = self.client_ip(&request);
         let pb::RegisterRequest { email, password } = request.into_inner();
         let email = Email::parse(&email).map_err(AuthError::from)?;
         let password = Password::parse(password).map_err(AuthError::from)?;
@@ -93,7 +109,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
-        let client = client_ip(&request);
+        let client = self.client_ip(&request);
         let pb::LoginRequest { email, password } = request.into_inner();
         let email = Email::parse(&email).map_err(AuthError::from)?;
         let password = Password::for_login(password).map_err(AuthError::from)?;
@@ -105,6 +121,8 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
+        self.throttle_token_request(self.client_ip(&request), TokenEndpoint::Refresh)
+            .await?;
         let pb::RefreshRequest { refresh_token } = request.into_inner();
         let token = RefreshToken::parse(&refresh_token).map_err(AuthError::from)?;
         Ok(Response::new(self.auth.refresh(token).await?.into()))
@@ -203,6 +221,8 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        self.throttle_token_request(self.client_ip(&request), TokenEndpoint::ClientCredentials)
+            .await?;
         let pb::IssueServiceTokenRequest {
             client_id,
             client_secret,

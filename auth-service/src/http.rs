@@ -1,14 +1,19 @@
 //! The JSON HTTP API of CONTRACT §3, for browsers and curl, plus the JWKS document. It mirrors
 //! the gRPC calls through the same [`Auth`] methods.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, FromRequest, Request, State, rejection::JsonRejection,
+        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State,
+        rejection::JsonRejection,
     },
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, header, request::Parts},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -21,6 +26,7 @@ use crate::{
     auth::{Auth, TokenPair},
     domain::{Email, Password, RefreshToken},
     error::AuthError,
+    throttle::TokenEndpoint,
 };
 
 /// Largest accepted request body.
@@ -80,6 +86,23 @@ fn json_rejection(rejection: &JsonRejection) -> AuthError {
     }
 }
 
+/// The client's address: the TCP peer, or whom a trusted proxy says it forwards for.
+struct ClientAddr(Option<IpAddr>);
+
+impl FromRequestParts<Arc<Auth>> for ClientAddr {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, auth: &Arc<Auth>) -> Result<Self, Infallible> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        Ok(Self(peer.map(|peer| {
+            auth.proxies.resolve_http(peer, &parts.headers)
+        })))
+    }
+}
+
 #[derive(Deserialize)]
 struct Credentials {
     email: String,
@@ -126,12 +149,12 @@ fn no_store<T: IntoResponse>(status: StatusCode, body: T) -> Response {
 
 async fn register(
     State(auth): State<Arc<Auth>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, AuthError> {
     let email = Email::parse(&body.email)?;
     let password = Password::parse(body.password)?;
-    let pair = auth.register(email, password, Some(peer.ip())).await?;
+    let pair = auth.register(email, password, client).await?;
     Ok(no_store(
         StatusCode::CREATED,
         Json(TokenResponse::from(pair)),
@@ -140,19 +163,23 @@ async fn register(
 
 async fn login(
     State(auth): State<Arc<Auth>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, AuthError> {
     let email = Email::parse(&body.email)?;
     let password = Password::for_login(body.password)?;
-    let pair = auth.login(email, password, Some(peer.ip())).await?;
+    let pair = auth.login(email, password, client).await?;
     Ok(no_store(StatusCode::OK, Json(TokenResponse::from(pair))))
 }
 
 async fn refresh(
     State(auth): State<Arc<Auth>>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Response, AuthError> {
+    auth.throttle
+        .token_request_from(client, TokenEndpoint::Refresh)
+        .await?;
     let token = RefreshToken::parse(&body.refresh_token)?;
     let pair = auth.refresh(token).await?;
     Ok(no_store(StatusCode::OK, Json(TokenResponse::from(pair))))
@@ -197,10 +224,15 @@ struct TokenForm {
 /// `POST /oauth/token` (RFC 6749 §4.4), answering errors in the RFC's shape.
 async fn oauth_token(
     State(auth): State<Arc<Auth>>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match issue_from_form(&auth, &headers, &body) {
+    let throttled = auth
+        .throttle
+        .token_request_from(client, TokenEndpoint::ClientCredentials)
+        .await;
+    match throttled.and_then(|()| issue_from_form(&auth, &headers, &body)) {
         Ok(response) => response,
         Err(err) => err.into_oauth_response(),
     }

@@ -1,16 +1,16 @@
 //! The signing-key ring: the active Ed25519 key that signs new tokens, plus retired keys that
 //! stay published (and accepted) until every token they signed has expired.
 //!
-//! Keys live in the database so restarts and replicas agree. A replica learns of another's
-//! rotation from the key-change event, from its periodic reload, or when it meets a token with
-//! an unknown `kid` (reloading at most once a second).
+//! Keys live in the database, sealed under the key-encryption keys (`crate::sealing`), so
+//! restarts and replicas agree and a dump of the database signs nothing. A replica learns of
+//! another's rotation from the key-change event, from its periodic reload, or when it meets a
+//! token with an unknown `kid` (reloading at most once a second).
 
 use std::{
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tollgate_shared::{
     probe_gate::ProbeGate,
     time::unix_now_ms,
@@ -20,11 +20,15 @@ use tollgate_shared::{
     },
 };
 
-use crate::store::{Store, StoreError, StoredKey};
+use crate::{
+    sealing::{self, KeyEncryptionKeys, OpenError},
+    store::{Store, StoreError, StoredKey},
+};
 
 #[derive(Debug)]
 pub struct KeyRing {
     store: Store,
+    sealing: KeyEncryptionKeys,
     verifier: Verifier,
     current: RwLock<Arc<Published>>,
     /// How long a retired key stays published: the longest token lifetime plus leeway.
@@ -43,19 +47,21 @@ impl KeyRing {
     /// Loads the keys, creating the first one if this is a new deployment.
     pub async fn load(
         store: Store,
+        sealing: KeyEncryptionKeys,
         settings: VerifierSettings,
         retention: Duration,
     ) -> Result<Self, StoreError> {
         if store.active_kid().await?.is_none() {
             store
-                .bootstrap_key(&to_stored(&SigningKey::generate()))
+                .bootstrap_key(&to_stored(&SigningKey::generate(), &sealing))
                 .await?;
         }
-        let (published, keys) = read(&store, retention).await?;
+        let (published, keys) = read(&store, &sealing, retention).await?;
         Ok(Self {
             verifier: Verifier::new(settings, keys),
             current: RwLock::new(Arc::new(published)),
             store,
+            sealing,
             retention,
             reload_gate: ProbeGate::new(Duration::from_secs(1)),
         })
@@ -64,7 +70,7 @@ impl KeyRing {
     /// Re-reads the keys from the database.
     pub async fn reload(&self) -> Result<(), StoreError> {
         self.reload_gate.hold();
-        let (published, keys) = read(&self.store, self.retention).await?;
+        let (published, keys) = read(&self.store, &self.sealing, self.retention).await?;
         self.verifier.replace_keys(keys);
         *self
             .current
@@ -130,22 +136,29 @@ impl KeyRing {
             .await?
             .ok_or_else(|| StoreError::Corrupt("no active signing key".into()))?;
         let next = SigningKey::generate();
-        self.store.rotate_key(&previous, &to_stored(&next)).await?;
+        self.store
+            .rotate_key(&previous, &to_stored(&next, &self.sealing))
+            .await?;
         self.reload().await?;
         Ok((self.signer().kid().to_owned(), previous))
     }
 }
 
-fn to_stored(key: &SigningKey) -> StoredKey {
+fn to_stored(key: &SigningKey, sealing: &KeyEncryptionKeys) -> StoredKey {
+    let secret = zeroize::Zeroizing::new(key.secret_bytes());
     StoredKey {
         kid: key.kid().to_owned(),
-        secret: URL_SAFE_NO_PAD.encode(key.secret_bytes()),
+        secret: sealing.seal(key.kid(), &secret),
         created_at_ms: unix_now_ms(),
         retired_at_ms: None,
     }
 }
 
-async fn read(store: &Store, retention: Duration) -> Result<(Published, KeySet), StoreError> {
+async fn read(
+    store: &Store,
+    sealing: &KeyEncryptionKeys,
+    retention: Duration,
+) -> Result<(Published, KeySet), StoreError> {
     let active_kid = store
         .active_kid()
         .await?
@@ -156,12 +169,7 @@ async fn read(store: &Store, retention: Duration) -> Result<(Published, KeySet),
     let mut active = None;
     let mut jwks = Vec::with_capacity(stored.len());
     for key in stored {
-        let secret: [u8; 32] = URL_SAFE_NO_PAD
-            .decode(&key.secret)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("signing key {} is unreadable", key.kid)))?;
-        let signing = SigningKey::from_secret_bytes(&secret);
+        let signing = SigningKey::from_secret_bytes(&*open(sealing, &key)?);
         if signing.kid() != key.kid {
             return Err(StoreError::Corrupt(format!(
                 "signing key {} does not match its kid",
@@ -177,4 +185,25 @@ async fn read(store: &Store, retention: Duration) -> Result<(Published, KeySet),
         active.ok_or_else(|| StoreError::Corrupt("the active signing key is missing".into()))?;
     let keys = KeySet::from_jwks(&jwks);
     Ok((Published { active, jwks }, keys))
+}
+
+/// Opens a stored key. A plaintext row (written by a replica that predates sealing, during an
+/// upgrade) is still used, with a warning; the next start or `keys rewrap` seals it.
+fn open(
+    sealing: &KeyEncryptionKeys,
+    key: &StoredKey,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, StoreError> {
+    match sealing.open(&key.kid, &key.secret) {
+        Ok(secret) => Ok(secret),
+        Err(OpenError::Plaintext) => {
+            tracing::warn!(kid = %key.kid, "a signing key is stored in plaintext; run `auth-service keys rewrap`");
+            sealing::plaintext_secret(&key.secret).ok_or_else(|| {
+                StoreError::Corrupt(format!("signing key {} is unreadable", key.kid))
+            })
+        }
+        Err(reason) => Err(StoreError::Corrupt(format!(
+            "signing key {}: {reason}",
+            key.kid
+        ))),
+    }
 }

@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod passwords;
 pub mod pruning;
 pub mod revocation_feed;
+pub mod rewrap;
+pub mod sealing;
 pub mod service_tokens;
 pub mod sessions;
 pub mod startup;

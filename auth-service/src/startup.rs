@@ -31,6 +31,8 @@ use crate::{
     passwords::Passwords,
     pruning::PruneSettings,
     revocation_feed::RevocationFeed,
+    rewrap::{self, Scope},
+    sealing::{self, KeyEncryptionKeys},
     store::Store,
     throttle::{Throttle, ThrottleSettings},
     validation::Validator,
@@ -60,9 +62,40 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     .await
 }
 
+/// The keyring, or one line saying it is required.
+pub fn key_encryption_keys(config: &Config) -> anyhow::Result<KeyEncryptionKeys> {
+    config.key_encryption_keys.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: required: the keys that seal signing keys at rest (comma-separated base64, newest first, each at least 32 random bytes, e.g. `openssl rand -base64 32`)",
+            sealing::VARIABLE
+        )
+    })
+}
+
+/// Seals the plaintext rows of the old schema and checks that the keyring opens every stored
+/// key, so a wrong keyring stops the service before it signs anything.
+async fn seal_stored_keys(store: &Store, keys: &KeyEncryptionKeys) -> anyhow::Result<()> {
+    let report = rewrap::reseal(store, keys, Scope::Plaintext)
+        .await
+        .context("sealing stored signing keys")?;
+    report.require_all_open()?;
+    if report.resealed > 0 {
+        tracing::info!(sealed = report.resealed, "plaintext signing keys sealed");
+    }
+    if report.on_older > 0 {
+        tracing::info!(
+            rows = report.on_older,
+            "signing keys are sealed under older key-encryption keys; `auth-service keys rewrap` moves them"
+        );
+    }
+    Ok(())
+}
+
 impl Application {
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let sealing = key_encryption_keys(&config)?;
         let store = connect_store(&config).await?;
+        seal_stored_keys(&store, &sealing).await?;
         let redis_url = config.redis_url.as_ref().map(|url| url.expose_secret());
         let engine = Engine::from_url(redis_url, &config.redis_prefix).await?;
         let verifier_settings = VerifierSettings {
@@ -72,7 +105,7 @@ impl Application {
             leeway: config.jwt_leeway,
         };
         let retention = config.access_token_ttl.max(config.service_token_ttl) + config.jwt_leeway;
-        let keys = KeyRing::load(store.clone(), verifier_settings, retention)
+        let keys = KeyRing::load(store.clone(), sealing, verifier_settings, retention)
             .await
             .context("loading signing keys")?;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -86,8 +119,12 @@ impl Application {
                 ThrottleSettings {
                     max_failures: config.login_max_failures,
                     failure_window: config.login_failure_window,
+                    failure_delay: config.login_failure_delay,
+                    max_delay: config.login_max_delay,
                     max_per_address: config.login_max_per_address,
                     address_window: config.login_address_window,
+                    token_max_per_address: config.token_max_per_address,
+                    token_window: config.token_address_window,
                 },
             ),
             store,
@@ -95,6 +132,7 @@ impl Application {
             keys,
             passwords: Passwords::new(cores).await?,
             clients: config.service_clients.clone(),
+            proxies: config.trusted_proxies.clone(),
             validator: Validator::new(config.jwt_leeway),
             tokens: TokenSettings {
                 issuer: config.issuer.clone(),

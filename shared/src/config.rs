@@ -27,7 +27,12 @@ pub fn parse_socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
 /// secrets are mounted as files), see [`file_arguments`].
 pub fn parse_or_exit<T: clap::Parser>() -> T {
     let arguments = match file_arguments::<T>(|name| std::env::var_os(name)) {
-        Ok(from_files) => std::env::args_os().chain(from_files),
+        // Right after the program name, so they belong to the top-level command even when a
+        // subcommand (`migrate`, `keys rewrap`) follows.
+        Ok(from_files) => {
+            let mut given = std::env::args_os();
+            given.next().into_iter().chain(from_files).chain(given)
+        }
         Err(line) => {
             eprintln!("{line}");
             std::process::exit(2);

@@ -12,6 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod backoff;
 pub mod balance;
+pub mod client_addr;
 pub mod config;
 pub mod db;
 pub mod engine;

@@ -6,6 +6,7 @@
 pub mod credentials;
 pub mod data_dir;
 pub mod demo;
+pub mod key_encryption;
 pub mod stack;
 
 use clap::{Parser, Subcommand};

@@ -4,8 +4,9 @@
 //!
 //! Each service still reads its own environment variables (`RUST_LOG`, `AUTH_ACCESS_TOKEN_TTL`,
 //! `GATEWAY_AUTH_MODE`, …); the stack decides only what must agree between them: the addresses
-//! they call each other on, the embedded databases under the data directory, and the service
-//! credentials.
+//! they call each other on, the embedded databases under the data directory, the service
+//! credentials, and (unless `AUTH_KEY_ENCRYPTION_KEYS` is set) the key that seals the signing
+//! keys, kept in the data directory.
 
 use std::{
     net::SocketAddr,
@@ -19,7 +20,7 @@ use tollgate_shared::{config::parse_socket_addr, shutdown::Shutdown};
 
 use crate::{
     credentials::{Credentials, GATEWAY_CLIENT},
-    data_dir,
+    data_dir, key_encryption,
 };
 
 /// The embedded databases' file names in the data directory.
@@ -112,6 +113,9 @@ impl Stack {
         auth.service_clients =
             auth_service::clients::ClientRegistry::parse(&credentials.registry())
                 .map_err(anyhow::Error::msg)?;
+        if auth.key_encryption_keys.is_none() {
+            auth.key_encryption_keys = Some(key_encryption::load_or_create(&options.data_dir)?);
+        }
         let auth = auth_service::Application::build(auth, shutdown.clone()).await?;
         let (auth_grpc, auth_http) = (auth.grpc_addr(), auth.http_addr());
         services.spawn(async move { ("auth-service", auth.run_until_stopped().await) });

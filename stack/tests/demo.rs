@@ -44,3 +44,38 @@ async fn the_demo_walks_the_whole_path_on_the_embedded_stack() {
     assert!(!narration.contains(stack.backend_secret()));
     stack.stop().await.unwrap();
 }
+
+/// The signing keys are sealed under a key the stack keeps in its data directory, so a restart
+/// on the same directory opens them again: the same key signs and issued tokens stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_data_directory_keeps_the_signing_keys() {
+    let data = tempfile::tempdir().unwrap();
+    let jwks = |stack: &Stack| {
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            stack.endpoints().auth_http
+        );
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = Stack::start(Options::ephemeral(data.path()), Shutdown::new())
+        .await
+        .unwrap();
+    let before = jwks(&first).await;
+    first.stop().await.unwrap();
+    let key_file = data.path().join(tollgate::key_encryption::FILE_NAME);
+    let key = std::fs::read_to_string(&key_file).unwrap();
+
+    let second = Stack::start(Options::ephemeral(data.path()), Shutdown::new())
+        .await
+        .unwrap();
+    assert_eq!(jwks(&second).await, before);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+    second.stop().await.unwrap();
+}

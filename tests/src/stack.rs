@@ -114,6 +114,11 @@ impl ClusterBuilder {
     pub async fn start(self) -> Cluster {
         let prefix = redis_prefix();
         let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        // The key-encryption key: two random UUIDs (244 random bits) as 64 bytes of key material.
+        let key_encryption_keys = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+        );
         let databases = match self.one_database {
             Some(backend) => vec![TestDatabase::create(backend).await],
             None => {
@@ -161,8 +166,10 @@ impl ClusterBuilder {
             ("AUTH_GRPC_ADDR", "127.0.0.1:0"),
             ("AUTH_HTTP_ADDR", "127.0.0.1:0"),
             ("AUTH_SERVICE_CLIENTS", &clients),
+            ("AUTH_KEY_ENCRYPTION_KEYS", &key_encryption_keys),
             // Every test user registers from 127.0.0.1.
             ("AUTH_LOGIN_MAX_PER_ADDRESS", "100000"),
+            ("AUTH_TOKEN_MAX_PER_ADDRESS", "100000"),
         ]));
         auth_env.extend(self.auth_env);
         let auth = Service::start(Binary::Auth, auth_env).await;

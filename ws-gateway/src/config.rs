@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use tollgate_shared::config::{SecretString, parse_duration, parse_socket_addr};
+use tollgate_shared::{
+    client_addr::TrustedProxies,
+    config::{SecretString, parse_duration, parse_socket_addr},
+};
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -102,6 +105,12 @@ pub struct Config {
     /// Connection attempts per client address per minute (429 beyond).
     #[arg(long, env = "GATEWAY_CONNECT_RATE", default_value_t = 120)]
     pub connect_rate: u64,
+
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client, for the
+    /// per-address limit and logs (comma-separated CIDRs or addresses). Unset: none, every
+    /// client is its TCP peer.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse, hide_default_value = true)]
+    pub trusted_proxies: TrustedProxies,
 
     /// Open connections on this node before new ones get 503.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
@@ -214,6 +223,7 @@ impl Config {
             max_frame_bytes: 65_536,
             allow_query_token: false,
             connect_rate: 100_000,
+            trusted_proxies: TrustedProxies::default(),
             max_connections: 100_000,
             send_queue: 256,
             ping_interval: Duration::from_secs(20),

@@ -9,7 +9,11 @@
 //! unreachable) and the user's connection lease taken (429 at the plan's limit). Without a
 //! token the upgrade goes ahead and the connection expects `{"type":"auth"}` first.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     extract::{
@@ -104,6 +108,11 @@ pub async fn upgrade(
     request: Request,
 ) -> Response {
     let (headers, uri) = (request.headers(), request.uri());
+    // Behind a trusted proxy, the client it forwards for.
+    let client = shared
+        .config
+        .trusted_proxies
+        .resolve_http(peer.ip(), headers);
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -118,13 +127,13 @@ pub async fn upgrade(
         otel.name = "ws.connection",
         otel.kind = "server",
         connection_id = %connection_id,
-        client.address = %peer.ip(),
+        client.address = %client,
         user_id = tracing::field::Empty,
         session_id = tracing::field::Empty,
     );
     // The connection continues the trace of whoever opened it.
     let _ = span.set_parent(extract_trace_context(headers));
-    let admitted = admit(&shared, peer, headers, uri, &connection_id)
+    let admitted = admit(&shared, client, headers, uri, &connection_id)
         .instrument(span.clone())
         .await;
     let (slot, session) = match admitted {
@@ -159,7 +168,7 @@ pub async fn upgrade(
 
 async fn admit(
     shared: &Arc<Shared>,
-    peer: SocketAddr,
+    client: IpAddr,
     headers: &HeaderMap,
     uri: &Uri,
     connection_id: &Arc<str>,
@@ -170,7 +179,7 @@ async fn admit(
     let slot = shared.reserve_slot().ok_or(GatewayError::Overloaded)?;
     shared
         .limits
-        .admit_address(peer.ip())
+        .admit_address(client)
         .await
         .map_err(|retry_after| GatewayError::ConnectRateLimited { retry_after })?;
     let Some(token) = presented_token(headers, uri, shared.config.allow_query_token)? else {

@@ -1,12 +1,15 @@
 //! Signing keys. The single `key_state` row names the active key; creating it and moving it
 //! are compare-and-set operations, so replicas that start or rotate at once agree on one key.
+//! A key's `secret` is a sealed envelope (see `crate::sealing`); replacing it is a
+//! compare-and-set too, so replicas and `keys rewrap` re-sealing at once never lose a key.
 
 use super::{Store, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct StoredKey {
     pub kid: String,
-    /// Base64url of the 32 secret bytes.
+    /// The sealed envelope of the 32 secret bytes (plaintext base64url in rows written before
+    /// sealing existed, until they are sealed).
     pub secret: String,
     pub created_at_ms: i64,
     pub retired_at_ms: Option<i64>,
@@ -31,6 +34,44 @@ impl Store {
                 retired_at_ms,
             })
             .collect())
+    }
+
+    /// The `(kid, secret)` of every key ever stored, retired ones included.
+    pub async fn all_key_secrets(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT kid, secret FROM signing_keys ORDER BY created_at")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// The stored secret of one key, if it exists.
+    pub async fn key_secret(&self, kid: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT secret FROM signing_keys WHERE kid = $1")
+                .bind(kid)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|(secret,)| secret))
+    }
+
+    /// Replaces the secret of `kid` if it still is `expected`; false if another writer changed
+    /// it first.
+    pub async fn replace_key_secret(
+        &self,
+        kid: &str,
+        expected: &str,
+        replacement: &str,
+    ) -> Result<bool, StoreError> {
+        let replaced =
+            sqlx::query("UPDATE signing_keys SET secret = $1 WHERE kid = $2 AND secret = $3")
+                .bind(replacement)
+                .bind(kid)
+                .bind(expected)
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+        Ok(replaced == 1)
     }
 
     pub async fn active_kid(&self) -> Result<Option<String>, StoreError> {

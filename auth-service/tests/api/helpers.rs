@@ -206,6 +206,25 @@ impl Drop for TestApp {
     }
 }
 
+/// An HTTP client whose connections come from `source`, a loopback address other than
+/// 127.0.0.1, so one test can be several clients.
+pub fn http_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().expect("an address"))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// The `Retry-After` of a response, in seconds.
+#[track_caller]
+pub fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("whole seconds")
+}
+
 pub fn unique_email() -> String {
     format!("user-{}@example.com", Uuid::new_v4().simple())
 }

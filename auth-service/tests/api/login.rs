@@ -46,7 +46,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable(backend: Backend
 async fn repeated_failures_throttle_the_account(backend: Backend) {
     let app = TestApp::spawn_with(backend, |config| {
         config.login_max_failures = 3;
-        config.login_failure_window = Duration::from_secs(600);
+        config.login_failure_delay = Duration::from_secs(600);
     })
     .await;
     let email = unique_email();
@@ -58,7 +58,7 @@ async fn repeated_failures_throttle_the_account(backend: Backend) {
             "invalid_credentials",
         );
     }
-    // Even the right password is refused now, with a retry-after.
+    // From this address, even the right password is refused now, with a retry-after.
     let status = assert_refused(
         app.login(&email, PASSWORD).await,
         Code::ResourceExhausted,
@@ -90,6 +90,83 @@ async fn repeated_failures_throttle_the_account(backend: Backend) {
     // Other accounts are unaffected.
     let other = app.new_user().await;
     assert!(!other.access_token.is_empty());
+}
+
+async fn login_over_http(
+    client: &reqwest::Client,
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    client
+        .post(app.url("/v1/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_stranger_failing_on_purpose_never_locks_the_owner_out(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.login_max_failures = 3;
+        config.login_failure_delay = Duration::from_secs(600);
+    })
+    .await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await.unwrap();
+    let (attacker, owner) = (http_from("127.0.0.2"), http_from("127.0.0.3"));
+    for _ in 0..3 {
+        let response = login_over_http(&attacker, &app, &email, "wrong horse battery").await;
+        assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    // The attacker's address now waits, whatever it sends, and keeps waiting.
+    for password in ["wrong horse battery", PASSWORD, "another wrong guess"] {
+        let response = login_over_http(&attacker, &app, &email, password).await;
+        assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+        assert!((590..=600).contains(&retry_after(&response)));
+    }
+    // The owner, from elsewhere, is not affected at all, mistakes included.
+    for _ in 0..2 {
+        let response = login_over_http(&owner, &app, &email, "a typo in the password").await;
+        assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    let response = login_over_http(&owner, &app, &email, PASSWORD).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    // And a success clears the owner's own count: three more typos are allowed again.
+    for _ in 0..3 {
+        let response = login_over_http(&owner, &app, &email, "a typo in the password").await;
+        assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+}
+
+async fn each_further_failure_doubles_the_wait(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.login_max_failures = 2;
+        config.login_failure_delay = Duration::from_secs(1);
+    })
+    .await;
+    let email = unique_email();
+    app.register(&email, PASSWORD).await.unwrap();
+    let client = http_from("127.0.0.2");
+    for _ in 0..2 {
+        let response = login_over_http(&client, &app, &email, "wrong horse battery").await;
+        assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    let response = login_over_http(&client, &app, &email, "wrong horse battery").await;
+    assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&response), 1);
+    // Once the wait is over, the next failure is counted and the wait doubles.
+    let counted = eventually(Duration::from_secs(10), || async {
+        login_over_http(&client, &app, &email, "wrong horse battery")
+            .await
+            .status()
+            == reqwest::StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(counted, "the first wait never ended");
+    let response = login_over_http(&client, &app, &email, PASSWORD).await;
+    assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&response), 2);
 }
 
 async fn one_address_is_throttled_across_accounts(backend: Backend) {
@@ -135,5 +212,7 @@ both_backends!(
     login_opens_a_new_session,
     unknown_email_and_wrong_password_are_indistinguishable,
     repeated_failures_throttle_the_account,
+    a_stranger_failing_on_purpose_never_locks_the_owner_out,
+    each_further_failure_doubles_the_wait,
     one_address_is_throttled_across_accounts,
 );

@@ -32,6 +32,9 @@ impl Drop for Replica {
     }
 }
 
+/// The key-encryption key both replicas seal the signing keys with.
+const KEYS: &str = "cmVwbGljYXMtdGVzdCBrZXktZW5jcnlwdGlvbiBrZXkgMzJi";
+
 const CLIENTS: &str = "gateway:test-client-secret-0123456789abcdef:auth.validate,admin:test-client-secret-0123456789abcdef:auth.admin";
 
 async fn start_replica(database_url: &str, prefix: &str) -> Replica {
@@ -43,6 +46,7 @@ async fn start_replica(database_url: &str, prefix: &str) -> Replica {
         .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
         .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
         .env("AUTH_SERVICE_CLIENTS", CLIENTS)
+        .env("AUTH_KEY_ENCRYPTION_KEYS", KEYS)
         .env("RUST_LOG", "debug,h2=info,tower=info,hyper=info,sqlx=warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -294,6 +298,11 @@ async fn a_bad_configuration_fails_fast_with_one_line_naming_the_variable() {
             "DATABASE_URL",
         ),
         ("REDIS_URL", "redis://127.0.0.1:1", "REDIS_URL"),
+        (
+            "AUTH_KEY_ENCRYPTION_KEYS",
+            "dGlueQ==",
+            "AUTH_KEY_ENCRYPTION_KEYS",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
@@ -301,6 +310,7 @@ async fn a_bad_configuration_fails_fast_with_one_line_naming_the_variable() {
             .current_dir(dir.path())
             .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
             .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
+            .env("AUTH_KEY_ENCRYPTION_KEYS", KEYS)
             .env(variable, value)
             .output()
             .unwrap();

@@ -307,6 +307,10 @@ async fn services_fail_fast_with_one_line_when_a_dependency_is_unreachable_then_
             "AUTH_SERVICE_CLIENTS",
             &format!("ws-gateway:{secret}:auth.validate+usage.check"),
         ),
+        (
+            "AUTH_KEY_ENCRYPTION_KEYS",
+            "ZmFpbC1mYXN0IHRlc3Qga2V5LWVuY3J5cHRpb24ga2V5ISE=",
+        ),
     ]
     .iter()
     .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))

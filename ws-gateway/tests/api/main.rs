@@ -16,6 +16,7 @@ mod frames;
 mod lifecycle;
 mod limits;
 mod nodes;
+mod proxies;
 mod publish;
 mod runs;
 mod shutdown;
