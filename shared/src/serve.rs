@@ -32,6 +32,18 @@ pub struct RequestTimeout {
     pub duration: Duration,
 }
 
+impl RequestTimeout {
+    /// The HTTP layer: a request not answered within the timeout gets 503 and its work is
+    /// dropped. (A WebSocket upgrade is answered once the handshake is done; the connection
+    /// then lives on.)
+    pub fn http_layer(self) -> tower_http::timeout::TimeoutLayer {
+        tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            self.duration,
+        )
+    }
+}
+
 impl Default for RequestTimeout {
     fn default() -> Self {
         Self {
@@ -127,10 +139,7 @@ impl Servers {
                 }
             }),
             http_router
-                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    request_timeout.duration,
-                ))
+                .layer(request_timeout.http_layer())
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { http_shutdown.wait().await });

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use tollgate_shared::{
     client_addr::TrustedProxies,
     config::{SecretString, parse_duration, parse_socket_addr},
+    serve::RequestTimeout,
 };
 
 #[derive(Clone, Debug, Parser)]
@@ -180,6 +181,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
+    #[command(flatten)]
+    pub request_timeout: RequestTimeout,
+
     /// Largest accepted `/v1/publish` body, in bytes.
     #[arg(long, env = "GATEWAY_PUBLISH_MAX_BYTES", default_value_t = 65_536)]
     pub publish_max_bytes: usize,
@@ -240,6 +244,7 @@ impl Config {
             breaker_cool_down: Duration::from_secs(5),
             validation_cache_ttl: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(2),
+            request_timeout: RequestTimeout::default(),
             publish_max_bytes: 65_536,
             shutdown_grace: Duration::from_secs(10),
             otlp_endpoint: None,

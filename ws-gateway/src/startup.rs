@@ -246,9 +246,11 @@ impl Application {
         let clients = Router::new()
             .route("/ws", get(handshake::upgrade))
             .route("/v1/publish", post(publish::publish))
-            .with_state(Arc::clone(&shared));
-        let internal =
-            health::routes(shared.readiness.clone()).merge(shared_metrics::routes(registry));
+            .with_state(Arc::clone(&shared))
+            .layer(shared.config.request_timeout.http_layer());
+        let internal = health::routes(shared.readiness.clone())
+            .merge(shared_metrics::routes(registry))
+            .layer(shared.config.request_timeout.http_layer());
         let admin_done = CancellationToken::new();
         let (router, admin) = match admin_listener {
             Some(listener) => {

@@ -137,11 +137,24 @@ async fn a_partition_inside_a_refresh_transaction_heals_without_stuck_locks() {
     let user = app.register(&email, PASSWORD).await.unwrap();
 
     // The refresh's first UPDATE locks a row; its answer (command tag `UPDATE 1`) is lost.
+    // Stuck requests are answered at the request timeout: HTTP 503, gRPC CANCELLED.
     proxy.blackhole_before_reply(b"UPDATE 1\0");
-    let stuck = app.refresh(&user.refresh_token).await;
-    assert!(
-        stuck.is_err(),
-        "the refresh went through: it updated no row, so the partition missed it"
+    let stuck = app
+        .http
+        .post(app.url("/v1/refresh"))
+        .json(&serde_json::json!({"refresh_token": user.refresh_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stuck.status(),
+        503,
+        "the refresh was answered: it updated no row, so the partition missed it"
+    );
+    assert_eq!(
+        app.login(&email, PASSWORD).await.unwrap_err().code(),
+        Code::Cancelled,
+        "a call stuck behind the partition"
     );
 
     proxy.restore();
