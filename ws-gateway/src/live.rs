@@ -352,16 +352,7 @@ impl Live {
     /// close it with 1008.
     fn bad_frame(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<End> {
         self.bad_frames += 1;
-        self.send(
-            ServerMessage::Error {
-                id,
-                code: code.as_str(),
-                message,
-                run_id: None,
-                upgrade_to: None,
-            }
-            .encode(),
-        );
+        self.send(ServerMessage::error(id, code, message));
         (self.bad_frames >= self.shared.config.max_bad_frames)
             .then_some(End::Close(CloseCode::PolicyViolation))
     }

@@ -234,7 +234,7 @@ impl ServerMessage<'_> {
     }
 
     /// An `error` reply with no run attached.
-    pub fn error(id: Option<&'_ RequestId>, code: ErrorCode, message: &'static str) -> Utf8Bytes {
+    pub fn error(id: Option<&'_ RequestId>, code: ErrorCode, message: &str) -> Utf8Bytes {
         ServerMessage::Error {
             id,
             code: code.as_str(),

@@ -252,46 +252,59 @@ fn parse(message: tollgate_proto::auth::v1::Revocation) -> Option<Revocation> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::hub::ConnectionHandle;
+    use tokio::sync::watch;
 
-    #[test]
-    fn revocations_close_the_session_once_and_are_remembered() {
+    use super::*;
+    use crate::hub::{ConnectionHandle, Registration};
+
+    /// Revocations over a hub holding one connection of one session.
+    struct Fixture {
+        revocations: Revocations,
+        revocation: Revocation,
+        closed: watch::Receiver<Option<CloseCode>>,
+        _registration: Registration,
+    }
+
+    fn one_open_connection() -> Fixture {
         let metrics = GatewayMetrics::default();
         let hub = Hub::new(metrics.clone());
         let revocations = Revocations::new(Arc::default(), hub.clone(), metrics);
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let (handle, mailbox) = ConnectionHandle::new("c1".into(), 4);
-        let _registration = hub.register(user, session, handle);
+        let registration = hub.register(user, session, handle);
         let revocation = Revocation {
             session_id: session,
             user_id: user,
             revoked_at_ms: 1,
             reason: "logout".into(),
         };
-        revocations.apply(&revocation, "watch");
-        assert_eq!(*mailbox.close.borrow(), Some(CloseCode::SessionRevoked));
-        assert!(revocations.list().is_revoked(session));
-        assert!(!revocations.list().record(session), "deduplicated");
+        Fixture {
+            revocations,
+            revocation,
+            closed: mailbox.close,
+            _registration: registration,
+        }
+    }
+
+    #[test]
+    fn revocations_close_the_session_once_and_are_remembered() {
+        let fixture = one_open_connection();
+        let session = fixture.revocation.session_id;
+        fixture.revocations.apply(&fixture.revocation, "watch");
+        assert_eq!(*fixture.closed.borrow(), Some(CloseCode::SessionRevoked));
+        assert!(fixture.revocations.list().is_revoked(session));
+        assert!(!fixture.revocations.list().record(session), "deduplicated");
     }
 
     #[test]
     fn a_session_already_listed_still_has_its_connections_closed() {
-        let metrics = GatewayMetrics::default();
-        let hub = Hub::new(metrics.clone());
-        let revocations = Revocations::new(Arc::default(), hub.clone(), metrics);
-        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let (handle, mailbox) = ConnectionHandle::new("c1".into(), 4);
-        let _registration = hub.register(user, session, handle);
+        let fixture = one_open_connection();
         // A `ValidateToken` refusal for another token of the session was heard first.
-        revocations.list().record(session);
-        let revocation = Revocation {
-            session_id: session,
-            user_id: user,
-            revoked_at_ms: 1,
-            reason: "logout".into(),
-        };
-        revocations.apply(&revocation, "bus");
-        assert_eq!(*mailbox.close.borrow(), Some(CloseCode::SessionRevoked));
+        fixture
+            .revocations
+            .list()
+            .record(fixture.revocation.session_id);
+        fixture.revocations.apply(&fixture.revocation, "bus");
+        assert_eq!(*fixture.closed.borrow(), Some(CloseCode::SessionRevoked));
     }
 }
