@@ -1,14 +1,18 @@
 -- Portable SQL, like the first migration: the same statements run on PostgreSQL and SQLite.
 
 -- A rotated refresh token may be re-issued once within the grace window (`reissued_at`), and
--- the live tokens of a session form one family of siblings: the first of them to be refreshed
--- retires the others (`retired_at`), whose later use is a replay.
+-- the children of one token (`parent_hash`) are siblings: once one of them is refreshed the
+-- others are retired, and their later use is a replay. (`retired_at` records the retirement of
+-- tokens issued before parents were recorded; a sibling's is read from its family.)
 ALTER TABLE refresh_tokens ADD COLUMN reissued_at BIGINT;
 ALTER TABLE refresh_tokens ADD COLUMN retired_at BIGINT;
+ALTER TABLE refresh_tokens ADD COLUMN parent_hash TEXT;
 
--- The live tokens of a session, found at every rotation to retire a refreshed token's siblings.
-CREATE INDEX refresh_tokens_live_by_session ON refresh_tokens (session_id)
-    WHERE rotated_at IS NULL AND retired_at IS NULL;
+-- A token's siblings, checked at every rotation. Only columns that never change once a row is
+-- written are indexed, so spending a token rewrites no index entry (on PostgreSQL, a heap-only
+-- update).
+CREATE INDEX refresh_tokens_by_parent ON refresh_tokens (parent_hash)
+    WHERE parent_hash IS NOT NULL;
 
 -- Pruning deletes by expiry, in bounded batches.
 CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);

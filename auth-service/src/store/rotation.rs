@@ -5,7 +5,9 @@
 //! response lost on the way) and gets one more child, provided its first child is still
 //! unused. The children of one token are siblings, and the first of them to be refreshed retires
 //! the others: a session therefore has one family of live tokens at a time, and its chain never
-//! forks. Any other presentation of a spent or retired token (a third one inside the window,
+//! forks. Retirement is read, not written: a token is retired once a sibling of it (a child of
+//! the same parent) was refreshed, so a rotation writes one token row and checks its siblings
+//! through an index on `parent_hash`, a column no update changes. Any other presentation of a spent or retired token (a third one inside the window,
 //! one after the window, one after a child was used, a retired sibling) is a replay of a stolen
 //! token, and revokes the session.
 //!
@@ -20,7 +22,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    sessions::{SessionLifetime, SessionStatus, insert_token, revoke_in},
+    sessions::{NewToken, SessionLifetime, SessionStatus, insert_token, revoke_in},
     users::parse_uuid,
 };
 use crate::domain::RefreshTokenHash;
@@ -64,6 +66,8 @@ struct TokenState {
     retired_at: Option<i64>,
     /// Whether the token's first child exists and was neither refreshed nor retired.
     child_unused: bool,
+    /// Whether a sibling (another child of its parent) was refreshed: this one is retired.
+    sibling_rotated: bool,
 }
 
 /// What a presentation does, decided from the token's state alone.
@@ -79,7 +83,7 @@ enum Step {
 
 impl TokenState {
     fn step(self, now_ms: i64, grace_ms: i64) -> Step {
-        if self.retired_at.is_some() {
+        if self.retired_at.is_some() || self.sibling_rotated {
             return Step::Replay;
         }
         let Some(rotated_at) = self.rotated_at else {
@@ -102,14 +106,14 @@ impl Store {
         &self,
         rotation: Rotation<'_>,
     ) -> Result<RefreshOutcome, StoreError> {
-        let row: Option<(String, i64, String, i64)> = sqlx::query_as(
-            "SELECT rt.session_id, rt.expires_at, s.user_id, s.created_at FROM refresh_tokens rt \
-             JOIN sessions s ON s.id = rt.session_id WHERE rt.hash = $1",
+        let row: Option<(String, i64, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT rt.session_id, rt.expires_at, rt.parent_hash, s.user_id, s.created_at \
+             FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id WHERE rt.hash = $1",
         )
         .bind(rotation.presented.as_str())
         .fetch_optional(self.pool())
         .await?;
-        let Some((session_id, token_expires_at, user_id, created_at)) = row else {
+        let Some((session_id, token_expires_at, parent, user_id, created_at)) = row else {
             return Ok(RefreshOutcome::Unknown);
         };
         if token_expires_at <= rotation.now_ms {
@@ -130,7 +134,8 @@ impl Store {
             );
         }
         // The common case first: the presented token is live and is spent in one statement.
-        let via_grace = if spend(&mut tx, session_id, &rotation).await? {
+        // A token's parent never changes, so it may be read before the lock.
+        let via_grace = if spend(&mut tx, parent.as_deref(), session_id, &rotation).await? {
             false
         } else {
             let state = token_state(&mut tx, rotation.presented).await?;
@@ -152,14 +157,14 @@ impl Store {
                 }
             }
         };
-        insert_token(
-            &mut tx,
-            rotation.next,
+        let child = NewToken {
+            hash: rotation.next,
+            parent: Some(rotation.presented),
             session_id,
-            rotation.now_ms,
-            expires_at,
-        )
-        .await?;
+            now_ms: rotation.now_ms,
+            expires_at_ms: expires_at,
+        };
+        insert_token(&mut tx, child).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated {
             user_id,
@@ -206,9 +211,13 @@ async fn token_state(
         Option<String>,
         Option<i64>,
         Option<i64>,
+        i64,
     );
     let row: Option<Row> = sqlx::query_as(
-        "SELECT t.rotated_at, t.reissued_at, t.retired_at, c.hash, c.rotated_at, c.retired_at \
+        "SELECT t.rotated_at, t.reissued_at, t.retired_at, c.hash, c.rotated_at, c.retired_at, \
+           CAST(CASE WHEN EXISTS (SELECT 1 FROM refresh_tokens s \
+             WHERE s.parent_hash = t.parent_hash AND s.hash <> t.hash \
+             AND s.rotated_at IS NOT NULL) THEN 1 ELSE 0 END AS BIGINT) \
          FROM refresh_tokens t LEFT JOIN refresh_tokens c ON c.hash = t.child_hash \
          WHERE t.hash = $1",
     )
@@ -216,7 +225,15 @@ async fn token_state(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(row.map(
-        |(rotated_at, reissued_at, retired_at, child, child_rotated_at, child_retired_at)| {
+        |(
+            rotated_at,
+            reissued_at,
+            retired_at,
+            child,
+            child_rotated_at,
+            child_retired_at,
+            sibling_rotated,
+        )| {
             TokenState {
                 rotated_at,
                 reissued_at,
@@ -224,30 +241,37 @@ async fn token_state(
                 child_unused: child.is_some()
                     && child_rotated_at.is_none()
                     && child_retired_at.is_none(),
+                sibling_rotated: sibling_rotated != 0,
             }
         },
     ))
 }
 
-/// Spends the presented token if it is live, and then retires every other live token of the
-/// session (its siblings). Returns whether it was live.
+/// Spends the presented token if it is live: neither spent, nor retired, nor the sibling of
+/// one already refreshed. Returns whether it was. A token without a parent (a session's first,
+/// or one issued before parents were recorded) then retires every other live token of its
+/// session, which closes forks made before families existed.
 async fn spend(
     tx: &mut Transaction<'static, Any>,
+    parent: Option<&str>,
     session_id: Uuid,
     rotation: &Rotation<'_>,
 ) -> Result<bool, StoreError> {
     let spent = sqlx::query(
         "UPDATE refresh_tokens SET rotated_at = $2, child_hash = $3 \
-         WHERE hash = $1 AND rotated_at IS NULL AND retired_at IS NULL",
+         WHERE hash = $1 AND rotated_at IS NULL AND retired_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.parent_hash = $4 \
+                           AND s.hash <> $1 AND s.rotated_at IS NOT NULL)",
     )
     .bind(rotation.presented.as_str())
     .bind(rotation.now_ms)
     .bind(rotation.next.as_str())
+    .bind(parent)
     .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
-    if spent {
+    if spent && parent.is_none() {
         sqlx::query(
             "UPDATE refresh_tokens SET retired_at = $3 \
              WHERE session_id = $1 AND hash <> $2 AND rotated_at IS NULL AND retired_at IS NULL",
@@ -330,5 +354,14 @@ mod tests {
             ..TokenState::default()
         };
         assert_eq!(retired.step(1_001, GRACE), Step::Replay);
+    }
+
+    #[test]
+    fn the_sibling_of_a_refreshed_token_is_a_replay() {
+        let sibling_refreshed = TokenState {
+            sibling_rotated: true,
+            ..TokenState::default()
+        };
+        assert_eq!(sibling_refreshed.step(1_001, GRACE), Step::Replay);
     }
 }

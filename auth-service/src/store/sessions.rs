@@ -64,7 +64,14 @@ impl Store {
         .bind(expires_at_ms)
         .execute(&mut *tx)
         .await?;
-        insert_token(&mut tx, refresh, session_id, now_ms, expires_at_ms).await?;
+        let first = NewToken {
+            hash: refresh,
+            parent: None,
+            session_id,
+            now_ms,
+            expires_at_ms,
+        };
+        insert_token(&mut tx, first).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -157,20 +164,32 @@ impl Store {
     }
 }
 
+/// A refresh token to issue: the first of a session (no parent), or a child of the token
+/// presented to a rotation.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NewToken<'a> {
+    pub hash: &'a RefreshTokenHash,
+    pub parent: Option<&'a RefreshTokenHash>,
+    pub session_id: Uuid,
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 pub(super) async fn insert_token(
     tx: &mut Transaction<'static, Any>,
-    hash: &RefreshTokenHash,
-    session_id: Uuid,
-    now_ms: i64,
-    expires_at_ms: i64,
+    token: NewToken<'_>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO refresh_tokens (hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(hash.as_str())
-        .bind(session_id.to_string())
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, parent_hash, session_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token.hash.as_str())
+    .bind(token.parent.map(RefreshTokenHash::as_str))
+    .bind(token.session_id.to_string())
+    .bind(token.now_ms)
+    .bind(token.expires_at_ms)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
