@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/tollgate/auth/v1/auth.proto",
         "proto/tollgate/usage/v1/usage.proto",
+        "proto/tollgate/agent/v1/agent.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

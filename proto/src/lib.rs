@@ -14,5 +14,11 @@ pub mod usage {
     }
 }
 
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("tollgate.agent.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Tollgate service, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
