@@ -3,7 +3,7 @@
 use tollgate_shared::{
     events::KEYS_CHANNEL,
     time::unix_now,
-    tokens::{SERVICE_AUDIENCES, ServiceClaims},
+    tokens::{ServiceClaims, service_audience_allows},
 };
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ impl Auth {
         let scopes = self
             .clients
             .authenticate(client_id, client_secret, requested_scopes)?;
-        if !SERVICE_AUDIENCES.contains(&audience) {
+        if !service_audience_allows(audience, &scopes) {
             return Err(AuthError::InvalidAudience);
         }
         let now = unix_now();

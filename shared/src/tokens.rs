@@ -25,6 +25,26 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 /// The audiences a service token may name.
 pub const SERVICE_AUDIENCES: [&str; 3] = ["auth-service", "usage-service", "ws-gateway"];
 
+/// The one scope of a service token addressed to an agent backend (whose audience is the
+/// agent's name in the gateway's `GATEWAY_AGENTS`).
+pub const AGENT_SCOPE: &str = "agent.run";
+
+/// Whether a service token for `audience` may carry `scopes`: a Tollgate service's audience
+/// takes any granted scope; any other well-formed name is an agent backend's, and its token
+/// carries `agent.run` only, so it can never be replayed to a Tollgate service.
+pub fn service_audience_allows(audience: &str, scopes: &[String]) -> bool {
+    if SERVICE_AUDIENCES.contains(&audience) {
+        return true;
+    }
+    let mut bytes = audience.bytes();
+    let agent_name = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
+        && audience.len() <= 64;
+    agent_name && !scopes.is_empty() && scopes.iter().all(|scope| scope == AGENT_SCOPE)
+}
+
 /// The token of an `Authorization` value in the `Bearer` scheme (RFC 6750 §2.1, the scheme
 /// name case-insensitive), or `None` for another scheme or a blank token. Every service reads
 /// bearer tokens (HTTP headers and gRPC metadata) through this one function.

@@ -253,3 +253,27 @@ fn bearer_tokens_are_read_from_the_bearer_scheme_only() {
         assert_eq!(bearer(value), token, "{value:?}");
     }
 }
+
+#[test]
+fn an_agent_audience_takes_only_the_agent_scope() {
+    let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(service_audience_allows("usage-service", &scopes(&["usage.check"])));
+    assert!(service_audience_allows("support", &scopes(&[AGENT_SCOPE])));
+    assert!(service_audience_allows("crm.agent-2", &scopes(&[AGENT_SCOPE])));
+    let refused = [
+        ("support", scopes(&[])),
+        ("support", scopes(&[AGENT_SCOPE, "usage.check"])),
+        ("support", scopes(&["auth.admin"])),
+        ("Support", scopes(&[AGENT_SCOPE])),
+        ("../../etc", scopes(&[AGENT_SCOPE])),
+        ("", scopes(&[AGENT_SCOPE])),
+    ];
+    for (audience, scopes) in refused {
+        assert!(
+            !service_audience_allows(audience, &scopes),
+            "{audience:?} {scopes:?}"
+        );
+    }
+    let long = format!("a{}", "b".repeat(64));
+    assert!(!service_audience_allows(&long, &scopes(&[AGENT_SCOPE])));
+}

@@ -37,7 +37,7 @@ impl Credentials {
     /// `AUTH_SERVICE_CLIENTS` for auth-service.
     pub fn registry(&self) -> String {
         format!(
-            "{GATEWAY_CLIENT}:{}:auth.validate+usage.check,{BACKEND_CLIENT}:{}:publish",
+            "{GATEWAY_CLIENT}:{}:auth.validate+usage.check+agent.run,{BACKEND_CLIENT}:{}:publish",
             self.gateway_secret, self.backend_secret
         )
     }

@@ -357,8 +357,8 @@ impl WsClient {
         .await;
     }
 
-    /// The frames of one run (`id`) up to its end: `agent_completed`, `run_cancelled`, or an
-    /// error without a `run_id` when the run never started. Other frames are skipped.
+    /// The frames of one run (`id`) up to its end: `agent_completed`, `agent_failed`,
+    /// `run_cancelled`, or an error when the run never started. Other frames are skipped.
     pub async fn transcript(&mut self, id: &str) -> Vec<Value> {
         let mut frames = Vec::new();
         loop {
@@ -366,7 +366,11 @@ impl WsClient {
             let kind = frame["type"].as_str().unwrap_or_default().to_owned();
             let never_started = frames.is_empty() && kind != "agent_started";
             frames.push(frame);
-            if never_started || kind == "agent_completed" || kind == "run_cancelled" {
+            let terminal = matches!(
+                kind.as_str(),
+                "agent_completed" | "agent_failed" | "run_cancelled"
+            );
+            if never_started || terminal {
                 return frames;
             }
         }

@@ -93,6 +93,11 @@ impl Acknowledgements {
                         self.add(user, AGENT_RUNS, 0, 1);
                     }
                 }
+                // The run was counted, then its backend could not be reached.
+                (Some("agent_unavailable"), true) => {
+                    self.add(user, MESSAGES, 1, 0);
+                    self.add(user, AGENT_RUNS, 1, 0);
+                }
                 // The message passed; the run quota did not, or there was no such run.
                 (Some("quota_exceeded" | "unknown_run"), false) => self.add(user, MESSAGES, 1, 0),
                 _ => {}

@@ -23,9 +23,9 @@ const RUST_LOG: &str = "info,h2=warn,hyper=warn,tower=warn,sqlx=warn,tonic=warn"
 
 /// The clients auth-service knows, with their scopes (the secret is the cluster's).
 const CLIENTS: [(&str, &str); 5] = [
-    ("ws-gateway", "auth.validate+usage.check"),
+    ("ws-gateway", "auth.validate+usage.check+agent.run"),
     ("backend", "publish"),
-    ("tester", "auth.validate+usage.check"),
+    ("tester", "auth.validate+usage.check+agent.run"),
     ("billing", "usage.admin+usage.check"),
     ("operator", "auth.admin"),
 ];

@@ -4,6 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
+
+use crate::agent::{AgentRoutes, BackendSettings, RunSettings};
 use tollgate_shared::{
     client_addr::TrustedProxies,
     config::{SecretString, parse_duration, parse_socket_addr},
@@ -145,9 +147,38 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_RUNS_PER_CONNECTION", default_value_t = 4)]
     pub max_runs_per_connection: usize,
 
-    /// How long the demo agent's tools "work" between `tool_executing` and `tool_completed`.
+    /// How long the built-in demo agent's tools "work" between `tool_executing` and
+    /// `tool_completed`.
     #[arg(long, env = "GATEWAY_AGENT_THINK_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub agent_think_delay: Duration,
+
+    /// Agent names and their backends: `name=builtin` (the demo agent, in process) or
+    /// `name=http://host:port` (a `tollgate.agent.v1.AgentBackend` server), comma-separated.
+    #[arg(long, env = "GATEWAY_AGENTS", default_value = "demo=builtin")]
+    pub agents: AgentRoutes,
+
+    /// The longest silence from an agent backend, when starting a run or during one; then the
+    /// run ends with `agent_failed {reason: "idle_timeout"}`.
+    #[arg(long, env = "GATEWAY_AGENT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub agent_idle_timeout: Duration,
+
+    /// How long a cancelled agent backend gets to end its stream before the run ends with
+    /// `run_cancelled` anyway.
+    #[arg(long, env = "GATEWAY_AGENT_CANCEL_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub agent_cancel_grace: Duration,
+
+    /// The longest wait for a connection to a remote agent backend.
+    #[arg(long, env = "GATEWAY_AGENT_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub agent_connect_timeout: Duration,
+
+    /// The largest message an agent backend may send, in bytes.
+    #[arg(long, env = "GATEWAY_AGENT_MAX_MESSAGE_BYTES", default_value_t = 262_144)]
+    pub agent_max_message_bytes: usize,
+
+    /// Messages per second an agent backend may send in one run, after a burst of as many;
+    /// faster is a flood, and ends the run with `agent_failed {reason: "protocol_error"}`.
+    #[arg(long, env = "GATEWAY_AGENT_MAX_MESSAGES_PER_SECOND", default_value_t = 1000)]
+    pub agent_max_messages_per_second: u32,
 
     /// Lifetime of a connection's lease at usage-service; renewed at a third of it.
     #[arg(long, env = "GATEWAY_LEASE_TTL", default_value = "60s", value_parser = parse_duration)]
@@ -207,6 +238,23 @@ pub enum AuthMode {
 }
 
 impl Config {
+    /// How runs treat their agent backends.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            idle_timeout: self.agent_idle_timeout,
+            cancel_grace: self.agent_cancel_grace,
+            max_messages_per_second: self.agent_max_messages_per_second,
+        }
+    }
+
+    /// How agent backends are reached.
+    pub fn backend_settings(&self) -> BackendSettings {
+        BackendSettings {
+            connect_timeout: self.agent_connect_timeout,
+            max_message_bytes: self.agent_max_message_bytes,
+        }
+    }
+
     /// The contract's defaults, listening on port 0 and talking to the given services; it never
     /// reads the environment. Tests lower the timers they exercise.
     pub fn for_tests(auth_service_url: &str, usage_service_url: &str) -> Self {
@@ -237,6 +285,12 @@ impl Config {
             max_rate_violations: 5,
             max_runs_per_connection: 4,
             agent_think_delay: Duration::ZERO,
+            agents: AgentRoutes::default(),
+            agent_idle_timeout: Duration::from_secs(60),
+            agent_cancel_grace: Duration::from_secs(2),
+            agent_connect_timeout: Duration::from_secs(2),
+            agent_max_message_bytes: 262_144,
+            agent_max_messages_per_second: 1000,
             lease_ttl: Duration::from_secs(60),
             usage_fail_open: false,
             emergency_limit: 30,

@@ -245,6 +245,7 @@ where
         };
         let message = match next {
             Outbound::Text(text) => Message::Text(text),
+            Outbound::Delta(delta) => Message::Text(delta.encode()),
             Outbound::Ping => Message::Ping(Default::default()),
             Outbound::Close(code) => {
                 let frame = CloseFrame {

@@ -145,6 +145,10 @@ pub enum ErrorCode {
     UnknownRun,
     /// The run failed inside the agent.
     RunFailed,
+    /// `run_agent` named an agent that `GATEWAY_AGENTS` does not route.
+    UnknownAgent,
+    /// The agent's backend could not be reached or refused the run.
+    AgentUnavailable,
 }
 
 impl ErrorCode {
@@ -159,6 +163,8 @@ impl ErrorCode {
             Self::TooManyRuns => "too_many_runs",
             Self::UnknownRun => "unknown_run",
             Self::RunFailed => "run_failed",
+            Self::UnknownAgent => "unknown_agent",
+            Self::AgentUnavailable => "agent_unavailable",
         }
     }
 }

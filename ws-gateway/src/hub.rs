@@ -79,6 +79,13 @@ impl ConnectionHandle {
         }
     }
 
+    /// Queues a run's message, waiting while the queue is full (a run slows down with its
+    /// reader instead of closing the connection) and merging a delta into the run's delta at
+    /// the tail. Returns false once the connection is over.
+    pub async fn offer_run(&self, message: Outbound) -> bool {
+        self.queue.push_run(message).await.is_ok()
+    }
+
     /// Closes after whatever is already queued (falling back to [`Self::close_now`] when the
     /// queue is full).
     pub fn close_after_queue(&self, code: CloseCode) {

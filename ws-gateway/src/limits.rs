@@ -29,12 +29,11 @@ const CONNECT_WINDOW: Duration = Duration::from_secs(60);
 /// The window of the emergency limit.
 const EMERGENCY_WINDOW: Duration = Duration::from_secs(60);
 
-/// A usage-service meter.
+/// A usage-service meter the gateway counts on its own account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Meter {
     Messages,
     AgentRuns,
-    ToolCalls,
 }
 
 impl Meter {
@@ -42,7 +41,23 @@ impl Meter {
         match self {
             Self::Messages => "messages",
             Self::AgentRuns => "agent_runs",
-            Self::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// What one call of a tool costs: `amount` of the catalogue's meter `meter` (usage-service's
+/// `Authorize` says which; `tool_calls` x 1 unless the catalogue sets another cost).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCost {
+    pub meter: String,
+    pub amount: u64,
+}
+
+impl Default for ToolCost {
+    fn default() -> Self {
+        Self {
+            meter: "tool_calls".into(),
+            amount: 1,
         }
     }
 }
@@ -151,10 +166,29 @@ impl Limits {
         self.leases.release(user, connection_id).await;
     }
 
-    /// Counts `amount` of `meter` for `user` under the idempotency `key`.
+    /// Counts one of `meter` for `user` under the idempotency `key`.
     pub async fn meter(&self, user: Uuid, meter: Meter, key: String) -> Metered {
-        let kind = meter.as_str();
-        match self.usage.consume(user, kind, 1, key).await {
+        self.count(user, meter.as_str(), meter.as_str(), 1, key)
+            .await
+    }
+
+    /// Counts one tool call at its `cost` for `user` under the idempotency `key`.
+    pub async fn meter_tool_call(&self, user: Uuid, cost: &ToolCost, key: String) -> Metered {
+        self.count(user, "tool_calls", &cost.meter, cost.amount, key)
+            .await
+    }
+
+    /// Counts `amount` of `meter` for `user` under the idempotency `key`; `kind` labels the
+    /// decision in the metrics (a fixed set, whatever meters the catalogue declares).
+    async fn count(
+        &self,
+        user: Uuid,
+        kind: &'static str,
+        meter: &str,
+        amount: u64,
+        key: String,
+    ) -> Metered {
+        match self.usage.consume(user, meter, amount, key).await {
             Ok(Verdict::Allowed) => {
                 self.metrics.decision(kind, "allowed");
                 Metered::Allowed

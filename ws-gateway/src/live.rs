@@ -7,7 +7,7 @@
 //! once, unmetered, within the connection's [`PingBudget`] (see [`crate::keepalive`]); an
 //! `auth` on an authenticated connection is refused like a malformed frame.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use futures::{Stream, StreamExt, future::BoxFuture};
@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::{RunRequest, Tool},
+    agent::{Caller, RunRequest, ToolName},
     connection::{End, frame_error, millis_until},
     error::{CloseCode, ErrorCode},
     handshake::Session,
@@ -295,7 +295,8 @@ impl Live {
                 agent,
                 input,
                 tools,
-            } => match self.run_request(agent, input, tools) {
+                metadata,
+            } => match self.run_request(agent, input, tools, metadata) {
                 Ok(request) => (id, Action::Run(request)),
                 Err((code, message)) => {
                     self.send(
@@ -329,6 +330,7 @@ impl Live {
         agent: String,
         input: String,
         tools: Vec<String>,
+        metadata: BTreeMap<String, String>,
     ) -> Result<RunRequest, (ErrorCode, String)> {
         if self.runs.as_ref().is_some_and(Runs::is_full) {
             return Err((
@@ -336,16 +338,23 @@ impl Live {
                 "too many runs in flight on this connection".into(),
             ));
         }
+
         let tools = tools
             .iter()
             .map(|tool| {
-                tool.parse::<Tool>().map_err(|_| {
+                tool.parse::<ToolName>().map_err(|err| {
                     let shown: String = tool.chars().filter(|c| !c.is_control()).take(32).collect();
-                    (ErrorCode::BadRequest, format!("unknown tool `{shown}`"))
+                    (ErrorCode::BadRequest, format!("`{shown}`: {err}"))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        RunRequest::new(agent, input, tools).map_err(|err| (ErrorCode::BadRequest, err.to_string()))
+        let request = RunRequest::new(agent, input, tools, metadata)
+            .map_err(|err| (ErrorCode::BadRequest, err.to_string()))?;
+        if !self.shared.backends.knows(&request.agent) {
+            let shown: String = request.agent.chars().filter(|c| !c.is_control()).collect();
+            return Err((ErrorCode::UnknownAgent, format!("no agent is named `{shown}`")));
+        }
+        Ok(request)
     }
 
     /// Answers a frame that is not a request this connection serves; enough of them in a row
@@ -395,17 +404,24 @@ impl Live {
             }
             Reply::StartRun { id, request } => {
                 let context = self.context.get_or_insert_with(|| RunContext {
-                    executor: Arc::clone(&self.shared.executor),
+                    backends: Arc::clone(&self.shared.backends),
+                    settings: self.shared.config.run_settings(),
                     gate: Arc::new(UsageToolGate::new(
                         self.shared.limits.clone(),
                         self.session.identity.user_id,
                     )),
+                    caller: Arc::new(Caller {
+                        user_id: self.session.identity.user_id,
+                        session_id: self.session.identity.session_id,
+                        plan: self.session.profile.plan.clone(),
+                        roles: self.session.profile.roles.clone(),
+                    }),
                     handle: Arc::clone(&self.handle),
-                    metrics: self.shared.metrics.clone(),
                 });
-                let max = self.shared.config.max_runs_per_connection;
+                let config = &self.shared.config;
+                let (max, grace) = (config.max_runs_per_connection, config.agent_cancel_grace);
                 self.runs
-                    .get_or_insert_with(|| Runs::new(max))
+                    .get_or_insert_with(|| Runs::new(max, grace + Duration::from_secs(1)))
                     .start(context, request, id);
             }
             Reply::Cancel { id, run_id } => {

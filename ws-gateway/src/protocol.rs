@@ -2,13 +2,15 @@
 //! bad frame gets a precise `bad_request`), what the server sends ([`ServerMessage`]), and what
 //! a connection's send queue carries ([`Outbound`]).
 
+use std::collections::BTreeMap;
+
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    agent::AgentEvent,
+    agent::{AgentEvent, RunId},
     error::{CloseCode, ErrorCode},
 };
 
@@ -42,6 +44,8 @@ pub enum ClientMessage {
         agent: String,
         input: String,
         tools: Vec<String>,
+        /// Passed to the agent backend as `start.client_metadata`.
+        metadata: BTreeMap<String, String>,
     },
     CancelRun {
         id: Option<RequestId>,
@@ -73,6 +77,8 @@ struct RunFields {
     input: String,
     #[serde(default)]
     tools: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +129,7 @@ impl ClientMessage {
                 agent: f.agent,
                 input: f.input,
                 tools: f.tools,
+                metadata: f.metadata,
             }),
             "cancel_run" => fields_of::<CancelFields>(rest).map(|f| Self::CancelRun {
                 id: id.clone(),
@@ -263,11 +270,46 @@ pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Byt
     value.to_string().into()
 }
 
+/// An `agent_delta` waiting in a send queue, kept apart from other frames so that a slow
+/// reader's consecutive deltas of one run can be merged before they are encoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaFrame {
+    pub run_id: RunId,
+    /// The `id` of the `run_agent` request.
+    pub id: Option<RequestId>,
+    pub text: String,
+}
+
+impl DeltaFrame {
+    pub fn encode(&self) -> Utf8Bytes {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            r#type: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<&'a RequestId>,
+            run_id: RunId,
+            text: &'a str,
+        }
+        let wire = Wire {
+            r#type: "agent_delta",
+            id: self.id.as_ref(),
+            run_id: self.run_id,
+            text: &self.text,
+        };
+        match serde_json::to_string(&wire) {
+            Ok(text) => text.into(),
+            Err(_) => ServerMessage::error(None, ErrorCode::RunFailed, "the run produced bad output"),
+        }
+    }
+}
+
 /// What a connection's send queue carries to its writer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outbound {
     /// A JSON text frame.
     Text(Utf8Bytes),
+    /// A run's answer fragment (merged with the next ones while it waits).
+    Delta(DeltaFrame),
     /// A keepalive ping.
     Ping,
     /// The closing frame; nothing is sent after it.
@@ -302,6 +344,7 @@ mod tests {
                 agent: "demo".into(),
                 input: "2+2".into(),
                 tools: vec!["calculator".into()],
+                metadata: BTreeMap::new(),
             })
         );
         assert!(matches!(

@@ -1,65 +1,55 @@
-//! Agent runs on a connection: the tool gate backed by usage-service, and the set of runs a
-//! connection owns.
+//! Agent runs on a connection: the tool gate backed by usage-service, the sink that queues a
+//! run's events for the client, and the set of runs a connection owns.
 //!
 //! Each run is a task in the connection's [`JoinSet`], so the connection owns it: closing the
 //! connection cancels every run (through a child of the connection's cancellation token) and
-//! then aborts whatever has not stopped within a short grace. A run's steps are forwarded to
-//! the connection's send queue in order, echoing the `id` of the `run_agent` request; a full
-//! queue closes the connection as a slow consumer, like any other message.
+//! then aborts whatever has not stopped within a short grace. A run's events go to the
+//! connection's send queue in order, echoing the `id` of the `run_agent` request; a run waits
+//! for a slow reader (merging its deltas meanwhile) instead of closing the connection.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    agent::{Executor, RunEnd, RunId, RunRequest, Step, Tool, ToolDenial, ToolGate},
+    agent::{
+        self, AgentEvent, Backends, Caller, Gone, RunEnd, RunId, RunRequest, RunSettings,
+        RunSink, Step, ToolDenial, ToolGate, ToolName,
+    },
     error::ErrorCode,
     hub::ConnectionHandle,
-    limits::{Limits, Meter, Metered},
-    metrics::GatewayMetrics,
-    protocol::{Outbound, RequestId, ServerMessage, encode_agent_event},
+    limits::{Limits, Metered, ToolCost},
+    protocol::{DeltaFrame, Outbound, RequestId, ServerMessage, encode_agent_event},
     usage::{Denial, Verdict},
 };
 
-/// Steps an executor may have in flight before it waits for the connection.
-const STEP_BUFFER: usize = 32;
-/// How long runs get to notice cancellation when their connection closes.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// The [`ToolGate`] of one user: `Authorize(user, "tool:<name>")`, then
-/// `Consume(user, "tool_calls", 1, key = "<run_id>:<step>")`.
+/// The [`ToolGate`] of one user: `Authorize(user, "tool:<name>")`, then `Consume` of the
+/// tool's cost under the key `<run_id>:<call_id>`.
 #[derive(Debug)]
 pub struct UsageToolGate {
     limits: Limits,
     user: Uuid,
-    step: AtomicU64,
 }
 
 impl UsageToolGate {
     pub fn new(limits: Limits, user: Uuid) -> Self {
-        Self {
-            limits,
-            user,
-            step: AtomicU64::new(0),
-        }
+        Self { limits, user }
     }
 }
 
 #[async_trait]
 impl ToolGate for UsageToolGate {
-    async fn admit(&self, run_id: &RunId, tool: Tool) -> Result<(), ToolDenial> {
-        let action = format!("tool:{}", tool.as_str());
+    async fn admit(
+        &self,
+        run_id: &RunId,
+        call_id: &str,
+        tool: &ToolName,
+    ) -> Result<(), ToolDenial> {
+        let action = format!("tool:{tool}");
         match self.limits.usage().authorize(self.user, &action).await {
             Ok(Verdict::Allowed) => {}
             Ok(Verdict::Denied {
@@ -71,12 +61,15 @@ impl ToolGate for UsageToolGate {
                     Denial::PermissionDenied | Denial::Unspecified => ToolDenial::Forbidden,
                 });
             }
+            Err(unavailable) if unavailable.code == tonic::Code::InvalidArgument => {
+                return Err(ToolDenial::UnknownTool);
+            }
             Err(_) => return Err(ToolDenial::Unavailable),
         }
-        let step = self.step.fetch_add(1, Ordering::Relaxed);
+        let cost = ToolCost::default();
         match self
             .limits
-            .meter(self.user, Meter::ToolCalls, format!("{run_id}:{step}"))
+            .meter_tool_call(self.user, &cost, format!("{run_id}:{call_id}"))
             .await
         {
             Metered::Allowed => Ok(()),
@@ -86,13 +79,65 @@ impl ToolGate for UsageToolGate {
     }
 }
 
+/// Delivers one run's steps to its connection's send queue.
+#[derive(Debug)]
+struct QueueSink {
+    handle: Arc<ConnectionHandle>,
+    run_id: RunId,
+    /// The `id` of the `run_agent` request, echoed in every event.
+    id: Option<RequestId>,
+}
+
+impl QueueSink {
+    async fn send(&self, item: Outbound) -> Result<(), Gone> {
+        if self.handle.offer_run(item).await {
+            Ok(())
+        } else {
+            Err(Gone)
+        }
+    }
+}
+
+#[async_trait]
+impl RunSink for QueueSink {
+    async fn deliver(&self, step: Step) -> Result<(), Gone> {
+        let item = match step {
+            Step::Event(AgentEvent::AgentDelta { run_id, text }) => Outbound::Delta(DeltaFrame {
+                run_id,
+                id: self.id.clone(),
+                text,
+            }),
+            Step::Event(event) => Outbound::Text(encode_agent_event(&event, self.id.as_ref())),
+            Step::Denied { tool, denial } => {
+                let message = denial.message(&tool);
+                let upgrade_to = match &denial {
+                    ToolDenial::PlanRequired { upgrade_to } => upgrade_to.as_deref(),
+                    _ => None,
+                };
+                Outbound::Text(
+                    ServerMessage::Error {
+                        id: self.id.as_ref(),
+                        code: denial.code(),
+                        message: &message,
+                        run_id: Some(&self.run_id.to_string()),
+                        upgrade_to,
+                    }
+                    .encode(),
+                )
+            }
+        };
+        self.send(item).await
+    }
+}
+
 /// What every run of a connection shares.
 #[derive(Clone, Debug)]
 pub struct RunContext {
-    pub executor: Arc<dyn Executor>,
+    pub backends: Arc<Backends>,
+    pub settings: RunSettings,
     pub gate: Arc<UsageToolGate>,
+    pub caller: Arc<Caller>,
     pub handle: Arc<ConnectionHandle>,
-    pub metrics: GatewayMetrics,
 }
 
 /// The runs a connection owns.
@@ -103,6 +148,8 @@ pub struct Runs {
     cancels: HashMap<RunId, (CancellationToken, tokio::task::Id)>,
     parent: CancellationToken,
     max: usize,
+    /// How long runs get to end once cancelled before they are aborted.
+    stop_grace: Duration,
 }
 
 /// How a run task ended.
@@ -115,12 +162,13 @@ pub enum Finished {
 }
 
 impl Runs {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, stop_grace: Duration) -> Self {
         Self {
             tasks: JoinSet::new(),
             cancels: HashMap::new(),
             parent: CancellationToken::new(),
             max: max.max(1),
+            stop_grace,
         }
     }
 
@@ -132,7 +180,7 @@ impl Runs {
         self.tasks.is_empty()
     }
 
-    /// Starts a run; its steps go to the connection's queue.
+    /// Starts a run; its events go to the connection's queue.
     pub fn start(&mut self, context: &RunContext, request: RunRequest, id: Option<RequestId>) {
         let run_id = request.run_id;
         let cancel = self.parent.child_token();
@@ -141,61 +189,36 @@ impl Runs {
         let context = context.clone();
         let task = self.tasks.spawn(
             async move {
-                let (steps, mut received) = mpsc::channel::<Step>(STEP_BUFFER);
-                let run = async {
-                    let end = context
-                        .executor
-                        .run(request, context.gate.as_ref(), &steps, cancel)
-                        .await;
-                    drop(steps);
-                    end
+                let sink = QueueSink {
+                    handle: Arc::clone(&context.handle),
+                    run_id,
+                    id,
                 };
-                let forward = async {
-                    while let Some(step) = received.recv().await {
-                        let frame = match &step {
-                            Step::Event(event) => encode_agent_event(event, id.as_ref()),
-                            Step::Denied { tool, denial } => {
-                                let message = denial.message(*tool);
-                                let upgrade_to = match denial {
-                                    ToolDenial::PlanRequired { upgrade_to } => {
-                                        upgrade_to.as_deref()
-                                    }
-                                    _ => None,
-                                };
-                                ServerMessage::Error {
-                                    id: id.as_ref(),
-                                    code: denial.code(),
-                                    message: &message,
-                                    run_id: Some(&run_id.to_string()),
-                                    upgrade_to,
-                                }
-                                .encode()
-                            }
-                        };
-                        if !context
-                            .handle
-                            .offer(Outbound::Text(frame), &context.metrics)
-                        {
-                            break;
-                        }
-                    }
-                };
-                let (end, ()) = tokio::join!(run, forward);
+                let end = agent::drive(
+                    &context.backends,
+                    &request,
+                    &context.caller,
+                    context.gate.as_ref(),
+                    &sink,
+                    &context.settings,
+                    &cancel,
+                )
+                .await;
                 let run_id_text = run_id.to_string();
                 let last = match &end {
-                    RunEnd::Completed | RunEnd::Disconnected => None,
+                    RunEnd::Completed | RunEnd::Failed(_) | RunEnd::Disconnected => None,
                     RunEnd::Cancelled => Some(
                         ServerMessage::RunCancelled {
-                            id: id.as_ref(),
+                            id: sink.id.as_ref(),
                             run_id: &run_id_text,
                         }
                         .encode(),
                     ),
-                    RunEnd::Failed(message) => Some(
+                    RunEnd::Unavailable => Some(
                         ServerMessage::Error {
-                            id: id.as_ref(),
-                            code: ErrorCode::RunFailed.as_str(),
-                            message,
+                            id: sink.id.as_ref(),
+                            code: ErrorCode::AgentUnavailable.as_str(),
+                            message: "the agent is unavailable, try again later",
                             run_id: Some(&run_id_text),
                             upgrade_to: None,
                         }
@@ -203,11 +226,8 @@ impl Runs {
                     ),
                 };
                 if let Some(frame) = last {
-                    context
-                        .handle
-                        .offer(Outbound::Text(frame), &context.metrics);
+                    let _ = sink.send(Outbound::Text(frame)).await;
                 }
-                tracing::debug!(?end, "run ended");
                 run_id
             }
             .instrument(span),
@@ -251,7 +271,7 @@ impl Runs {
     /// Cancels every run, waits briefly for them to stop, then aborts the rest.
     pub async fn stop(&mut self) {
         self.parent.cancel();
-        let drained = tokio::time::timeout(STOP_GRACE, async {
+        let drained = tokio::time::timeout(self.stop_grace, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;

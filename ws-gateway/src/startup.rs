@@ -17,6 +17,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use demo_agent::DemoAgent;
 use axum::{
     Router,
     routing::{get, post},
@@ -39,7 +40,7 @@ use tollgate_shared::{
 };
 
 use crate::{
-    agent::{DemoAgent, Executor},
+    agent::{Backends, LocalAgent},
     breaker::Breaker,
     config::Config,
     delivery::{Delivery, EVENTS_CHANNEL},
@@ -57,6 +58,9 @@ use crate::{
 
 /// The audience of the service tokens the gateway accepts (publishers').
 pub const SELF_AUDIENCE: &str = "ws-gateway";
+/// The scope of the service tokens the gateway presents to agent backends (whose audience
+/// is the agent's name).
+pub const AGENT_SCOPE: &str = "agent.run";
 
 #[derive(Debug)]
 pub struct Application {
@@ -73,17 +77,17 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the gateway with the demo agent.
+    /// Builds the gateway; `builtin` routes run the demo agent.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let executor = Arc::new(DemoAgent::new().with_think_delay(config.agent_think_delay));
-        Self::build_with_executor(config, shutdown, executor).await
+        let demo = Arc::new(DemoAgent::new().with_think_delay(config.agent_think_delay));
+        Self::build_with_agent(config, shutdown, demo).await
     }
 
-    /// Builds the gateway with another agent executor.
-    pub async fn build_with_executor(
+    /// Builds the gateway with another in-process agent behind the `builtin` routes.
+    pub async fn build_with_agent(
         config: Config,
         shutdown: Shutdown,
-        executor: Arc<dyn Executor>,
+        builtin: Arc<dyn LocalAgent>,
     ) -> anyhow::Result<Self> {
         check(&config)?;
         let redis_url = config.redis_url.as_ref().map(ExposeSecret::expose_secret);
@@ -123,6 +127,20 @@ impl Application {
             credentials("usage-service", "usage.check"),
             shutdown.clone(),
         );
+
+        let backends = Backends::new(
+            &config.agents,
+            builtin,
+            &config.backend_settings(),
+            |agent| {
+                ServiceTokenSource::start(
+                    auth_channel.clone(),
+                    credentials(agent, AGENT_SCOPE),
+                    shutdown.clone(),
+                )
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
 
         let hub = Hub::new(metrics.clone());
         let revoked = Arc::new(RevocationList::default());
@@ -171,7 +189,7 @@ impl Application {
             hub,
             revoked,
             delivery,
-            executor,
+            Arc::new(backends),
             metrics,
             Readiness::new(),
             shutdown,

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use tollgate_shared::{health::Readiness, jwks::JwksVerifier, shutdown::Shutdown};
 
 use crate::{
-    agent::Executor, config::Config, delivery::Delivery, hub::Hub, limits::Limits,
+    agent::Backends, config::Config, delivery::Delivery, hub::Hub, limits::Limits,
     metrics::GatewayMetrics, revocations::RevocationList, validation::TokenValidator,
 };
 
@@ -23,7 +23,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub revoked: Arc<RevocationList>,
     pub delivery: Delivery,
-    pub executor: Arc<dyn Executor>,
+    /// Where each agent runs.
+    pub backends: Arc<Backends>,
     pub metrics: GatewayMetrics,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
@@ -42,7 +43,7 @@ impl Shared {
         hub: Arc<Hub>,
         revoked: Arc<RevocationList>,
         delivery: Delivery,
-        executor: Arc<dyn Executor>,
+        backends: Arc<Backends>,
         metrics: GatewayMetrics,
         readiness: Readiness,
         shutdown: Shutdown,
@@ -55,7 +56,7 @@ impl Shared {
             hub,
             revoked,
             delivery,
-            executor,
+            backends,
             metrics,
             readiness,
             shutdown,

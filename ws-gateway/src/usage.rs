@@ -148,16 +148,17 @@ impl UsageClient {
     pub async fn consume(
         &self,
         user: Uuid,
-        meter: &'static str,
+        meter: &str,
         amount: u64,
         key: String,
     ) -> Result<Verdict, Unavailable> {
+        let meter = meter.to_owned();
         let answer = self
             .call("Consume", |mut client| async move {
                 client
                     .consume(pb::ConsumeRequest {
                         user_id: user.to_string(),
-                        meter: meter.into(),
+                        meter,
                         amount,
                         idempotency_key: key,
                     })

@@ -78,7 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dir.path().join("auth.db").display()
     ));
     auth_config.service_clients = auth_service::clients::ClientRegistry::parse(&format!(
-        "ws-gateway:{SECRET}:auth.validate+usage.check"
+        "ws-gateway:{SECRET}:auth.validate+usage.check+agent.run"
     ))
     .map_err(anyhow::Error::msg)?;
     let auth = auth_service::Application::build(auth_config, shutdown.clone()).await?;

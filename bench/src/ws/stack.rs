@@ -210,7 +210,7 @@ async fn start_services(
     let mut auth_config = auth_service::Config::for_tests(&sqlite("auth.db"));
     // The gateway's client and the publishing backend, as in ws-gateway's tests.
     auth_config.service_clients = auth_service::clients::ClientRegistry::parse(&format!(
-        "ws-gateway:{gateway_secret}:auth.validate+usage.check,backend:{publisher_secret}:publish"
+        "ws-gateway:{gateway_secret}:auth.validate+usage.check+agent.run,backend:{publisher_secret}:publish"
     ))
     .map_err(anyhow::Error::msg)?;
     auth_config.login_max_per_address = u64::MAX;

@@ -1,45 +1,33 @@
-//! Agent runs: the `run_agent` half of the WebSocket protocol (CONTRACT §5).
+//! Agent runs: the `run_agent` half of the WebSocket protocol (CONTRACT §5), as a router.
 //!
-//! Why a module of its own: the connection code owns sockets, framing and usage-service
-//! calls; this module owns what a run *is*. The seam between them is three small types:
+//! The gateway does not run agents. It authenticates and meters a run, then streams it to
+//! and from an agent backend over `tollgate.agent.v1.AgentBackend` (one bidirectional stream
+//! per run): the built-in demo agent in process, or any backend a team runs, in any language,
+//! named in `GATEWAY_AGENTS`. The seam:
 //!
-//! - an [`Executor`] turns a validated [`RunRequest`] into a stream of [`Step`]s on an mpsc
-//!   channel, which the connection forwards to the client as frames in the contract's order
-//!   (`agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`,
-//!   `agent_completed`);
-//! - a [`ToolGate`] authorizes and counts each tool call before it runs (the gateway
-//!   implements it with usage-service's `Authorize` and `Consume`), so an executor can never
-//!   run an unpaid tool;
-//! - a [`CancellationToken`] stops the run promptly on `cancel_run`, disconnect or shutdown.
-//!
-//! The executor never sees a socket, so its tests need no network, and the gateway's tests
-//! can plug in any executor. [`DemoAgent`] is the one shipped: a deterministic agent whose
-//! tools really compute (see `tools.rs` for what each takes and returns).
-//!
-//! A [`Step::Denied`] is not an event: the gateway answers it with
-//! `error {code: denial.code(), message}` and the run goes on without that tool.
+//! - [`Backends`] knows where each agent runs and opens a [`Conversation`] with it;
+//! - [`drive`] plays the gateway's side of one conversation: it checks every message against
+//!   the protocol's rules, asks the [`ToolGate`] before any tool runs, and turns the run into
+//!   the client's events, exactly one terminal event per run;
+//! - a [`RunSink`] delivers those events to the client in order (the connection's send queue,
+//!   which merges consecutive deltas for a slow reader);
+//! - a [`CancellationToken`] stops the run on `cancel_run`, disconnect or shutdown.
 
-mod arithmetic;
-mod calculator;
-mod corpus;
-mod demo;
-mod emitter;
+mod backend;
+mod builtin;
+mod calls;
+mod driver;
 mod request;
-mod search;
-mod simulated;
-#[cfg(test)]
-pub(crate) mod test_support;
-mod tools;
-
-use std::fmt;
+mod routes;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::Sender;
-use tokio_util::sync::CancellationToken;
+use serde_json::Value;
 
-pub use demo::DemoAgent;
-pub use request::{InvalidRunId, RunId, RunRequest, RunRequestError, Tool, UnknownTool};
+pub use backend::{BackendSettings, Backends, Conversation, LocalAgent, OpenError, Received};
+pub use driver::{Caller, RunSettings, drive};
+pub use request::{InvalidRunId, InvalidToolName, RunId, RunRequest, RunRequestError, ToolName};
+pub use routes::{AgentRoutes, InvalidRoutes, Route};
 
 /// What a run reports, in the contract's wire form: `{"type":"agent_started","run_id":…}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,19 +41,29 @@ pub enum AgentEvent {
         run_id: RunId,
         thought: String,
     },
+    /// A fragment of the answer; consecutive ones may reach a slow client merged.
+    AgentDelta {
+        run_id: RunId,
+        text: String,
+    },
     ToolExecuting {
         run_id: RunId,
-        tool: Tool,
-        input: String,
+        tool: ToolName,
+        input: Value,
     },
     ToolCompleted {
         run_id: RunId,
-        tool: Tool,
-        output: serde_json::Value,
+        tool: ToolName,
+        output: Value,
     },
     AgentCompleted {
         run_id: RunId,
         output: String,
+    },
+    /// The backend failed, went silent or broke the protocol: the run's terminal event.
+    AgentFailed {
+        run_id: RunId,
+        reason: String,
     },
 }
 
@@ -74,9 +72,11 @@ impl AgentEvent {
         match self {
             AgentEvent::AgentStarted { run_id, .. }
             | AgentEvent::AgentThinking { run_id, .. }
+            | AgentEvent::AgentDelta { run_id, .. }
             | AgentEvent::ToolExecuting { run_id, .. }
             | AgentEvent::ToolCompleted { run_id, .. }
-            | AgentEvent::AgentCompleted { run_id, .. } => *run_id,
+            | AgentEvent::AgentCompleted { run_id, .. }
+            | AgentEvent::AgentFailed { run_id, .. } => *run_id,
         }
     }
 }
@@ -93,6 +93,9 @@ pub enum ToolDenial {
     /// The tool-call quota or rate limit is used up.
     #[error("your tool call quota is used up")]
     QuotaExceeded,
+    /// The plan catalogue declares no tool of that name.
+    #[error("no such tool is declared")]
+    UnknownTool,
     /// usage-service could not be asked (and the gateway is not failing open).
     #[error("tool authorization is unavailable, try again later")]
     Unavailable,
@@ -112,13 +115,14 @@ impl ToolDenial {
             ToolDenial::Forbidden => "forbidden_tool",
             ToolDenial::PlanRequired { .. } => "plan_required",
             ToolDenial::QuotaExceeded => "quota_exceeded",
+            ToolDenial::UnknownTool => "unknown_tool",
             ToolDenial::Unavailable => "dependency_unavailable",
         }
     }
 
     /// The `error.message` for a denial of `tool`, e.g.
     /// "web_browse: this tool needs a higher plan (upgrade to pro)".
-    pub fn message(&self, tool: Tool) -> String {
+    pub fn message(&self, tool: &ToolName) -> String {
         format!("{tool}: {self}")
     }
 }
@@ -126,48 +130,48 @@ impl ToolDenial {
 /// Authorizes and counts tool calls for one connection's user.
 #[async_trait]
 pub trait ToolGate: Send + Sync {
-    /// Authorize and count one call of `tool` (the gateway asks usage-service). Called before
-    /// every tool call; a call it admits is billed even if the run is cancelled before the
-    /// tool finishes.
-    async fn admit(&self, run_id: &RunId, tool: Tool) -> Result<(), ToolDenial>;
+    /// Authorize and count call `call_id` of `tool` in `run_id` (the gateway asks
+    /// usage-service, counting under the key `<run_id>:<call_id>`, so a call is counted once
+    /// however often it is asked about). A call it admits stays billed whatever happens next.
+    async fn admit(&self, run_id: &RunId, call_id: &str, tool: &ToolName)
+    -> Result<(), ToolDenial>;
 }
 
-/// How a run ended.
+/// How a run ended, as far as the client is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
     /// `agent_completed` was sent.
     Completed,
-    /// The token was cancelled; nothing was sent after that was noticed.
+    /// The run was cancelled; `run_cancelled` is the caller's to send.
     Cancelled,
-    /// The executor gave up; the message is safe to show the client. [`DemoAgent`] never
-    /// fails: its tool errors are part of the tool output.
+    /// `agent_failed` was sent with this reason.
     Failed(String),
-    /// The steps receiver was dropped (the connection went away).
+    /// The backend could not be reached, nothing was sent; `error {agent_unavailable}` is the
+    /// caller's to send.
+    Unavailable,
+    /// The client went away.
     Disconnected,
 }
 
-/// What an executor emits, in order.
+/// What a run emits, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Forward to the client as is.
     Event(AgentEvent),
-    /// The gate refused `tool`; it was not run and the run goes on.
-    Denied { tool: Tool, denial: ToolDenial },
+    /// The gate refused a call of `tool`; it was not run and the run goes on.
+    Denied { tool: ToolName, denial: ToolDenial },
 }
 
-/// Runs agents. Implementations must send events in the contract's order, call
-/// `gate.admit` before every tool call and skip denied tools, stop sending and return
-/// [`RunEnd::Cancelled`] promptly once `cancel` fires (even while blocked on a full channel
-/// or a slow gate), return [`RunEnd::Disconnected`] when a send fails, and never panic.
+/// The client is gone: nothing more can be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+/// Delivers a run's steps to its client, in order.
 #[async_trait]
-pub trait Executor: Send + Sync + fmt::Debug + 'static {
-    async fn run(
-        &self,
-        request: RunRequest,
-        gate: &dyn ToolGate,
-        steps: &Sender<Step>,
-        cancel: CancellationToken,
-    ) -> RunEnd;
+pub trait RunSink: Send + Sync {
+    /// Waits while the client is slow (consecutive deltas may be merged meanwhile); `Err` once
+    /// the client is gone.
+    async fn deliver(&self, step: Step) -> Result<(), Gone>;
 }
 
 #[cfg(test)]
@@ -198,15 +202,29 @@ mod tests {
             (
                 AgentEvent::ToolExecuting {
                     run_id,
-                    tool: Tool::WebBrowse,
-                    input: "x".into(),
+                    tool: "web_browse".parse().unwrap(),
+                    input: json!("x"),
                 },
                 json!({"type": "tool_executing", "run_id": id, "tool": "web_browse", "input": "x"}),
             ),
             (
+                AgentEvent::AgentDelta {
+                    run_id,
+                    text: "Hel".into(),
+                },
+                json!({"type": "agent_delta", "run_id": id, "text": "Hel"}),
+            ),
+            (
+                AgentEvent::AgentFailed {
+                    run_id,
+                    reason: "protocol_error".into(),
+                },
+                json!({"type": "agent_failed", "run_id": id, "reason": "protocol_error"}),
+            ),
+            (
                 AgentEvent::ToolCompleted {
                     run_id,
-                    tool: Tool::Calculator,
+                    tool: "calculator".parse().unwrap(),
                     output: json!({"value": 4}),
                 },
                 json!({"type": "tool_completed", "run_id": id, "tool": "calculator", "output": {"value": 4}}),
@@ -233,7 +251,7 @@ mod tests {
         };
         assert_eq!(plan.code(), "plan_required");
         assert_eq!(
-            plan.message(Tool::WebBrowse),
+            plan.message(&"web_browse".parse().unwrap()),
             "web_browse: this tool needs a higher plan (upgrade to pro)"
         );
         let no_plan = ToolDenial::PlanRequired { upgrade_to: None };

@@ -1,10 +1,11 @@
-//! The validated input of a run: [`RunId`], [`Tool`] and [`RunRequest`].
+//! The validated input of a run: [`RunId`], [`ToolName`] and [`RunRequest`].
 //!
 //! Why newtypes that validate on construction: the connection code parses `run_agent` and
 //! `cancel_run` frames into these once, at the boundary, and everything after that works
 //! with values known to be sane. Error messages are written for the client, and never echo
 //! client input back (it can be of any size).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -58,64 +59,61 @@ impl FromStr for RunId {
     }
 }
 
-/// The tools a run may ask for; on the wire, their snake_case names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum Tool {
-    Search,
-    Calculator,
-    CodeInterpreter,
-    WebBrowse,
+/// A tool name, as the plan catalogue declares it: `[a-z][a-z0-9_.-]{0,63}`. Which names
+/// exist, and who may call them, is usage-service's to say; the gateway only checks the shape
+/// at its boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ToolName(String);
+
+impl ToolName {
+    /// Longest tool name, in bytes.
+    pub const MAX_BYTES: usize = 64;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-impl Tool {
-    /// Every tool, in declaration order.
-    pub const ALL: [Tool; 4] = [
-        Tool::Search,
-        Tool::Calculator,
-        Tool::CodeInterpreter,
-        Tool::WebBrowse,
-    ];
+impl fmt::Display for ToolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
-    /// The wire name, which is also the usage-service action name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tool::Search => "search",
-            Tool::Calculator => "calculator",
-            Tool::CodeInterpreter => "code_interpreter",
-            Tool::WebBrowse => "web_browse",
+/// A string that is not a tool name. The name is not echoed: it is client input of any length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a tool name is 1 to 64 of a-z, 0-9, `_`, `.` and `-`, starting with a letter")]
+pub struct InvalidToolName;
+
+impl FromStr for ToolName {
+    type Err = InvalidToolName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut bytes = s.bytes();
+        let starts_well = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
+        let rest_ok = bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        });
+        if starts_well && rest_ok && s.len() <= Self::MAX_BYTES {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidToolName)
         }
     }
 }
 
-impl fmt::Display for Tool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A tool name that is not one of [`Tool::ALL`]. The name is not echoed: it is client input
-/// of any length.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown tool (expected search, calculator, code_interpreter or web_browse)")]
-pub struct UnknownTool;
-
-impl FromStr for Tool {
-    type Err = UnknownTool;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Tool::ALL
-            .into_iter()
-            .find(|tool| tool.as_str() == s)
-            .ok_or(UnknownTool)
-    }
-}
-
-impl TryFrom<String> for Tool {
-    type Error = UnknownTool;
+impl TryFrom<String> for ToolName {
+    type Error = InvalidToolName;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
+    }
+}
+
+impl From<ToolName> for String {
+    fn from(name: ToolName) -> Self {
+        name.0
     }
 }
 
@@ -126,7 +124,9 @@ pub struct RunRequest {
     pub run_id: RunId,
     pub agent: String,
     pub input: String,
-    pub tools: Vec<Tool>,
+    pub tools: Vec<ToolName>,
+    /// What the client passed in `run_agent.metadata`, handed to the backend as is.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl RunRequest {
@@ -136,12 +136,17 @@ impl RunRequest {
     pub const MAX_INPUT_BYTES: usize = 16 * 1024;
     /// Most tools one run may request.
     pub const MAX_TOOLS: usize = 8;
+    /// Most `metadata` entries, and the longest key and value, in bytes.
+    pub const MAX_METADATA_ENTRIES: usize = 16;
+    pub const MAX_METADATA_KEY_BYTES: usize = 64;
+    pub const MAX_METADATA_VALUE_BYTES: usize = 512;
 
     /// Validates a request and gives it a fresh [`RunId`].
     pub fn new(
         agent: impl Into<String>,
         input: impl Into<String>,
-        tools: Vec<Tool>,
+        tools: Vec<ToolName>,
+        metadata: BTreeMap<String, String>,
     ) -> Result<Self, RunRequestError> {
         let (agent, input) = (agent.into(), input.into());
         if agent.trim().is_empty() {
@@ -165,16 +170,30 @@ impl RunRequest {
                 max: Self::MAX_TOOLS,
             });
         }
-        for (i, &tool) in tools.iter().enumerate() {
-            if tools[..i].contains(&tool) {
-                return Err(RunRequestError::DuplicateTool(tool));
+        for (i, tool) in tools.iter().enumerate() {
+            if tools[..i].contains(tool) {
+                return Err(RunRequestError::DuplicateTool(tool.clone()));
             }
+        }
+        if metadata.len() > Self::MAX_METADATA_ENTRIES
+            || metadata.iter().any(|(key, value)| {
+                key.is_empty()
+                    || key.len() > Self::MAX_METADATA_KEY_BYTES
+                    || value.len() > Self::MAX_METADATA_VALUE_BYTES
+            })
+        {
+            return Err(RunRequestError::MetadataTooLarge {
+                entries: Self::MAX_METADATA_ENTRIES,
+                key: Self::MAX_METADATA_KEY_BYTES,
+                value: Self::MAX_METADATA_VALUE_BYTES,
+            });
         }
         Ok(Self {
             run_id: RunId::new(),
             agent,
             input,
             tools,
+            metadata,
         })
     }
 }
@@ -193,13 +212,25 @@ pub enum RunRequestError {
     #[error("at most {max} tools may be requested")]
     TooManyTools { max: usize },
     #[error("tool {0} is listed more than once")]
-    DuplicateTool(Tool),
+    DuplicateTool(ToolName),
+    #[error(
+        "metadata holds at most {entries} entries, keys of 1 to {key} bytes and values of at most {value} bytes"
+    )]
+    MetadataTooLarge {
+        entries: usize,
+        key: usize,
+        value: usize,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn tools(names: &[&str]) -> Vec<ToolName> {
+        names.iter().map(|name| name.parse().unwrap()).collect()
+    }
 
     #[test]
     fn run_id_round_trips_as_a_string() {
@@ -211,47 +242,52 @@ mod tests {
     }
 
     #[test]
-    fn tool_names_round_trip() {
-        for tool in Tool::ALL {
-            assert_eq!(tool.as_str().parse::<Tool>(), Ok(tool));
-            assert_eq!(serde_json::to_value(tool).unwrap(), json!(tool.as_str()));
-            assert_eq!(
-                serde_json::from_value::<Tool>(json!(tool.as_str())).unwrap(),
-                tool
-            );
+    fn any_well_formed_tool_name_is_a_tool_name() {
+        let longest = format!("a{}", "z".repeat(63));
+        for name in ["search", "word_count", "crm.lookup-v2", "a", &longest] {
+            let tool: ToolName = name.parse().unwrap();
+            assert_eq!(tool.as_str(), name);
+            assert_eq!(serde_json::to_value(&tool).unwrap(), json!(name));
+            assert_eq!(serde_json::from_value::<ToolName>(json!(name)).unwrap(), tool);
         }
-        assert_eq!("Search".parse::<Tool>(), Err(UnknownTool));
-        assert_eq!("admin_audit".parse::<Tool>(), Err(UnknownTool));
-        let error = serde_json::from_value::<Tool>(json!("shell")).unwrap_err();
-        assert!(error.to_string().starts_with("unknown tool"), "{error}");
+        let too_long = format!("a{}", "z".repeat(64));
+        for bad in ["", "Search", "9lives", "_x", "word count", "tool:x", "é", &too_long] {
+            assert_eq!(bad.parse::<ToolName>(), Err(InvalidToolName), "{bad:?}");
+        }
+        let error = serde_json::from_value::<ToolName>(json!("Shell")).unwrap_err();
+        assert!(error.to_string().starts_with("a tool name is"), "{error}");
     }
 
     #[test]
     fn valid_requests_are_accepted() {
-        let request = RunRequest::new("demo", "what is 2+2?", vec![Tool::Calculator]).unwrap();
+        let request = RunRequest::new("demo", "what is 2+2?", tools(&["calculator"]), BTreeMap::new())
+            .unwrap();
         assert_eq!(request.agent, "demo");
-        assert_eq!(request.tools, [Tool::Calculator]);
+        assert_eq!(request.tools, tools(&["calculator"]));
+        let eight: Vec<String> = (0..RunRequest::MAX_TOOLS).map(|i| format!("t{i}")).collect();
+        let eight: Vec<&str> = eight.iter().map(String::as_str).collect();
+        let metadata: BTreeMap<String, String> = (0..RunRequest::MAX_METADATA_ENTRIES)
+            .map(|i| (format!("k{i}"), "v".repeat(RunRequest::MAX_METADATA_VALUE_BYTES)))
+            .collect();
         let longest = RunRequest::new(
             "é".repeat(RunRequest::MAX_AGENT_CHARS),
             "x".repeat(RunRequest::MAX_INPUT_BYTES),
-            Tool::ALL.to_vec(),
+            tools(&eight),
+            metadata,
         );
-        assert!(
-            longest.is_ok(),
-            "the limits are inclusive, and count characters"
-        );
-        assert!(RunRequest::new("demo", "hi", vec![]).is_ok());
+        assert!(longest.is_ok(), "the limits are inclusive, and count characters");
+        assert!(RunRequest::new("demo", "hi", vec![], BTreeMap::new()).is_ok());
     }
 
     #[test]
     fn invalid_requests_are_refused_with_safe_messages() {
         use RunRequestError::*;
-        let new = |agent: &str, input: &str, tools: &[Tool]| {
-            RunRequest::new(agent, input, tools.to_vec()).unwrap_err()
+        let new = |agent: &str, input: &str, names: &[&str]| {
+            RunRequest::new(agent, input, tools(names), BTreeMap::new()).unwrap_err()
         };
         let long_agent = "a".repeat(RunRequest::MAX_AGENT_CHARS + 1);
         let big_input = "x".repeat(RunRequest::MAX_INPUT_BYTES + 1);
-        let nine = [Tool::Search; 9];
+        let nine = ["search"; 9];
         let cases = [
             (new("", "hi", &[]), EmptyAgent, "agent must not be empty"),
             (new(" \t", "hi", &[]), EmptyAgent, "agent must not be empty"),
@@ -261,11 +297,7 @@ mod tests {
                 "agent must be at most 64 characters",
             ),
             (new("demo", "", &[]), EmptyInput, "input must not be empty"),
-            (
-                new("demo", "\n ", &[]),
-                EmptyInput,
-                "input must not be empty",
-            ),
+            (new("demo", "\n ", &[]), EmptyInput, "input must not be empty"),
             (
                 new("demo", &big_input, &[]),
                 InputTooLarge { max: 16384 },
@@ -277,18 +309,23 @@ mod tests {
                 "at most 8 tools may be requested",
             ),
             (
-                new(
-                    "demo",
-                    "hi",
-                    &[Tool::Search, Tool::Calculator, Tool::Search],
-                ),
-                DuplicateTool(Tool::Search),
+                new("demo", "hi", &["search", "calculator", "search"]),
+                DuplicateTool("search".parse().unwrap()),
                 "tool search is listed more than once",
             ),
         ];
         for (error, expected, message) in cases {
             assert_eq!(error, expected);
             assert_eq!(error.to_string(), message);
+        }
+        let too_many: BTreeMap<String, String> = (0..=RunRequest::MAX_METADATA_ENTRIES)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        let long_value = BTreeMap::from([("k".to_owned(), "v".repeat(513))]);
+        let empty_key = BTreeMap::from([(String::new(), "v".to_owned())]);
+        for metadata in [too_many, long_value, empty_key] {
+            let error = RunRequest::new("demo", "hi", vec![], metadata).unwrap_err();
+            assert!(matches!(error, MetadataTooLarge { .. }), "{error}");
         }
     }
 }

@@ -1,30 +1,28 @@
-//! The two close codes no misbehaving client provokes: a client's own normal closure (1000),
-//! and an internal error (1011) when an agent executor breaks.
+//! A client's own normal closure (1000), and an agent that crashes: only its run pays for it.
 
 use std::sync::Arc;
 
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
-use tokio_util::sync::CancellationToken;
-use ws_gateway::agent::{Executor, RunEnd, RunRequest, Step, ToolGate};
+use tollgate_proto::agent::v1::{AgentMessage, GatewayMessage};
+use ws_gateway::agent::LocalAgent;
 
 use crate::helpers::*;
 
-/// An executor with a bug: it panics mid-run.
+/// An agent with a bug: it panics mid-run.
 #[derive(Debug)]
 struct Broken;
 
 #[async_trait::async_trait]
-impl Executor for Broken {
+impl LocalAgent for Broken {
     async fn run(
         &self,
-        _request: RunRequest,
-        _gate: &dyn ToolGate,
-        _steps: &mpsc::Sender<Step>,
-        _cancel: CancellationToken,
-    ) -> RunEnd {
-        panic!("an executor bug");
+        _inbound: ReceiverStream<GatewayMessage>,
+        _outbound: mpsc::Sender<AgentMessage>,
+    ) {
+        panic!("an agent bug");
     }
 }
 
@@ -51,9 +49,9 @@ async fn a_normal_closure_by_the_client_is_answered_with_1000() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_run_closes_the_connection_with_1011_and_the_gateway_serves_on() {
+async fn a_crashed_agent_fails_its_run_and_the_connection_serves_on() {
     let services = Services::spawn(Backend::Embedded).await;
-    let gateway = Gateway::start_with_executor(services.gateway_config(), Arc::new(Broken)).await;
+    let gateway = Gateway::start_with_agent(services.gateway_config(), Arc::new(Broken)).await;
     let pair = services.register().await;
     let (mut client, _) = gateway.connected(&pair.access_token).await;
     client
@@ -61,10 +59,12 @@ async fn a_crashed_run_closes_the_connection_with_1011_and_the_gateway_serves_on
             "type": "run_agent", "id": "r1", "agent": "demo", "input": "1+1", "tools": [],
         }))
         .await;
-    assert_eq!(client.closed().await, 1011);
+    assert_eq!(client.expect("agent_started").await["id"], "r1");
+    let failed = client.expect("agent_failed").await;
+    assert_eq!(failed["reason"], "backend_lost");
+    assert_eq!(failed["id"], "r1");
 
-    // Only that connection paid for the bug.
-    let (mut again, _) = gateway.connected(&pair.access_token).await;
-    again.send_json(json!({"type": "ping", "id": "p"})).await;
-    assert_eq!(again.expect("pong").await["id"], "p");
+    // Only that run paid for the bug.
+    client.send_json(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(client.expect("pong").await["id"], "p");
 }

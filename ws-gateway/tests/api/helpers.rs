@@ -62,7 +62,7 @@ impl Services {
         let auth_db = TestDatabase::create(backend).await;
         let mut auth_config = auth_service::Config::for_tests(&auth_db.url);
         auth_config.service_clients = auth_service::clients::ClientRegistry::parse(&format!(
-            "ws-gateway:{SECRET}:auth.validate+usage.check,backend:{SECRET}:publish,\
+            "ws-gateway:{SECRET}:auth.validate+usage.check+agent.run,backend:{SECRET}:publish,\
              outsider:{SECRET}:usage.check,admin:{SECRET}:usage.admin+usage.check"
         ))
         .unwrap();
@@ -304,19 +304,19 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway and waits until it reports ready.
     pub async fn start(config: Config) -> Self {
-        let executor = std::sync::Arc::new(
-            ws_gateway::agent::DemoAgent::new().with_think_delay(config.agent_think_delay),
+        let demo = std::sync::Arc::new(
+            demo_agent::DemoAgent::new().with_think_delay(config.agent_think_delay),
         );
-        Self::start_with_executor(config, executor).await
+        Self::start_with_agent(config, demo).await
     }
 
-    /// Starts a gateway whose runs use `executor`.
-    pub async fn start_with_executor(
+    /// Starts a gateway whose `builtin` agent is `agent`.
+    pub async fn start_with_agent(
         config: Config,
-        executor: std::sync::Arc<dyn ws_gateway::agent::Executor>,
+        agent: std::sync::Arc<dyn ws_gateway::agent::LocalAgent>,
     ) -> Self {
         let shutdown = Shutdown::new();
-        let app = Application::build_with_executor(config, shutdown.clone(), executor)
+        let app = Application::build_with_agent(config, shutdown.clone(), agent)
             .await
             .expect("the gateway builds");
         let (addr, admin) = (app.addr(), app.admin_addr());

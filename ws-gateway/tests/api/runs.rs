@@ -24,8 +24,21 @@ async fn transcript(client: &mut WsClient) -> Vec<Value> {
     }
 }
 
+/// Each frame's type, with consecutive `agent_delta`s counted once (how many arrive depends
+/// on how fast the client reads: a slow reader gets them merged).
 fn kinds(frames: &[Value]) -> Vec<&str> {
-    frames.iter().map(|f| f["type"].as_str().unwrap()).collect()
+    let mut kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    kinds.dedup_by(|a, b| *a == "agent_delta" && *b == "agent_delta");
+    kinds
+}
+
+/// The run's deltas, concatenated: the answer, streamed.
+fn streamed(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "agent_delta")
+        .map(|f| f["text"].as_str().unwrap())
+        .collect()
 }
 
 async fn a_run_streams_its_events_in_order(backend: Backend) {
@@ -49,9 +62,12 @@ async fn a_run_streams_its_events_in_order(backend: Backend) {
             "tool_completed",
             "tool_executing",
             "tool_completed",
+            "agent_delta",
             "agent_completed"
         ]
     );
+    let answer = frames.last().unwrap()["output"].as_str().unwrap();
+    assert_eq!(streamed(&frames), answer, "the deltas are the answer, whole");
     let run_id = frames[0]["run_id"].as_str().unwrap();
     assert!(
         frames
@@ -86,6 +102,7 @@ async fn a_tool_outside_the_plan_is_refused_without_running() {
             "agent_started",
             "agent_thinking",
             "error",
+            "agent_delta",
             "agent_completed"
         ]
     );
@@ -155,8 +172,12 @@ async fn runs_can_be_cancelled_and_bad_requests_are_explained() {
 
     for (bad, why) in [
         (
-            json!({"type": "run_agent", "agent": "demo", "input": "x", "tools": ["shell"]}),
-            "unknown tool",
+            json!({"type": "run_agent", "agent": "demo", "input": "x", "tools": ["Shell!"]}),
+            "a tool name is",
+        ),
+        (
+            json!({"type": "run_agent", "agent": "demo", "input": "x", "metadata": {"k": 1}}),
+            "invalid type",
         ),
         (
             json!({"type": "run_agent", "agent": "", "input": "x"}),
@@ -172,6 +193,33 @@ async fn runs_can_be_cancelled_and_bad_requests_are_explained() {
         assert_eq!(error["code"], "bad_request");
         assert!(error["message"].as_str().unwrap().contains(why), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_agents_and_undeclared_tools_are_named_as_such() {
+    let services = Services::spawn(Backend::Embedded).await;
+    let gateway = Gateway::start(services.gateway_config()).await;
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    client
+        .send_json(json!({"type": "run_agent", "id": "u", "agent": "nobody", "input": "hi"}))
+        .await;
+    let error = client.expect("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("unknown_agent"), Some("u")));
+
+    // A well-formed name the catalogue does not declare: the run goes on without it.
+    client
+        .send_json(json!({
+            "type": "run_agent", "id": "t", "agent": "demo", "input": "hi", "tools": ["shell"],
+            "metadata": {"ticket": "T-1"},
+        }))
+        .await;
+    let frames = transcript(&mut client).await;
+    assert_eq!(
+        kinds(&frames),
+        ["agent_started", "agent_thinking", "error", "agent_delta", "agent_completed"]
+    );
+    assert_eq!(frames[2]["code"], "unknown_tool", "{}", frames[2]);
 }
 
 both_backends!(a_run_streams_its_events_in_order);
