@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tollgate_shared::{
     backoff::ExponentialBackoff,
     grpc::bearer_token,
@@ -33,6 +33,8 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Early refreshes for unknown kids: at most one per interval.
 const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a call waits for a fetch under way before its token is judged.
+const KEYS_WAIT: Duration = Duration::from_secs(2);
 
 /// What a [`ServiceAuth`] accepts.
 #[derive(Clone, Debug)]
@@ -60,6 +62,8 @@ struct Inner {
     url: Url,
     client: reqwest::Client,
     gate: ProbeGate,
+    /// Bumped after every successful fetch, so callers can wait for one under way.
+    loaded: watch::Sender<u64>,
 }
 
 /// Why the keys could not be fetched. Never holds a token.
@@ -128,6 +132,7 @@ impl ServiceAuth {
                 url: jwks_url,
                 client,
                 gate: ProbeGate::new(UNKNOWN_KID_INTERVAL),
+                loaded: watch::Sender::new(0),
             }),
         })
     }
@@ -164,6 +169,7 @@ impl ServiceAuth {
         let keys = KeySet::from_jwks(&set.keys);
         let count = keys.len();
         self.inner.verifier.replace_keys(keys);
+        self.inner.loaded.send_modify(|version| *version += 1);
         Ok(count)
     }
 
@@ -196,10 +202,8 @@ impl ServiceAuth {
         let token = bearer_token(metadata).ok_or(TokenError::Missing)?;
         let verify = || self.inner.verifier.verify_service(token, RUN_SCOPE);
         let verified = match verify() {
-            Err(TokenError::UnknownKey) if self.inner.gate.try_claim().is_some() => {
-                if let Err(error) = self.refresh().await {
-                    tracing::warn!(error = %error, "refreshing the JWKS for an unknown kid failed");
-                }
+            Err(TokenError::UnknownKey) => {
+                self.refresh_for_unknown_kid().await;
                 verify()
             }
             other => other,
@@ -207,6 +211,26 @@ impl ServiceAuth {
         match verified {
             Err(TokenError::UnknownKey) if !self.has_keys() => Err(AuthFailure::NoKeys),
             other => Ok(other?),
+        }
+    }
+
+    /// A token names a key we do not hold: the keys may still be loading (just after start)
+    /// or a rotation may have published a new one. Fetch now unless a fetch was made within
+    /// the interval; then wait, bounded, for the fetch under way or for the gate to open.
+    async fn refresh_for_unknown_kid(&self) {
+        let mut loaded = self.inner.loaded.subscribe();
+        let seen = *loaded.borrow_and_update();
+        if self.inner.gate.try_claim().is_none() {
+            let wait = self.inner.gate.until_open().min(KEYS_WAIT);
+            let fetched = loaded.wait_for(|version| *version > seen);
+            if tokio::time::timeout(wait, fetched).await.is_ok()
+                || self.inner.gate.try_claim().is_none()
+            {
+                return;
+            }
+        }
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(error = %error, "refreshing the JWKS for an unknown kid failed");
         }
     }
 }
