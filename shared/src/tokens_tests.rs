@@ -257,9 +257,15 @@ fn bearer_tokens_are_read_from_the_bearer_scheme_only() {
 #[test]
 fn an_agent_audience_takes_only_the_agent_scope() {
     let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(service_audience_allows("usage-service", &scopes(&["usage.check"])));
+    assert!(service_audience_allows(
+        "usage-service",
+        &scopes(&["usage.check"])
+    ));
     assert!(service_audience_allows("support", &scopes(&[AGENT_SCOPE])));
-    assert!(service_audience_allows("crm.agent-2", &scopes(&[AGENT_SCOPE])));
+    assert!(service_audience_allows(
+        "crm.agent-2",
+        &scopes(&[AGENT_SCOPE])
+    ));
     let refused = [
         ("support", scopes(&[])),
         ("support", scopes(&[AGENT_SCOPE, "usage.check"])),

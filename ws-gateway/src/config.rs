@@ -172,12 +172,20 @@ pub struct Config {
     pub agent_connect_timeout: Duration,
 
     /// The largest message an agent backend may send, in bytes.
-    #[arg(long, env = "GATEWAY_AGENT_MAX_MESSAGE_BYTES", default_value_t = 262_144)]
+    #[arg(
+        long,
+        env = "GATEWAY_AGENT_MAX_MESSAGE_BYTES",
+        default_value_t = 262_144
+    )]
     pub agent_max_message_bytes: usize,
 
     /// Messages per second an agent backend may send in one run, after a burst of as many;
     /// faster is a flood, and ends the run with `agent_failed {reason: "protocol_error"}`.
-    #[arg(long, env = "GATEWAY_AGENT_MAX_MESSAGES_PER_SECOND", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "GATEWAY_AGENT_MAX_MESSAGES_PER_SECOND",
+        default_value_t = 1000
+    )]
     pub agent_max_messages_per_second: u32,
 
     /// Lifetime of a connection's lease at usage-service; renewed at a third of it.

@@ -352,7 +352,10 @@ impl Live {
             .map_err(|err| (ErrorCode::BadRequest, err.to_string()))?;
         if !self.shared.backends.knows(&request.agent) {
             let shown: String = request.agent.chars().filter(|c| !c.is_control()).collect();
-            return Err((ErrorCode::UnknownAgent, format!("no agent is named `{shown}`")));
+            return Err((
+                ErrorCode::UnknownAgent,
+                format!("no agent is named `{shown}`"),
+            ));
         }
         Ok(request)
     }

@@ -298,7 +298,9 @@ impl DeltaFrame {
         };
         match serde_json::to_string(&wire) {
             Ok(text) => text.into(),
-            Err(_) => ServerMessage::error(None, ErrorCode::RunFailed, "the run produced bad output"),
+            Err(_) => {
+                ServerMessage::error(None, ErrorCode::RunFailed, "the run produced bad output")
+            }
         }
     }
 }

@@ -175,7 +175,11 @@ mod tests {
         };
         assert_eq!(merged.run_id, run);
         assert_eq!(merged.text, sent, "every fragment, in order, in one frame");
-        assert_eq!(queue.pop().await, delta(other, "b"), "other runs are not merged in");
+        assert_eq!(
+            queue.pop().await,
+            delta(other, "b"),
+            "other runs are not merged in"
+        );
     }
 
     #[tokio::test]
@@ -190,7 +194,10 @@ mod tests {
             async move { queue.push_run(delta(run, &chunk)).await }
         });
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "the frame is full and so is the queue");
+        assert!(
+            !waiting.is_finished(),
+            "the frame is full and so is the queue"
+        );
         let Outbound::Delta(first) = queue.pop().await else {
             panic!("a delta")
         };

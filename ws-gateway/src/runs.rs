@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::{
     agent::{
-        self, AgentEvent, Backends, Caller, Gone, RunEnd, RunId, RunRequest, RunSettings,
-        RunSink, Step, ToolDenial, ToolGate, ToolName,
+        self, AgentEvent, Backends, Caller, Gone, RunEnd, RunId, RunRequest, RunSettings, RunSink,
+        Step, ToolDenial, ToolGate, ToolName,
     },
     error::ErrorCode,
     hub::ConnectionHandle,

@@ -17,12 +17,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use demo_agent::DemoAgent;
 use axum::{
     Router,
     routing::{get, post},
     serve::ListenerExt,
 };
+use demo_agent::DemoAgent;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;

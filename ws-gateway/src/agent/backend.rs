@@ -89,7 +89,10 @@ pub enum Received {
     Ended,
     /// The stream broke: `protocol` when the backend sent something undecodable or too large,
     /// otherwise the backend died or refused (the status, for logs).
-    Broken { protocol: bool, detail: String },
+    Broken {
+        protocol: bool,
+        detail: String,
+    },
 }
 
 impl Backends {
@@ -142,11 +145,7 @@ impl Backends {
     /// Opens the run's stream and sends `start`. Waits at most `timeout` for the backend to
     /// accept it (a remote backend's response headers, which some servers send with their
     /// first message).
-    pub async fn open(
-        &self,
-        start: Start,
-        timeout: Duration,
-    ) -> Result<Conversation, OpenError> {
+    pub async fn open(&self, start: Start, timeout: Duration) -> Result<Conversation, OpenError> {
         let backend = self
             .agents
             .get(&start.agent)

@@ -169,7 +169,11 @@ mod tests {
         let requested = tools(&["word_count", "search"]);
         let mut calls = Calls::default();
         let tool = calls.request("1", "word_count", &requested).unwrap();
-        assert_eq!(calls.result("1"), Err(Violation::UnknownCall), "not decided yet");
+        assert_eq!(
+            calls.result("1"),
+            Err(Violation::UnknownCall),
+            "not decided yet"
+        );
         calls.decided("1", tool, true);
         assert_eq!(calls.result("1").unwrap().as_str(), "word_count");
         assert_eq!(calls.result("1"), Err(Violation::DuplicateResult));
@@ -223,7 +227,14 @@ mod tests {
         }
         assert_eq!(flood.take(start), Err(Violation::Flood));
         assert_eq!(flood.take(start + Duration::from_millis(100)), Ok(()));
-        assert_eq!(flood.take(start + Duration::from_millis(100)), Err(Violation::Flood));
-        assert_eq!(flood.take(start + Duration::from_secs(60)), Ok(()), "refilled");
+        assert_eq!(
+            flood.take(start + Duration::from_millis(100)),
+            Err(Violation::Flood)
+        );
+        assert_eq!(
+            flood.take(start + Duration::from_secs(60)),
+            Ok(()),
+            "refilled"
+        );
     }
 }

@@ -165,7 +165,8 @@ impl Run<'_> {
     async fn converse(&mut self, conversation: &mut Conversation) -> Result<RunEnd, Stop> {
         let run_id = self.request.run_id;
         let agent = self.request.agent.clone();
-        self.emit(AgentEvent::AgentStarted { run_id, agent }).await?;
+        self.emit(AgentEvent::AgentStarted { run_id, agent })
+            .await?;
         loop {
             let message = self.receive(conversation).await?;
             let Some(kind) = message.kind else {
@@ -174,14 +175,17 @@ impl Run<'_> {
             match kind {
                 FromBackend::Thinking(thinking) => {
                     let thought = thinking.thought;
-                    self.emit(AgentEvent::AgentThinking { run_id, thought }).await?;
+                    self.emit(AgentEvent::AgentThinking { run_id, thought })
+                        .await?;
                 }
                 FromBackend::Delta(delta) => {
                     let text = delta.text;
                     self.emit(AgentEvent::AgentDelta { run_id, text }).await?;
                 }
                 FromBackend::ToolRequest(call) => {
-                    let decision = self.decide(&call.call_id, &call.tool, &call.input_json).await?;
+                    let decision = self
+                        .decide(&call.call_id, &call.tool, &call.input_json)
+                        .await?;
                     if !conversation.send(ToBackend::ToolDecision(decision)).await {
                         return Err(Stop::Failed(BACKEND_LOST.into()));
                     }
@@ -189,12 +193,18 @@ impl Run<'_> {
                 FromBackend::ToolResult(result) => {
                     let tool = self.calls.result(&result.call_id)?;
                     let output = json(&result.output_json)?;
-                    self.emit(AgentEvent::ToolCompleted { run_id, tool, output }).await?;
+                    self.emit(AgentEvent::ToolCompleted {
+                        run_id,
+                        tool,
+                        output,
+                    })
+                    .await?;
                 }
                 FromBackend::Completed(completed) => {
                     self.await_close(conversation).await?;
                     let output = completed.output;
-                    self.emit(AgentEvent::AgentCompleted { run_id, output }).await?;
+                    self.emit(AgentEvent::AgentCompleted { run_id, output })
+                        .await?;
                     return Ok(RunEnd::Completed);
                 }
                 FromBackend::Failed(failed) => {
@@ -223,7 +233,12 @@ impl Run<'_> {
         self.calls.decided(call_id, tool.clone(), admitted.is_ok());
         let decision = match admitted {
             Ok(()) => {
-                self.emit(AgentEvent::ToolExecuting { run_id, tool, input }).await?;
+                self.emit(AgentEvent::ToolExecuting {
+                    run_id,
+                    tool,
+                    input,
+                })
+                .await?;
                 ToolDecision {
                     call_id: call_id.to_owned(),
                     allowed: true,
@@ -267,11 +282,17 @@ impl Run<'_> {
                 Ok(message)
             }
             Received::Ended => Err(Violation::EndedWithoutAnswer.into()),
-            Received::Broken { protocol: true, detail } => {
+            Received::Broken {
+                protocol: true,
+                detail,
+            } => {
                 tracing::warn!(%detail, "the agent backend sent an invalid message");
                 Err(Stop::Failed(PROTOCOL_ERROR.into()))
             }
-            Received::Broken { protocol: false, detail } => {
+            Received::Broken {
+                protocol: false,
+                detail,
+            } => {
                 tracing::warn!(%detail, "the agent backend's stream broke");
                 Err(Stop::Failed(BACKEND_LOST.into()))
             }

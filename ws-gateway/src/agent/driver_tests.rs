@@ -185,7 +185,9 @@ fn sends(messages: Vec<AgentMessage>, inbox: Inbox) -> Script {
     Arc::new(move |mut inbound, outbound| {
         let (messages, inbox) = (messages.clone(), inbox.clone());
         Box::pin(async move {
-            let Some(first) = inbound.next().await else { return };
+            let Some(first) = inbound.next().await else {
+                return;
+            };
             inbox.lock().unwrap().extend(first.kind);
             for message in messages {
                 let awaits_decision = matches!(message.kind, Some(Out::ToolRequest(_)));
@@ -232,7 +234,9 @@ async fn a_run_streams_in_order_and_tools_run_only_once_allowed() {
             })),
             tool_request("c1", "word_count", r#"{"text":"a b"}"#),
             tool_result("c1", r#"{"words":2}"#),
-            message(Out::Delta(Delta { text: "Two ".into() })),
+            message(Out::Delta(Delta {
+                text: "Two ".into(),
+            })),
             message(Out::Delta(Delta {
                 text: "words.".into(),
             })),
@@ -303,10 +307,16 @@ async fn a_denied_tool_is_an_error_for_the_client_and_a_denial_for_the_backend()
 async fn every_broken_rule_ends_the_run_with_one_protocol_error() {
     let big = "x".repeat(5000);
     let cases: Vec<(&str, Vec<AgentMessage>)> = vec![
-        ("a result for an unknown call", vec![tool_result("nope", "{}")]),
+        (
+            "a result for an unknown call",
+            vec![tool_result("nope", "{}")],
+        ),
         (
             "a result for a denied call",
-            vec![tool_request("c1", "denied_tool", "{}"), tool_result("c1", "{}")],
+            vec![
+                tool_request("c1", "denied_tool", "{}"),
+                tool_result("c1", "{}"),
+            ],
         ),
         (
             "two results for one call",
@@ -337,7 +347,10 @@ async fn every_broken_rule_ends_the_run_with_one_protocol_error() {
         ),
         (
             "an output that is not JSON",
-            vec![tool_request("c1", "word_count", "{}"), tool_result("c1", "")],
+            vec![
+                tool_request("c1", "word_count", "{}"),
+                tool_result("c1", ""),
+            ],
         ),
         (
             "a message over the size limit",
@@ -346,7 +359,12 @@ async fn every_broken_rule_ends_the_run_with_one_protocol_error() {
         ("an empty message", vec![AgentMessage { kind: None }]),
         (
             "anything after completed",
-            vec![completed("done"), message(Out::Delta(Delta { text: "more".into() }))],
+            vec![
+                completed("done"),
+                message(Out::Delta(Delta {
+                    text: "more".into(),
+                })),
+            ],
         ),
         (
             "a flood of deltas",
@@ -363,7 +381,11 @@ async fn every_broken_rule_ends_the_run_with_one_protocol_error() {
         let script = sends(messages, Inbox::default());
         let (end, sink) = run(script, &["word_count", "denied_tool"], &gate).await;
         assert_eq!(end, RunEnd::Failed(PROTOCOL_ERROR.into()), "{case}");
-        assert_eq!(sink.kinds().last().unwrap(), "failed:protocol_error", "{case}");
+        assert_eq!(
+            sink.kinds().last().unwrap(),
+            "failed:protocol_error",
+            "{case}"
+        );
         assert_eq!(sink.terminals(), 1, "{case}: exactly one terminal event");
         assert!(
             gate.asked.lock().unwrap().len() <= 1,
@@ -378,13 +400,18 @@ async fn a_stream_that_ends_without_an_answer_is_a_protocol_error() {
         Box::pin(async move {
             inbound.next().await;
             let _ = outbound
-                .send(message(Out::Delta(Delta { text: "half".into() })))
+                .send(message(Out::Delta(Delta {
+                    text: "half".into(),
+                })))
                 .await;
         })
     });
     let (end, sink) = run(script, &[], &Gate::default()).await;
     assert_eq!(end, RunEnd::Failed(PROTOCOL_ERROR.into()));
-    assert_eq!(sink.kinds(), ["agent_started", "delta:half", "failed:protocol_error"]);
+    assert_eq!(
+        sink.kinds(),
+        ["agent_started", "delta:half", "failed:protocol_error"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -457,13 +484,19 @@ async fn cancel_reaches_the_backend_and_ends_the_run_even_if_it_is_ignored() {
         settings(),
     );
     let (end, ()) = tokio::join!(
-        drive(&backends, &request, &caller, &gate, &sink, &settings, &cancel),
+        drive(
+            &backends, &request, &caller, &gate, &sink, &settings, &cancel
+        ),
         stopper
     );
     assert_eq!(end, RunEnd::Cancelled);
     assert!(started.elapsed() <= Duration::from_millis(500) + settings.cancel_grace);
     assert!(
-        inbox.lock().unwrap().iter().any(|m| matches!(m, In::Cancel(_))),
+        inbox
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| matches!(m, In::Cancel(_))),
         "the backend was told"
     );
     assert_eq!(sink.terminals(), 0, "run_cancelled is the caller's to send");

@@ -248,10 +248,22 @@ mod tests {
             let tool: ToolName = name.parse().unwrap();
             assert_eq!(tool.as_str(), name);
             assert_eq!(serde_json::to_value(&tool).unwrap(), json!(name));
-            assert_eq!(serde_json::from_value::<ToolName>(json!(name)).unwrap(), tool);
+            assert_eq!(
+                serde_json::from_value::<ToolName>(json!(name)).unwrap(),
+                tool
+            );
         }
         let too_long = format!("a{}", "z".repeat(64));
-        for bad in ["", "Search", "9lives", "_x", "word count", "tool:x", "é", &too_long] {
+        for bad in [
+            "",
+            "Search",
+            "9lives",
+            "_x",
+            "word count",
+            "tool:x",
+            "é",
+            &too_long,
+        ] {
             assert_eq!(bad.parse::<ToolName>(), Err(InvalidToolName), "{bad:?}");
         }
         let error = serde_json::from_value::<ToolName>(json!("Shell")).unwrap_err();
@@ -260,14 +272,26 @@ mod tests {
 
     #[test]
     fn valid_requests_are_accepted() {
-        let request = RunRequest::new("demo", "what is 2+2?", tools(&["calculator"]), BTreeMap::new())
-            .unwrap();
+        let request = RunRequest::new(
+            "demo",
+            "what is 2+2?",
+            tools(&["calculator"]),
+            BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(request.agent, "demo");
         assert_eq!(request.tools, tools(&["calculator"]));
-        let eight: Vec<String> = (0..RunRequest::MAX_TOOLS).map(|i| format!("t{i}")).collect();
+        let eight: Vec<String> = (0..RunRequest::MAX_TOOLS)
+            .map(|i| format!("t{i}"))
+            .collect();
         let eight: Vec<&str> = eight.iter().map(String::as_str).collect();
         let metadata: BTreeMap<String, String> = (0..RunRequest::MAX_METADATA_ENTRIES)
-            .map(|i| (format!("k{i}"), "v".repeat(RunRequest::MAX_METADATA_VALUE_BYTES)))
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    "v".repeat(RunRequest::MAX_METADATA_VALUE_BYTES),
+                )
+            })
             .collect();
         let longest = RunRequest::new(
             "é".repeat(RunRequest::MAX_AGENT_CHARS),
@@ -275,7 +299,10 @@ mod tests {
             tools(&eight),
             metadata,
         );
-        assert!(longest.is_ok(), "the limits are inclusive, and count characters");
+        assert!(
+            longest.is_ok(),
+            "the limits are inclusive, and count characters"
+        );
         assert!(RunRequest::new("demo", "hi", vec![], BTreeMap::new()).is_ok());
     }
 
@@ -297,7 +324,11 @@ mod tests {
                 "agent must be at most 64 characters",
             ),
             (new("demo", "", &[]), EmptyInput, "input must not be empty"),
-            (new("demo", "\n ", &[]), EmptyInput, "input must not be empty"),
+            (
+                new("demo", "\n ", &[]),
+                EmptyInput,
+                "input must not be empty",
+            ),
             (
                 new("demo", &big_input, &[]),
                 InputTooLarge { max: 16384 },

@@ -49,7 +49,11 @@ impl FromStr for AgentRoutes {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let mut routes = BTreeMap::new();
-        for entry in raw.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        for entry in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+        {
             let Some((name, target)) = entry.split_once('=') else {
                 return Err(InvalidRoutes(format!(
                     "`{entry}` is not `name=builtin` or `name=http://host:port`"
@@ -107,9 +111,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn valid_url(url: &str) -> bool {
-    url.parse::<http::Uri>().is_ok_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
-    })
+    url.parse::<http::Uri>()
+        .is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some())
 }
 
 #[cfg(test)]
@@ -126,9 +129,10 @@ mod tests {
 
     #[test]
     fn builtin_and_remote_backends_mix() {
-        let routes: AgentRoutes = " demo=builtin , support=http://support-agent:7000,py=https://10.0.0.7:443 "
-            .parse()
-            .unwrap();
+        let routes: AgentRoutes =
+            " demo=builtin , support=http://support-agent:7000,py=https://10.0.0.7:443 "
+                .parse()
+                .unwrap();
         assert_eq!(routes.get("demo"), Some(&Route::Builtin));
         assert_eq!(
             routes.get("support"),
@@ -149,7 +153,10 @@ mod tests {
             ("demo", "`demo` is not `name=builtin`"),
             ("Demo=builtin", "agent name `Demo`"),
             ("=builtin", "agent name ``"),
-            ("demo=builtin,demo=http://x:1", "agent `demo` is listed twice"),
+            (
+                "demo=builtin,demo=http://x:1",
+                "agent `demo` is listed twice",
+            ),
             ("x=ftp://host", "neither `builtin` nor"),
             ("x=http://", "neither `builtin` nor"),
             ("x=localhost:7000", "neither `builtin` nor"),

@@ -67,7 +67,11 @@ async fn a_run_streams_its_events_in_order(backend: Backend) {
         ]
     );
     let answer = frames.last().unwrap()["output"].as_str().unwrap();
-    assert_eq!(streamed(&frames), answer, "the deltas are the answer, whole");
+    assert_eq!(
+        streamed(&frames),
+        answer,
+        "the deltas are the answer, whole"
+    );
     let run_id = frames[0]["run_id"].as_str().unwrap();
     assert!(
         frames
@@ -205,7 +209,10 @@ async fn unknown_agents_and_undeclared_tools_are_named_as_such() {
         .send_json(json!({"type": "run_agent", "id": "u", "agent": "nobody", "input": "hi"}))
         .await;
     let error = client.expect("error").await;
-    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("unknown_agent"), Some("u")));
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_str()),
+        (Some("unknown_agent"), Some("u"))
+    );
 
     // A well-formed name the catalogue does not declare: the run goes on without it.
     client
@@ -217,7 +224,13 @@ async fn unknown_agents_and_undeclared_tools_are_named_as_such() {
     let frames = transcript(&mut client).await;
     assert_eq!(
         kinds(&frames),
-        ["agent_started", "agent_thinking", "error", "agent_delta", "agent_completed"]
+        [
+            "agent_started",
+            "agent_thinking",
+            "error",
+            "agent_delta",
+            "agent_completed"
+        ]
     );
     assert_eq!(frames[2]["code"], "unknown_tool", "{}", frames[2]);
 }
