@@ -8,8 +8,8 @@
 //!
 //! A run: `thinking` with its plan, then for each requested tool a `tool_request`, the
 //! gateway's decision, and for an allowed call the tool's `tool_result`; then the answer as
-//! word-sized `delta`s and `completed`. The tools really compute (see [`tools`](crate::tools)
-//! for what each takes and returns) and are pure functions, so the same run always yields the
+//! word-sized `delta`s and `completed`. The tools really compute (the `tools` module says
+//! what each takes and returns) and are pure functions, so the same run always yields the
 //! same messages.
 #![forbid(unsafe_code)]
 

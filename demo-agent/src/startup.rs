@@ -29,6 +29,9 @@ use crate::{
 
 /// How often the JWKS is fetched again.
 const JWKS_REFRESH: Duration = Duration::from_secs(60);
+/// HTTP/2 pings on an idle connection, and how long an answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopped runs get to send their last message and close their streams.
 const STOP_DRAIN: Duration = Duration::from_secs(6);
 
@@ -123,6 +126,10 @@ impl Application {
         let methods = ServedMethods::of(&served_services(SERVICE_NAME))?;
         let server_shutdown = shutdown.clone();
         let server = tonic::transport::Server::builder()
+            // A gateway that vanished without closing its connection is noticed, and its runs
+            // (blocked on a response nobody reads) end with the connection.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .layer(TelemetryLayer::new(
                 RpcMetrics::register(&mut registry),
                 methods,

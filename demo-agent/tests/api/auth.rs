@@ -4,9 +4,15 @@
 use std::time::Duration;
 
 use demo_agent::Config;
-use tollgate_proto::agent::v1::agent_message::Kind;
-use tollgate_shared::{testing::reason, tokens::SigningKey};
+use tollgate_proto::agent::v1::{agent_backend_server::SERVICE_NAME, agent_message::Kind};
+use tollgate_shared::{
+    testing::{eventually, reason},
+    tokens::SigningKey,
+};
 use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::helpers::{Call, Jwks, TestApp, deltas_and_output, service_token, start};
 
@@ -108,4 +114,38 @@ async fn an_unreachable_jwks_makes_calls_unavailable_not_accepted() {
         panic!("a token that cannot be checked was accepted");
     };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        health(&app).await,
+        ServingStatus::NotServing,
+        "not serving while callers cannot be checked"
+    );
+}
+
+#[tokio::test]
+async fn health_turns_serving_once_the_keys_are_loaded() {
+    let jwks = Jwks::serve().await;
+    let app = checked_app(&jwks).await;
+    let serving = eventually(Duration::from_secs(5), || async {
+        health(&app).await == ServingStatus::Serving
+    })
+    .await;
+    assert!(serving);
+}
+
+async fn health(app: &TestApp) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("the agent accepts connections");
+    let request = HealthCheckRequest {
+        service: SERVICE_NAME.into(),
+    };
+    let status = HealthClient::new(channel)
+        .check(request)
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).expect("a known status")
 }
