@@ -1,6 +1,10 @@
 //! Generated code for Tollgate's gRPC services, plus the encoded file descriptor set that every
 //! server registers with gRPC reflection.
-#![allow(missing_debug_implementations, clippy::unwrap_used)]
+#![allow(
+    missing_debug_implementations,
+    clippy::unwrap_used,
+    clippy::doc_lazy_continuation
+)]
 
 pub mod auth {
     pub mod v1 {
