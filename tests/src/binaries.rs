@@ -6,12 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// One of the three service binaries, and what it says when it listens.
+/// One of the service binaries, and what it says when it listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Binary {
     Auth,
     Usage,
     Gateway,
+    /// The demo agent as an agent backend of its own (gRPC only).
+    DemoAgent,
 }
 
 impl Binary {
@@ -20,6 +22,7 @@ impl Binary {
             Self::Auth => "auth-service",
             Self::Usage => "usage-service",
             Self::Gateway => "ws-gateway",
+            Self::DemoAgent => "demo-agent",
         }
     }
 
@@ -36,6 +39,7 @@ impl Binary {
             Self::Auth => &[("AUTH_GRPC_ADDR", "grpc"), ("AUTH_HTTP_ADDR", "http")],
             Self::Usage => &[("USAGE_GRPC_ADDR", "grpc"), ("USAGE_HTTP_ADDR", "http")],
             Self::Gateway => &[("GATEWAY_ADDR", "addr"), ("GATEWAY_ADMIN_ADDR", "admin")],
+            Self::DemoAgent => &[("AGENT_ADDR", "grpc")],
         }
     }
 
@@ -45,6 +49,7 @@ impl Binary {
         match self {
             Self::Auth | Self::Usage => "http",
             Self::Gateway => "addr",
+            Self::DemoAgent => "grpc",
         }
     }
 
@@ -52,7 +57,7 @@ impl Binary {
     /// `/metrics`), when the service has one of its own.
     pub fn admin_field(self) -> Option<&'static str> {
         match self {
-            Self::Auth | Self::Usage => None,
+            Self::Auth | Self::Usage | Self::DemoAgent => None,
             Self::Gateway => Some("admin"),
         }
     }

@@ -350,9 +350,14 @@ impl WsClient {
     /// Starts a demo-agent run; its frames follow (see [`WsClient::transcript`]). Run request
     /// ids start with `run` so [`crate::invariants::Acknowledgements`] knows what was metered.
     pub async fn run_agent(&mut self, id: &str, input: &str, tools: &[&str]) {
+        self.run(id, "demo", input, tools).await;
+    }
+
+    /// Starts a run of `agent` (see [`WsClient::run_agent`]).
+    pub async fn run(&mut self, id: &str, agent: &str, input: &str, tools: &[&str]) {
         assert!(id.starts_with("run"), "run request ids start with `run`");
         self.send_json(json!({
-            "type": "run_agent", "id": id, "agent": "demo", "input": input, "tools": tools,
+            "type": "run_agent", "id": id, "agent": agent, "input": input, "tools": tools,
         }))
         .await;
     }
@@ -404,11 +409,23 @@ pub fn is_counted(reply: &Value) -> bool {
     reply["type"] == "error" && reply["code"] == "unknown_run"
 }
 
-/// The `type` of every frame.
+/// The `type` of every frame, with consecutive `agent_delta`s counted once (how many arrive
+/// depends on how fast the client reads: a slow reader gets them merged).
 pub fn kinds(frames: &[Value]) -> Vec<&str> {
-    frames
+    let mut kinds: Vec<&str> = frames
         .iter()
         .map(|frame| frame["type"].as_str().unwrap_or_default())
+        .collect();
+    kinds.dedup_by(|a, b| *a == "agent_delta" && *b == "agent_delta");
+    kinds
+}
+
+/// A run's `agent_delta` texts, concatenated: its answer, as streamed.
+pub fn streamed(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|frame| frame["type"] == "agent_delta")
+        .filter_map(|frame| frame["text"].as_str())
         .collect()
 }
 

@@ -4,6 +4,7 @@
 // Test helpers, like tests, panic on a failed expectation.
 #![allow(clippy::unwrap_used)]
 
+mod agents;
 mod deployment;
 mod drain;
 mod faults;
