@@ -4,6 +4,7 @@
 // Test helpers, like tests, panic on a failed expectation.
 #![allow(clippy::unwrap_used)]
 
+mod catalogue;
 mod deployment;
 mod drain;
 mod faults;
