@@ -198,16 +198,29 @@ fn plan(raw: RawPlan, rank: u32, meters: &[MeterSpec]) -> Result<Plan, String> {
     for name in &raw.tools {
         tools.insert(ToolName::parse(name).map_err(|err| fail(err.to_string()))?);
     }
+    let limits = limits(&raw, meters).map_err(fail)?;
+    Ok(Plan {
+        name: raw.name.unwrap_or_else(|| id.to_string()),
+        rank,
+        max_connections,
+        limits,
+        tools,
+        id,
+    })
+}
+
+/// A plan's limits per meter: `[plans.limits]` and the first format's fields, which are sugar
+/// for the built-in meters.
+fn limits(raw: &RawPlan, meters: &[MeterSpec]) -> Result<BTreeMap<Meter, MeterLimits>, String> {
     let mut limits = BTreeMap::new();
-    for (meter, raw_limits) in raw.limits {
-        let meter = Meter::parse(&meter).map_err(|err| fail(format!("limits: {err}")))?;
+    for (meter, &raw_limits) in &raw.limits {
+        let meter = Meter::parse(meter).map_err(|err| format!("limits: {err}"))?;
         if !meters.iter().any(|known| known.name == meter) {
-            return Err(fail(format!(
+            return Err(format!(
                 "limits name meter `{meter}`, which is not declared in [[meters]]"
-            )));
+            ));
         }
-        let checked =
-            meter_limits(raw_limits, |window| format!("limits.{meter}.{window}")).map_err(fail)?;
+        let checked = meter_limits(raw_limits, |window| format!("limits.{meter}.{window}"))?;
         limits.insert(meter, checked);
     }
     let sugar = [
@@ -241,32 +254,22 @@ fn plan(raw: RawPlan, rank: u32, meters: &[MeterSpec]) -> Result<Plan, String> {
             continue;
         };
         if limits.contains_key(&meter) {
-            return Err(fail(format!(
+            return Err(format!(
                 "{field} and limits.{meter} both limit `{meter}`; keep one"
-            )));
+            ));
         }
-        let checked = meter_limits(raw_limits, |_| field.to_owned()).map_err(fail)?;
+        let checked = meter_limits(raw_limits, |_| field.to_owned())?;
         limits.insert(meter, checked);
     }
     match limits.get(&Meter::messages()).and_then(|l| l.per_minute) {
-        None => {
-            return Err(fail(
-                "`messages` needs a per_minute rate (messages_per_minute or limits.messages), since every message is metered".into(),
-            ));
-        }
+        None => Err(
+            "`messages` needs a per_minute rate (messages_per_minute or limits.messages), since every message is metered".into(),
+        ),
         Some(rate) if u32::try_from(rate).is_err() => {
-            return Err(fail("the `messages` per_minute rate is too large".into()));
+            Err("the `messages` per_minute rate is too large".into())
         }
-        Some(_) => {}
+        Some(_) => Ok(limits),
     }
-    Ok(Plan {
-        name: raw.name.unwrap_or_else(|| id.to_string()),
-        rank,
-        max_connections,
-        limits,
-        tools,
-        id,
-    })
 }
 
 /// Checks one meter's limits; `field` names a window's setting in errors.

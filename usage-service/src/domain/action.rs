@@ -3,8 +3,7 @@ use std::fmt;
 use super::{InvalidInput, ToolName, printable};
 
 /// Roles, each inheriting the permissions of the one before.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
     Member,
