@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Action, Permission, Role, Tool, UserId},
+    catalogue::Catalogue,
+    domain::{Action, Meter, Permission, Role, UserId},
     error::UsageError,
     usage::{Usage, UserContext},
 };
@@ -44,6 +45,8 @@ pub struct Verdict {
     pub denial: Option<DenyReason>,
     /// The cheapest plan that would allow the action, when a plan is what is missing.
     pub upgrade_to: Option<String>,
+    /// What one call costs, for an allowed tool action: the meter to `Consume` and how much.
+    pub cost: Option<(Meter, u64)>,
 }
 
 impl Verdict {
@@ -58,30 +61,36 @@ impl Usage {
         user: UserId,
         action: Action,
     ) -> Result<(Verdict, std::sync::Arc<UserContext>), UsageError> {
+        self.require_declared(&action)?;
         let context = self.context(user).await?;
-        let feature = match action {
-            Permission::Tool(tool) => tool,
-            Permission::AdminAudit => Tool::AdminAudit,
+        let feature = Catalogue::plan_feature(&action);
+        let denied = |denial, upgrade_to| Verdict {
+            denial: Some(denial),
+            upgrade_to,
+            cost: None,
         };
         let verdict = if !context.plan.tools.contains(&feature) {
-            Verdict {
-                denial: Some(DenyReason::PlanFeatureMissing),
-                upgrade_to: self
+            let upgrade_to = self
+                .catalogue
+                .cheapest_with(&feature)
+                .filter(|plan| plan.rank > context.plan.rank)
+                .map(|plan| plan.id.to_string());
+            denied(DenyReason::PlanFeatureMissing, upgrade_to)
+        } else if self.holds(&context, &action).await? {
+            let cost = match &action {
+                Permission::Tool(tool) => self
                     .catalogue
-                    .cheapest_with(feature)
-                    .filter(|plan| plan.rank > context.plan.rank)
-                    .map(|plan| plan.id.to_string()),
-            }
-        } else if self.holds(&context, action).await? {
+                    .tool(tool)
+                    .map(|spec| (spec.meter.clone(), spec.amount)),
+                Permission::AdminAudit => None,
+            };
             Verdict {
                 denial: None,
                 upgrade_to: None,
+                cost,
             }
         } else {
-            Verdict {
-                denial: Some(DenyReason::PermissionDenied),
-                upgrade_to: None,
-            }
+            denied(DenyReason::PermissionDenied, None)
         };
         self.metrics.decision(
             "authorize",
@@ -90,24 +99,34 @@ impl Usage {
         Ok((verdict, context))
     }
 
+    /// Refuses a tool the catalogue does not declare (`unknown_tool`).
+    fn require_declared(&self, permission: &Permission) -> Result<(), UsageError> {
+        match permission {
+            Permission::Tool(tool) if self.catalogue.tool(tool).is_none() => {
+                Err(UsageError::UnknownTool(tool.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the user holds `permission` by role or by a delegation still backed by its
     /// grantor's role.
     async fn holds(
         &self,
         context: &UserContext,
-        permission: Permission,
+        permission: &Permission,
     ) -> Result<bool, UsageError> {
-        if by_role(&context.roles, permission) {
+        if self.by_role(&context.roles, permission) {
             return Ok(true);
         }
         let now = self.now_ms();
         for delegation in context
             .delegations
             .iter()
-            .filter(|d| d.permission == permission && d.expires_at_ms > now)
+            .filter(|d| &d.permission == permission && d.expires_at_ms > now)
         {
             let grantor = self.context(delegation.from_user).await?;
-            if by_role(&grantor.roles, permission) {
+            if self.by_role(&grantor.roles, permission) {
                 return Ok(true);
             }
         }
@@ -123,11 +142,11 @@ impl Usage {
         let mut permissions: BTreeSet<Permission> = context
             .roles
             .iter()
-            .flat_map(|role| role.permissions())
+            .flat_map(|&role| self.catalogue.permissions_of(role))
             .collect();
         for delegation in &context.delegations {
-            if self.holds(&context, delegation.permission).await? {
-                permissions.insert(delegation.permission);
+            if self.holds(&context, &delegation.permission).await? {
+                permissions.insert(delegation.permission.clone());
             }
         }
         Ok((context.roles.clone(), permissions))
@@ -175,18 +194,26 @@ impl Usage {
                 "a delegation may last at most 90 days".into(),
             ));
         }
+        self.require_declared(&permission)?;
         let grantor = self.context(from).await?;
-        if !by_role(&grantor.roles, permission) {
+        if !self.by_role(&grantor.roles, &permission) {
             return Err(UsageError::NotAllowed(
                 "the grantor does not hold this permission through a role",
             ));
         }
         let id = self
             .store
-            .insert_delegation(from, to, permission, now, expires_at_ms)
+            .insert_delegation(from, to, &permission, now, expires_at_ms)
             .await?;
         self.invalidate(to).await;
         Ok(id)
+    }
+
+    /// Whether one of `roles` grants `permission`.
+    fn by_role(&self, roles: &[Role], permission: &Permission) -> bool {
+        roles
+            .iter()
+            .any(|&role| self.catalogue.role_grants(role, permission))
     }
 
     pub async fn revoke_delegation(&self, id: Uuid) -> Result<(), UsageError> {
@@ -198,10 +225,4 @@ impl Usage {
         self.invalidate(grantee).await;
         Ok(())
     }
-}
-
-fn by_role(roles: &[Role], permission: Permission) -> bool {
-    roles
-        .iter()
-        .any(|role| role.permissions().contains(&permission))
 }

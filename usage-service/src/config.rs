@@ -68,7 +68,8 @@ pub struct Config {
     )]
     pub redis_down_mode: RedisDownMode,
 
-    /// A TOML plans file replacing the default catalogue.
+    /// A TOML catalogue file (plans, meters, tools) replacing the default catalogue; a bad one
+    /// stops the start with one line naming the problem.
     #[arg(long, env = "USAGE_PLANS_FILE")]
     pub plans_file: Option<PathBuf>,
 

@@ -6,12 +6,23 @@ use tollgate_shared::tokens::TokenError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{domain::InvalidInput, ledger::LedgerError, limits::LimitError, store::StoreError};
+use crate::{
+    domain::{InvalidInput, Meter, ToolName},
+    ledger::LedgerError,
+    limits::LimitError,
+    store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error("{0}")]
     InvalidInput(String),
+    /// A well-formed tool name the catalogue does not declare.
+    #[error("unknown tool `{0}`")]
+    UnknownTool(ToolName),
+    /// A well-formed meter name the catalogue does not declare.
+    #[error("unknown meter `{0}`")]
+    UnknownMeter(Meter),
     #[error("unknown plan `{0}`")]
     UnknownPlan(String),
     #[error("unknown delegation")]
@@ -75,6 +86,8 @@ impl UsageError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidInput(_) => "invalid_request",
+            Self::UnknownTool(_) => "unknown_tool",
+            Self::UnknownMeter(_) => "unknown_meter",
             Self::UnknownPlan(_) => "unknown_plan",
             Self::UnknownDelegation => "unknown_delegation",
             Self::IdempotencyConflict => "idempotency_conflict",
@@ -88,7 +101,9 @@ impl UsageError {
 
     fn code(&self) -> Code {
         match self {
-            Self::InvalidInput(_) => Code::InvalidArgument,
+            Self::InvalidInput(_) | Self::UnknownTool(_) | Self::UnknownMeter(_) => {
+                Code::InvalidArgument
+            }
             Self::UnknownPlan(_) | Self::UnknownDelegation => Code::NotFound,
             Self::IdempotencyConflict => Code::AlreadyExists,
             Self::NotAllowed(_) => Code::FailedPrecondition,

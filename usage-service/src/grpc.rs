@@ -1,5 +1,8 @@
 //! The `tollgate.usage.v1.UsageService` gRPC surface: checks the caller's service token,
-//! converts proto messages to domain types at the boundary and domain results back.
+//! converts proto messages to domain types at the boundary and domain results back (the
+//! latter in [`convert`]).
+
+mod convert;
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,13 +11,12 @@ use tollgate_shared::{grpc::bearer_token, jwks::JwksVerifier, tokens::TokenError
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use self::convert::{catalogue_to_pb, lease_to_pb, reason_to_pb, roles_to_pb, subscription_to_pb};
 use crate::{
     access::DenyReason,
     domain::{IdempotencyKey, Meter, Permission, PlanId, Role, UserId},
     error::UsageError,
-    metering::LeaseDecision,
-    plans::Plan,
-    subscriptions::{PlanChange, Subscription},
+    subscriptions::PlanChange,
     usage::Usage,
 };
 
@@ -40,44 +42,6 @@ impl UsageGrpc {
         self.verifier.verify_service(token, scope).await?;
         Ok(())
     }
-}
-
-fn plan_to_pb(plan: &Plan) -> pb::Plan {
-    pb::Plan {
-        id: plan.id.to_string(),
-        name: plan.name.clone(),
-        max_connections: plan.max_connections,
-        messages_per_minute: plan.messages_per_minute,
-        agent_runs_per_month: plan.agent_runs_per_month,
-        tool_calls_per_day: plan.tool_calls_per_day,
-        tools: plan
-            .tools
-            .iter()
-            .map(|tool| tool.as_str().to_owned())
-            .collect(),
-        rank: plan.rank,
-    }
-}
-
-fn subscription_to_pb(subscription: &Subscription) -> pb::Subscription {
-    pb::Subscription {
-        user_id: subscription.user.to_string(),
-        plan_id: subscription.plan.to_string(),
-        period_start: subscription.period.start_ms / 1000,
-        period_end: subscription.period.end_ms / 1000,
-        pending_plan_id: subscription.pending.as_ref().map(ToString::to_string),
-    }
-}
-
-fn reason_to_pb(reason: Option<DenyReason>) -> i32 {
-    let reason = match reason {
-        None => pb::DenyReason::Unspecified,
-        Some(DenyReason::PlanFeatureMissing) => pb::DenyReason::PlanFeatureMissing,
-        Some(DenyReason::PermissionDenied) => pb::DenyReason::PermissionDenied,
-        Some(DenyReason::QuotaExceeded) => pb::DenyReason::QuotaExceeded,
-        Some(DenyReason::RateLimited) => pb::DenyReason::RateLimited,
-    };
-    reason as i32
 }
 
 /// The user and TTL of a lease request (TTL 0: the default minute).
@@ -114,20 +78,6 @@ fn releases(leases: &[pb::ReleaseConnectionRequest]) -> Result<Vec<(UserId, &str
         .collect()
 }
 
-fn lease_to_pb(lease: LeaseDecision) -> pb::AcquireConnectionResponse {
-    pb::AcquireConnectionResponse {
-        granted: lease.granted,
-        active: lease.active,
-        limit: lease.limit,
-        plan_id: lease.context.plan.id.to_string(),
-        roles: roles_to_pb(&lease.context.roles),
-    }
-}
-
-fn roles_to_pb(roles: &[Role]) -> Vec<String> {
-    roles.iter().map(|role| role.as_str().to_owned()).collect()
-}
-
 #[tonic::async_trait]
 impl UsageService for UsageGrpc {
     async fn list_plans(
@@ -136,14 +86,7 @@ impl UsageService for UsageGrpc {
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
         let pb::ListPlansRequest {} = request.into_inner();
-        let plans = self
-            .usage
-            .catalogue()
-            .plans()
-            .iter()
-            .map(plan_to_pb)
-            .collect();
-        Ok(Response::new(pb::ListPlansResponse { plans }))
+        Ok(Response::new(catalogue_to_pb(self.usage.catalogue())))
     }
 
     async fn get_subscription(
@@ -197,12 +140,18 @@ impl UsageService for UsageGrpc {
         let user = UserId::parse(&user_id).map_err(UsageError::from)?;
         let action = Permission::parse(&action).map_err(UsageError::from)?;
         let (verdict, context) = self.usage.authorize(user, action).await?;
+        let allowed = verdict.allowed();
+        let (meter, amount) = verdict.cost.map_or((String::new(), 0), |(meter, amount)| {
+            (meter.to_string(), amount)
+        });
         Ok(Response::new(pb::AuthorizeResponse {
-            allowed: verdict.allowed(),
+            allowed,
             reason: reason_to_pb(verdict.denial),
             upgrade_to: verdict.upgrade_to,
             plan_id: context.plan.id.to_string(),
             roles: roles_to_pb(&context.roles),
+            meter,
+            amount,
         }))
     }
 
@@ -220,11 +169,14 @@ impl UsageService for UsageGrpc {
         let user = UserId::parse(&user_id).map_err(UsageError::from)?;
         let meter = Meter::parse(&meter).map_err(UsageError::from)?;
         let key = IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?;
-        let consumed = self.usage.consume(user, meter, amount, key).await?;
+        let consumed = self.usage.consume(user, meter.clone(), amount, key).await?;
         let upgrade_to = match consumed.denial {
-            Some(_) => {
+            Some(denial) => {
                 let plan = self.usage.context(user).await?.plan.clone();
-                cheapest_bigger(self.usage.catalogue().plans(), &plan, meter)
+                let quota = denial == DenyReason::QuotaExceeded;
+                self.usage
+                    .catalogue()
+                    .cheapest_looser(&plan, &meter, quota)
                     .map(|plan| plan.id.to_string())
             }
             None => None,
@@ -263,7 +215,7 @@ impl UsageService for UsageGrpc {
             meters: meters
                 .into_iter()
                 .map(|meter| pb::MeterUsage {
-                    meter: meter.meter.as_str().into(),
+                    meter: meter.meter.to_string(),
                     used: meter.used,
                     limit: meter.limit,
                 })
@@ -423,21 +375,4 @@ impl UsageService for UsageGrpc {
             acquired: decisions.into_iter().map(lease_to_pb).collect(),
         }))
     }
-}
-
-/// The cheapest plan above `current` with a higher limit on `meter`.
-fn cheapest_bigger<'a>(plans: &'a [Plan], current: &Plan, meter: Meter) -> Option<&'a Plan> {
-    let limit = |plan: &Plan| match meter {
-        Meter::Messages => Some(u64::from(plan.messages_per_minute)),
-        Meter::AgentRuns => plan.agent_runs_per_month,
-        Meter::ToolCalls => plan.tool_calls_per_day,
-    };
-    let bigger = |plan: &Plan| match (limit(plan), limit(current)) {
-        (None, Some(_)) => true,
-        (Some(theirs), Some(ours)) => theirs > ours,
-        _ => false,
-    };
-    plans
-        .iter()
-        .find(|plan| plan.rank > current.rank && bigger(plan))
 }

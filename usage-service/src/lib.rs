@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -13,7 +14,6 @@ pub mod limits;
 pub mod metering;
 pub mod metrics;
 pub mod periods;
-pub mod plans;
 pub mod startup;
 pub mod store;
 pub mod subscriptions;

@@ -9,16 +9,19 @@
 //! a replay (the limiter knew the key) is acknowledged only once its row is in the ledger: it
 //! is written then if it is missing, and if it cannot be, the count is refunded and the call
 //! answers UNAVAILABLE like any other.
+//!
+//! A rate-only meter (not billable, see [`crate::catalogue`]) skips the ledger: the limiter's
+//! count and its idempotency record are all there is of it.
 
 use std::{sync::Arc, time::Duration};
 
 use crate::{
     access::DenyReason,
+    catalogue::{MeterSpec, Plan},
     domain::{IdempotencyKey, Meter, UserId},
     error::UsageError,
     limits::{ConsumeRequest, Decision, Denial, LimitError, Quota, Rate},
     periods::{self, Window},
-    plans::Plan,
     store::{LedgerEntry, LedgerWrite},
     usage::{Usage, UserContext},
 };
@@ -50,7 +53,7 @@ pub struct LeaseDecision {
 }
 
 /// A meter's use in a billing period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeterUsage {
     pub meter: Meter,
     pub used: u64,
@@ -74,12 +77,17 @@ impl Usage {
                 "amount must be at most {MAX_AMOUNT}"
             )));
         }
+        let spec = self
+            .catalogue
+            .meter(&meter)
+            .ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?
+            .clone();
         let started = std::time::Instant::now();
         let context = self.context(user).await?;
         let mut now = self.now_ms();
         let mut attempts = 0;
         let (request, decision) = loop {
-            let request = limit_request(&context.plan, user, meter, amount, &key, now);
+            let request = limit_request(&context.plan, user, &meter, amount, &key, now);
             match self.limiter.consume(&request).await {
                 // This replica's clock disagreed with the shared one about the quota window:
                 // choose the windows again at the shared clock's now.
@@ -90,9 +98,14 @@ impl Usage {
                 result => break (request, result?),
             }
         };
-        let result = if decision.allowed {
+        let result = if !decision.allowed {
+            Ok(decision)
+        } else if spec.billable {
             self.record(&request, decision, now).await
         } else {
+            if !decision.replayed {
+                self.metrics.consumed(meter.as_str(), amount);
+            }
             Ok(decision)
         };
         let consumed = result.map(|decision| Consumed {
@@ -104,7 +117,7 @@ impl Usage {
         });
         if let Ok(consumed) = &consumed {
             self.metrics.decision(
-                meter.as_str(),
+                meter.as_str().to_owned(),
                 consumed.denial.map_or("allowed", DenyReason::as_str),
             );
         }
@@ -124,7 +137,7 @@ impl Usage {
         let entry = LedgerEntry {
             user: request.user_id.into(),
             idempotency_key: request.idempotency_key.clone(),
-            meter,
+            meter: meter.clone(),
             amount: request.amount,
             period_start_ms: periods::month(now).start_ms,
             recorded_at_ms: now,
@@ -171,16 +184,14 @@ impl Usage {
         let period = periods::month(at_ms);
         let context = self.context(user).await?;
         let recorded = self.store.usage(user, period.start_ms).await?;
-        let meters = Meter::ALL
-            .into_iter()
-            .map(|meter| MeterUsage {
-                meter,
-                used: recorded.get(&meter).copied().unwrap_or(0),
-                limit: match meter {
-                    Meter::Messages => Some(u64::from(context.plan.messages_per_minute)),
-                    Meter::AgentRuns => context.plan.agent_runs_per_month,
-                    Meter::ToolCalls => context.plan.tool_calls_per_day,
-                },
+        let meters = self
+            .catalogue
+            .meters()
+            .iter()
+            .map(|MeterSpec { name, .. }| MeterUsage {
+                meter: name.clone(),
+                used: recorded.get(name).copied().unwrap_or(0),
+                limit: context.plan.limits_of(name).headline(),
             })
             .collect();
         Ok((period, meters))
@@ -295,39 +306,38 @@ fn validate_connection_id(id: &str) -> Result<(), UsageError> {
     }
 }
 
-/// The limits a plan sets on one meter.
+/// The limits a plan sets on one meter: its rate per minute, and its quota in the UTC day or
+/// the billing month containing `now`.
 fn limit_request(
     plan: &Plan,
     user: UserId,
-    meter: Meter,
+    meter: &Meter,
     amount: u64,
     key: &IdempotencyKey,
     now: i64,
 ) -> ConsumeRequest {
-    let quota = |limit: Option<u64>, window: Window| {
-        limit.map(|limit| Quota {
-            limit,
-            window_start_ms: window.start_ms,
-            window_end_ms: window.end_ms,
-        })
-    };
-    let (rate, quota) = match meter {
-        Meter::Messages => (
-            Some(Rate {
-                limit: u64::from(plan.messages_per_minute),
-                period: Duration::from_secs(60),
-            }),
-            None,
-        ),
-        Meter::AgentRuns => (None, quota(plan.agent_runs_per_month, periods::month(now))),
-        Meter::ToolCalls => (None, quota(plan.tool_calls_per_day, periods::day(now))),
+    let limits = plan.limits_of(meter);
+    let quota = |limit: u64, window: Window| Quota {
+        limit,
+        window_start_ms: window.start_ms,
+        window_end_ms: window.end_ms,
     };
     ConsumeRequest {
         user_id: user.as_uuid(),
         meter: meter.as_str().to_owned(),
         amount,
         idempotency_key: key.as_str().to_owned(),
-        rate,
-        quota,
+        rate: limits.per_minute.map(|limit| Rate {
+            limit,
+            period: Duration::from_secs(60),
+        }),
+        quota: limits
+            .per_day
+            .map(|limit| quota(limit, periods::day(now)))
+            .or_else(|| {
+                limits
+                    .per_month
+                    .map(|limit| quota(limit, periods::month(now)))
+            }),
     }
 }

@@ -1,6 +1,6 @@
 //! usage-service's Prometheus metrics.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -11,13 +11,14 @@ use tollgate_shared::metrics::LATENCY_BUCKETS;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    pub kind: &'static str,
+    /// `authorize`, `connection` or a meter's name (bounded: the catalogue declares them).
+    pub kind: Cow<'static, str>,
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MeterLabels {
-    pub meter: &'static str,
+    pub meter: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,15 +66,18 @@ impl UsageMetrics {
         metrics
     }
 
-    pub fn decision(&self, kind: &'static str, outcome: &'static str) {
+    pub fn decision(&self, kind: impl Into<Cow<'static, str>>, outcome: &'static str) {
+        let kind = kind.into();
         self.decisions
             .get_or_create(&DecisionLabels { kind, outcome })
             .inc();
     }
 
-    pub fn consumed(&self, meter: &'static str, amount: u64) {
+    pub fn consumed(&self, meter: &str, amount: u64) {
         self.consumed
-            .get_or_create(&MeterLabels { meter })
+            .get_or_create(&MeterLabels {
+                meter: meter.to_owned(),
+            })
             .inc_by(amount);
     }
 

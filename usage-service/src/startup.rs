@@ -21,12 +21,12 @@ use tollgate_shared::{
 };
 
 use crate::{
+    catalogue::Catalogue,
     config::{Config, RedisDownMode},
     grpc::UsageGrpc,
     ledger::Ledger,
     limits::{self, Limiter},
     metrics::UsageMetrics,
-    plans::Catalogue,
     store::Store,
     usage::{INVALIDATE_CHANNEL, Usage},
 };

@@ -12,12 +12,12 @@ use tollgate_shared::{
 };
 
 use crate::{
+    catalogue::{Catalogue, Plan},
     domain::{Role, UserId},
     error::UsageError,
     ledger::Ledger,
     limits::Limiter,
     metrics::UsageMetrics,
-    plans::{Catalogue, Plan},
     store::{DelegationRow, Store},
 };
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agents;
+mod catalogue;
 mod deployment;
 mod drain;
 mod faults;

@@ -1,43 +1,6 @@
 use std::fmt;
 
-use super::InvalidInput;
-
-/// A tool an agent may call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Tool {
-    Search,
-    Calculator,
-    CodeInterpreter,
-    WebBrowse,
-    AdminAudit,
-}
-
-impl Tool {
-    pub const ALL: [Tool; 5] = [
-        Tool::Search,
-        Tool::Calculator,
-        Tool::CodeInterpreter,
-        Tool::WebBrowse,
-        Tool::AdminAudit,
-    ];
-
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        Self::ALL
-            .into_iter()
-            .find(|tool| tool.as_str() == raw)
-            .ok_or_else(|| InvalidInput::new(format!("unknown tool `{}`", printable(raw))))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Search => "search",
-            Self::Calculator => "calculator",
-            Self::CodeInterpreter => "code_interpreter",
-            Self::WebBrowse => "web_browse",
-            Self::AdminAudit => "admin_audit",
-        }
-    }
-}
+use super::{InvalidInput, ToolName, printable};
 
 /// Roles, each inheriting the permissions of the one before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,40 +30,25 @@ impl Role {
             Self::Admin => "admin",
         }
     }
-
-    /// The permissions of this role, including inherited ones.
-    pub fn permissions(self) -> Vec<Permission> {
-        let viewer = [Permission::Tool(Tool::Search)];
-        let member = [
-            Permission::Tool(Tool::Calculator),
-            Permission::Tool(Tool::CodeInterpreter),
-            Permission::Tool(Tool::WebBrowse),
-        ];
-        let admin = [Permission::Tool(Tool::AdminAudit), Permission::AdminAudit];
-        let mut permissions = viewer.to_vec();
-        if self >= Self::Member {
-            permissions.extend(member);
-        }
-        if self >= Self::Admin {
-            permissions.extend(admin);
-        }
-        permissions
-    }
 }
 
-/// Something a role or a delegation grants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Something a role or a delegation grants. Parsing checks the shape only: whether a tool is
+/// declared is the catalogue's question (`unknown_tool`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Permission {
     /// `tool:<name>`: call a tool.
-    Tool(Tool),
+    Tool(ToolName),
     /// `admin:audit`: read the audit log.
     AdminAudit,
 }
 
 impl Permission {
+    /// The least role that holds the `admin:audit` feature.
+    pub const ADMIN_AUDIT_ROLE: Role = Role::Admin;
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         match raw.split_once(':') {
-            Some(("tool", tool)) => Tool::parse(tool).map(Self::Tool),
+            Some(("tool", tool)) => ToolName::parse(tool).map(Self::Tool),
             Some(("admin", "audit")) => Ok(Self::AdminAudit),
             _ => Err(InvalidInput::new(format!(
                 "unknown permission `{}`",
@@ -113,7 +61,7 @@ impl Permission {
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Tool(tool) => write!(f, "tool:{}", tool.as_str()),
+            Self::Tool(tool) => write!(f, "tool:{tool}"),
             Self::AdminAudit => f.write_str("admin:audit"),
         }
     }
@@ -122,38 +70,46 @@ impl fmt::Display for Permission {
 /// What `Authorize` is asked about: an action is named by the permission it needs.
 pub type Action = Permission;
 
-/// Echo at most a short, printable prefix of caller input in error messages.
-fn printable(raw: &str) -> String {
-    raw.chars()
-        .take(40)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn roles_inherit_upwards() {
-        let viewer = Role::Viewer.permissions();
-        let member = Role::Member.permissions();
-        let admin = Role::Admin.permissions();
-        assert!(viewer.iter().all(|p| member.contains(p)));
-        assert!(member.iter().all(|p| admin.contains(p)));
-        assert!(!member.contains(&Permission::AdminAudit));
-        assert!(admin.contains(&Permission::AdminAudit));
+    fn roles_are_ordered_and_parsed() {
+        assert!(Role::Viewer < Role::Member && Role::Member < Role::Admin);
+        for role in [Role::Viewer, Role::Member, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Ok(role));
+        }
+        assert!(Role::parse("owner").is_err());
+        assert!(Role::parse("Admin").is_err());
     }
 
     #[test]
-    fn permissions_round_trip_and_unknown_ones_are_refused() {
-        for raw in ["tool:search", "tool:code_interpreter", "admin:audit"] {
+    fn permissions_round_trip_and_malformed_ones_are_refused() {
+        for raw in [
+            "tool:search",
+            "tool:code_interpreter",
+            "tool:word_count",
+            "tool:acme.v2-lookup",
+            "admin:audit",
+        ] {
             assert_eq!(Permission::parse(raw).unwrap().to_string(), raw);
         }
-        for bad in ["tool:teleport", "admin:all", "search", "", "tool:\u{0}"] {
+        for bad in [
+            "admin:all",
+            "search",
+            "",
+            "tool:",
+            "tool:\u{0}",
+            "tool:Search",
+            "tool:9lives",
+            "tool:a b",
+        ] {
             assert!(Permission::parse(bad).is_err(), "{bad:?}");
         }
         let err = Permission::parse(&format!("x{}", "\u{202e}".repeat(100))).unwrap_err();
         assert!(err.0.len() < 80);
+        let err = Permission::parse(&format!("tool:{}", "\u{202e}".repeat(100))).unwrap_err();
+        assert!(err.0.len() < 140, "{}", err.0);
     }
 }

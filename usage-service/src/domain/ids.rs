@@ -71,40 +71,6 @@ impl fmt::Display for PlanId {
     }
 }
 
-/// What `Consume` counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Meter {
-    /// WebSocket messages: limited per minute.
-    Messages,
-    /// Agent runs: a quota per billing period.
-    AgentRuns,
-    /// Tool calls: a quota per UTC day.
-    ToolCalls,
-}
-
-impl Meter {
-    pub const ALL: [Meter; 3] = [Meter::Messages, Meter::AgentRuns, Meter::ToolCalls];
-
-    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        match raw {
-            "messages" => Ok(Self::Messages),
-            "agent_runs" => Ok(Self::AgentRuns),
-            "tool_calls" => Ok(Self::ToolCalls),
-            _ => Err(InvalidInput::new(
-                "meter must be one of messages, agent_runs, tool_calls",
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Messages => "messages",
-            Self::AgentRuns => "agent_runs",
-            Self::ToolCalls => "tool_calls",
-        }
-    }
-}
-
 /// A client-chosen idempotency key: 1-128 characters of `A-Za-z0-9._:-`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
@@ -147,8 +113,6 @@ mod tests {
         assert!(PlanId::parse("Pro").is_err());
         assert!(PlanId::parse("").is_err());
         assert!(PlanId::parse(&"p".repeat(33)).is_err());
-        assert_eq!(Meter::parse("tool_calls"), Ok(Meter::ToolCalls));
-        assert!(Meter::parse("bytes").is_err());
     }
 
     #[test]

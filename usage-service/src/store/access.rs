@@ -99,7 +99,7 @@ impl Store {
         &self,
         from: UserId,
         to: UserId,
-        permission: Permission,
+        permission: &Permission,
         now_ms: i64,
         expires_at_ms: i64,
     ) -> Result<Uuid, StoreError> {

@@ -105,12 +105,12 @@ impl Store {
             let key = (entry.user.to_string(), entry.idempotency_key.clone());
             // Within one batch, only the first entry with a key was inserted.
             if inserted.contains(&key) && !claimed.contains_key(&key) {
-                claimed.insert(key, (entry.meter, entry.amount));
+                claimed.insert(key, (entry.meter.clone(), entry.amount));
                 outcomes.push(LedgerWrite::Inserted);
                 continue;
             }
             let existing = match claimed.get(&key) {
-                Some(&(meter, amount)) => Some((meter.as_str().to_owned(), amount as i64)),
+                Some((meter, amount)) => Some((meter.as_str().to_owned(), *amount as i64)),
                 None => sqlx::query_as::<_, (String, i64)>(
                     "SELECT meter, amount FROM ledger WHERE user_id = $1 AND idempotency_key = $2",
                 )
@@ -131,7 +131,8 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Units recorded per meter for a user in the period starting at `period_start_ms`.
+    /// Units recorded per meter for a user in the period starting at `period_start_ms`. Rows of
+    /// any meter are read, declared today or not: the caller picks the ones it reports.
     pub async fn usage(
         &self,
         user: UserId,

@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{both_backends, helpers::*};
 
-async fn assign(app: &TestApp, user: &str, role: &str) {
+pub(crate) async fn assign(app: &TestApp, user: &str, role: &str) {
     let request = AssignRoleRequest {
         user_id: user.into(),
         role: role.into(),
@@ -26,7 +26,7 @@ async fn revoke(app: &TestApp, user: &str, role: &str) -> Vec<String> {
     answer.into_inner().roles
 }
 
-async fn roles_and_permissions(app: &TestApp, user: &str) -> (Vec<String>, Vec<String>) {
+pub(crate) async fn roles_and_permissions(app: &TestApp, user: &str) -> (Vec<String>, Vec<String>) {
     let request = ListPermissionsRequest {
         user_id: user.into(),
     };
@@ -35,7 +35,7 @@ async fn roles_and_permissions(app: &TestApp, user: &str) -> (Vec<String>, Vec<S
     (listed.roles, listed.permissions)
 }
 
-async fn delegate(
+pub(crate) async fn delegate(
     app: &TestApp,
     from: &str,
     to: &str,

@@ -13,7 +13,7 @@ async fn malformed_requests_get_invalid_argument(backend: Backend) {
     for (user_id, meter, amount, key_, what) in [
         ("not-a-uuid", "messages", 1, "k1", "malformed user"),
         ("", "messages", 1, "k2", "empty user"),
-        (user.as_str(), "bytes", 1, "k3", "unknown meter"),
+        (user.as_str(), "Bytes!", 1, "k3", "malformed meter"),
         (user.as_str(), "messages", 0, "k4", "zero amount"),
         (
             user.as_str(),
@@ -50,13 +50,24 @@ async fn malformed_requests_get_invalid_argument(backend: Backend) {
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert_eq!(reason(&status), "invalid_request", "{what}");
     }
-    for action in ["tool:teleport", "", "admin:everything", "tool:search\u{0}"] {
+    for action in ["tool:Teleport", "", "admin:everything", "tool:search\u{0}"] {
         assert_refused(
             app.authorize(&user, action).await,
             Code::InvalidArgument,
             "invalid_request",
         );
     }
+    // Well-formed names the catalogue does not declare are refused by name.
+    assert_refused(
+        app.authorize(&user, "tool:teleport").await,
+        Code::InvalidArgument,
+        "unknown_tool",
+    );
+    assert_refused(
+        app.consume(&user, "bytes", 1, "k7").await,
+        Code::InvalidArgument,
+        "unknown_meter",
+    );
     // Nothing was counted by any of it.
     assert_eq!(used(&app.usage_of(&user).await, "messages"), 0);
 }

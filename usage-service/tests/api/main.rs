@@ -10,6 +10,7 @@ use tollgate_shared::both_backends;
 
 mod access;
 mod bad_input;
+mod catalogue;
 mod clock_skew;
 mod consume;
 mod faults;
