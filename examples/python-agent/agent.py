@@ -14,28 +14,31 @@ read it to prove, for instance, that a denied tool never ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
+
+from jsonlog import log
 
 try:
     import grpc
     import grpc.aio
-except ImportError:  # pragma: no cover - a missing install, reported in one line
+
+    from caller_check import CallerCheck
+except ImportError as missing:  # a missing install, reported in one line
     print(
-        "python-agent: grpcio is not installed: "
+        f"python-agent: {missing.name} is not installed: "
         "pip install -r examples/python-agent/requirements.txt",
         file=sys.stderr,
     )
     sys.exit(1)
-
-from caller_check import CallerCheck
-from jsonlog import log
 
 PROTO_FILE = "tollgate/agent/v1/agent.proto"
 # The one tool this agent knows.
@@ -132,8 +135,8 @@ class Inbox:
                 await self._queue.put(message)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a broken transport ends the stream like a close
-            pass
+        except Exception:
+            pass  # a broken transport ends the stream like a close
         await self._queue.put(_END)
 
     async def next(self, timeout_s: float) -> Any:
@@ -146,7 +149,7 @@ class Inbox:
                 item = self._queue.get_nowait()
             else:
                 item = await asyncio.wait_for(self._queue.get(), timeout_s)
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
+        except (TimeoutError, asyncio.QueueEmpty):
             return None
         if item is _END:
             self._ended = True
@@ -154,10 +157,8 @@ class Inbox:
 
     async def close(self) -> None:
         self._reader.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-        except asyncio.CancelledError:
-            pass
 
 
 def kind_of(message: Any) -> str:
@@ -294,7 +295,8 @@ class Backend:
         self._settings = settings
         self._caller = caller
 
-    async def Run(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:  # noqa: N802 - the gRPC method's name
+    # Named as the gRPC method is.
+    async def Run(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         if self._caller is not None:
             await self._caller.verify(context)
         inbox = Inbox(requests)
@@ -308,7 +310,7 @@ class Backend:
         except asyncio.CancelledError:
             log("disconnected", run_id=run.run_id)
             raise
-        except Exception as err:  # noqa: BLE001 - a bug must end one run, not the server
+        except Exception as err:  # a bug ends one run, not the server
             log("error", run_id=run.run_id, error=type(err).__name__)
             yield self._protos.AgentMessage(failed=self._protos.Failed(reason="internal error"))
         finally:
@@ -339,6 +341,12 @@ async def serve(settings: Settings) -> None:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A port in use is an error, not a port silently shared with another server.
+            ("grpc.so_reuseport", 0),
+            # Room for a service token (at most 8 KiB) with the trace context beside it, so
+            # an oversized token is refused by the caller check, with its reason.
+            ("grpc.max_metadata_size", 16 * 1024),
+            ("grpc.absolute_max_metadata_size", 32 * 1024),
         ]
     )
     services.add_AgentBackendServicer_to_server(Backend(protos, settings, caller), server)

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
 from typing import Any
 
 
 def log(event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, **fields}, default=str)
-    try:
+    # When nobody reads stdout any more (a closed pipe), the agent goes on serving.
+    with contextlib.suppress(OSError, ValueError):
         print(line, flush=True)
-    except (OSError, ValueError):
-        # Nobody reads stdout any more (a closed pipe): the agent goes on serving.
-        pass
