@@ -107,6 +107,11 @@ class Refused(Exception):
         self.details = details
 
 
+# A gateway closes its side only when it is going away: it could not cancel any more, so
+# the run stops, with `failed` in case it still reads.
+CLOSED_EARLY = "the gateway closed the stream before the run ended"
+
+
 class Stopped(Exception):
     """The run ends early. `event` is the log line saying why; `reason`, when set, is sent
     to the gateway as `failed` so the run still ends the way the protocol says."""
@@ -259,7 +264,7 @@ class AgentRun:
             if item is None:
                 break
             if item is _END:
-                raise Stopped("stream_ended", "the stream closed before the tool decision")
+                raise Stopped("stream_ended", CLOSED_EARLY)
             kind = kind_of(item)
             if kind == "cancel":
                 raise Stopped("cancelled")
@@ -278,9 +283,7 @@ class AgentRun:
             if item is None:
                 return
             if item is _END:
-                # Nothing can arrive any more, and the answer needs nothing: finish it.
-                await asyncio.sleep(remaining)
-                return
+                raise Stopped("stream_ended", CLOSED_EARLY)
             kind = kind_of(item)
             if kind == "cancel":
                 raise Stopped("cancelled")
@@ -301,19 +304,30 @@ class Backend:
             await self._caller.verify(context)
         inbox = Inbox(requests)
         run = AgentRun(self._protos, inbox, self._settings)
+        # grpc does not interrupt a handler whose caller went away (a crash, a dropped
+        # connection); this does, wherever the run is waiting.
+        handler = asyncio.current_task()
+        over = False
+
+        def on_done(_context: Any) -> None:
+            if not over and handler is not None:
+                handler.cancel()
+
+        context.add_done_callback(on_done)
         failure = None
         try:
             async for message in run.messages():
                 yield message
         except Refused as refused:
             failure = refused
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             log("disconnected", run_id=run.run_id)
             raise
         except Exception as err:  # a bug ends one run, not the server
             log("error", run_id=run.run_id, error=type(err).__name__)
             yield self._protos.AgentMessage(failed=self._protos.Failed(reason="internal error"))
         finally:
+            over = True
             await inbox.close()
         if failure is not None:
             log("refused", code=failure.code.name, details=failure.details)

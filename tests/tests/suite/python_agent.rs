@@ -6,198 +6,20 @@
 //! the proof of what it did on its side (a denied tool never ran).
 
 mod caller_check;
+mod gateway;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_integration::PythonAgent;
+use tollgate_integration::{PATIENCE, PythonAgent, eventually};
 use tollgate_proto::agent::v1::{
-    AgentMessage, Cancel, GatewayMessage, Start, ToolDecision, ToolRequest, agent_message::Kind,
-    gateway_message,
+    GatewayMessage, ToolDecision, ToolRequest, agent_message::Kind, gateway_message,
 };
-use tonic::{Code, Request, Status, Streaming};
-use uuid::Uuid;
+use tonic::Code;
 
-/// How long the test waits for any one message from the agent.
-const STEP: Duration = Duration::from_secs(10);
-/// A pause between deltas so long that a run cannot finish by itself while a test acts on it.
-const SLOW_DELTAS: (&str, &str) = ("AGENT_DELTA_DELAY_MS", "5000");
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-        .collect()
-}
-
-fn start(run_id: &str, input: &str, tools: &[&str]) -> GatewayMessage {
-    GatewayMessage {
-        kind: Some(gateway_message::Kind::Start(Start {
-            run_id: run_id.to_owned(),
-            agent: "python".into(),
-            input: input.to_owned(),
-            tools: tools.iter().map(|tool| (*tool).to_owned()).collect(),
-            user_id: Uuid::new_v4().to_string(),
-            session_id: Uuid::new_v4().to_string(),
-            plan: "pro".into(),
-            roles: vec!["member".into()],
-            client_metadata: [("source".to_owned(), "test".to_owned())].into(),
-        })),
-    }
-}
-
-fn allow(request: &ToolRequest) -> ToolDecision {
-    ToolDecision {
-        call_id: request.call_id.clone(),
-        allowed: true,
-        ..ToolDecision::default()
-    }
-}
-
-fn deny(request: &ToolRequest) -> ToolDecision {
-    ToolDecision {
-        call_id: request.call_id.clone(),
-        allowed: false,
-        code: "plan_required".into(),
-        upgrade_to: Some("pro".into()),
-        message: "word_count needs the pro plan".into(),
-    }
-}
-
-fn name(kind: &Kind) -> &'static str {
-    match kind {
-        Kind::Thinking(_) => "thinking",
-        Kind::Delta(_) => "delta",
-        Kind::ToolRequest(_) => "tool_request",
-        Kind::ToolResult(_) => "tool_result",
-        Kind::Completed(_) => "completed",
-        Kind::Failed(_) => "failed",
-    }
-}
-
-fn names(seen: &[Kind]) -> Vec<&'static str> {
-    seen.iter().map(name).collect()
-}
-
-/// One `Run` stream, from the gateway's side.
-struct Run {
-    id: String,
-    to_agent: Option<mpsc::Sender<GatewayMessage>>,
-    from_agent: Streaming<AgentMessage>,
-}
-
-impl Run {
-    /// Opens a stream, sends `start`, and expects the agent to take it.
-    async fn open(agent: &PythonAgent, input: &str, tools: &[&str]) -> Self {
-        let id = Uuid::new_v4().to_string();
-        Self::open_with(agent, start(&id, input, tools), None)
-            .await
-            .unwrap_or_else(|status| panic!("the agent refused the run: {status:?}"))
-    }
-
-    /// Opens a stream whose first message is `first`, with `authorization` metadata if any.
-    /// Err when the agent refuses the call, whether at once or instead of a first message.
-    async fn open_with(
-        agent: &PythonAgent,
-        first: GatewayMessage,
-        authorization: Option<&str>,
-    ) -> Result<Self, Status> {
-        let id = match &first.kind {
-            Some(gateway_message::Kind::Start(start)) => start.run_id.clone(),
-            _ => String::new(),
-        };
-        let (to_agent, outbox) = mpsc::channel(16);
-        to_agent.send(first).await.expect("the outbox is open");
-        let mut request = Request::new(ReceiverStream::new(outbox));
-        if let Some(value) = authorization {
-            let value = value.parse().expect("valid metadata");
-            request.metadata_mut().insert("authorization", value);
-        }
-        let mut client = agent.client().await;
-        let response = tokio::time::timeout(STEP, client.run(request))
-            .await
-            .expect("the agent answers in time")?;
-        Ok(Self {
-            id,
-            to_agent: Some(to_agent),
-            from_agent: response.into_inner(),
-        })
-    }
-
-    /// The next message, or None once the stream has ended cleanly; an error status as Err.
-    async fn try_next(&mut self) -> Result<Option<Kind>, Status> {
-        let message = tokio::time::timeout(STEP, self.from_agent.message())
-            .await
-            .expect("the agent answers or ends the stream in time")?;
-        Ok(message.map(|message| message.kind.expect("every AgentMessage has a kind")))
-    }
-
-    async fn next(&mut self) -> Option<Kind> {
-        self.try_next()
-            .await
-            .unwrap_or_else(|status| panic!("the run failed: {status:?}"))
-    }
-
-    async fn send(&self, kind: Option<gateway_message::Kind>) {
-        let to_agent = self.to_agent.as_ref().expect("the gateway side is open");
-        to_agent
-            .send(GatewayMessage { kind })
-            .await
-            .expect("the outbox is open");
-    }
-
-    async fn cancel(&self) {
-        let cancel = Cancel {
-            reason: "client".into(),
-        };
-        self.send(Some(gateway_message::Kind::Cancel(cancel))).await;
-    }
-
-    async fn decide(&self, decision: ToolDecision) {
-        self.send(Some(gateway_message::Kind::ToolDecision(decision)))
-            .await;
-    }
-
-    /// Ends the gateway's side of the stream (half-close).
-    fn close(&mut self) {
-        self.to_agent = None;
-    }
-
-    /// Reads until the message named `wanted`, which it returns; panics on anything else
-    /// (other than `thinking`) or on the end of the stream.
-    async fn until(&mut self, wanted: &str) -> Kind {
-        loop {
-            match self.next().await {
-                Some(kind) if name(&kind) == wanted => return kind,
-                Some(Kind::Thinking(_)) => {}
-                other => panic!("expected {wanted}, got {other:?}"),
-            }
-        }
-    }
-
-    /// Reads the run to its end, answering each tool request with `decide`: every message.
-    async fn drive(&mut self, decide: fn(&ToolRequest) -> ToolDecision) -> Vec<Kind> {
-        let mut seen = Vec::new();
-        while let Some(kind) = self.next().await {
-            if let Kind::ToolRequest(request) = &kind {
-                self.decide(decide(request)).await;
-            }
-            seen.push(kind);
-        }
-        seen
-    }
-}
-
-fn deltas(seen: &[Kind]) -> String {
-    seen.iter()
-        .filter_map(|kind| match kind {
-            Kind::Delta(delta) => Some(delta.text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
+use gateway::{Run, SLOW_DELTAS, STEP, allow, deltas, deny, env, names, refusal, start};
 
 #[tokio::test]
 async fn a_run_arrives_in_protocol_order_and_its_deltas_make_the_output() {
@@ -476,18 +298,34 @@ async fn a_bad_setting_stops_the_agent_with_one_line_naming_it() {
     }
 }
 
-/// The status of a call the agent refuses, at once or instead of a first message. Panics if
-/// the agent takes the run.
-async fn refusal(
-    agent: &PythonAgent,
-    first: GatewayMessage,
-    authorization: Option<&str>,
-) -> Status {
-    match Run::open_with(agent, first, authorization).await {
-        Err(status) => status,
-        Ok(mut run) => match run.try_next().await {
-            Err(status) => status,
-            Ok(message) => panic!("the agent took the call: {message:?}"),
-        },
-    }
+#[tokio::test]
+async fn a_gateway_that_goes_away_mid_run_is_noticed_and_the_backend_serves_on() {
+    let agent = PythonAgent::start(env(&[SLOW_DELTAS])).await;
+    let mut run = Run::open(&agent, "abandoned", &[]).await;
+    run.until("delta").await;
+    let id = run.id.clone();
+
+    // The gateway's connection drops without a cancel (a crash, a node restart).
+    drop(run);
+    let dropped_at = Instant::now();
+    let noticed = eventually(PATIENCE, || {
+        let noticed = ["disconnected", "stream_ended"]
+            .iter()
+            .any(|event| !agent.run_events(event, &id).is_empty());
+        async move { noticed }
+    })
+    .await;
+    assert!(noticed, "the run went on; log:\n{}", agent.log());
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(4),
+        "noticed only when the next delta was due ({:?})",
+        dropped_at.elapsed()
+    );
+    assert!(agent.run_events("completed", &id).is_empty());
+
+    // The next run starts (its answer is slow: it is cancelled once it streams).
+    let mut after = Run::open(&agent, "next one", &[]).await;
+    after.until("delta").await;
+    after.cancel().await;
+    assert!(after.next().await.is_none());
 }

@@ -15,7 +15,7 @@ use tollgate_shared::{
 use tonic::Code;
 use uuid::Uuid;
 
-use super::{Run, allow, env, names, refusal, start};
+use super::gateway::{Run, allow, env, names, refusal, start};
 
 const ISSUER: &str = "tollgate-auth";
 const AGENT: &str = "python";
@@ -77,15 +77,19 @@ async fn agent_checking(jwks_url: &str) -> PythonAgent {
     PythonAgent::start(env(&[("AUTH_JWKS_URL", jwks_url), ("AGENT_NAME", AGENT)])).await
 }
 
-/// What the agent must answer to each of `forge::hostile_tokens`.
-fn expected_reason(case: &str) -> &'static str {
+/// The reasons the agent may give for each of `forge::hostile_tokens`.
+fn expected_reasons(case: &str) -> &'static [&'static str] {
     match case {
-        "garbage" | "empty segments" => "token_malformed",
-        "alg none" | "HS256 header" => "unsupported_algorithm",
-        "another subject" | "extended expiry" | "flipped signature" => "bad_signature",
-        "known kid, foreign signature" => "bad_signature",
-        "unknown key" => "unknown_key",
-        "oversized" => "token_too_large",
+        "garbage" | "empty segments" => &["token_malformed"],
+        "alg none" | "HS256 header" => &["unsupported_algorithm"],
+        "another subject" | "extended expiry" | "known kid, foreign signature" => {
+            &["bad_signature"]
+        }
+        // Flipping the last base64url character may touch only its padding bits, which a
+        // strict decoder refuses before any signature check.
+        "flipped signature" => &["bad_signature", "token_malformed"],
+        "unknown key" => &["unknown_key"],
+        "oversized" => &["token_too_large"],
         other => panic!("no expectation for the hostile token `{other}`"),
     }
 }
@@ -116,36 +120,36 @@ async fn with_a_jwks_only_the_gateways_token_for_this_agent_opens_a_run() {
         change(&mut claims, now);
         bearer(&key.sign(&claims))
     };
-    let mut cases: Vec<(String, Option<String>, Code, &str)> = vec![
+    let mut cases: Vec<(String, Option<String>, Code, &[&str])> = vec![
         (
             "no token".into(),
             None,
             Code::Unauthenticated,
-            "token_missing",
+            &["token_missing"],
         ),
         (
             "another scheme".into(),
             Some(format!("Basic {valid}")),
             Code::Unauthenticated,
-            "token_missing",
+            &["token_missing"],
         ),
         (
             "another agent's token".into(),
             Some(signed(|claims, _| claims.aud = "demo".into())),
             Code::Unauthenticated,
-            "wrong_audience",
+            &["wrong_audience"],
         ),
         (
             "a token for the gateway".into(),
             Some(signed(|claims, _| claims.aud = "ws-gateway".into())),
             Code::Unauthenticated,
-            "wrong_audience",
+            &["wrong_audience"],
         ),
         (
             "another issuer".into(),
             Some(signed(|claims, _| claims.iss = "someone-else".into())),
             Code::Unauthenticated,
-            "wrong_issuer",
+            &["wrong_issuer"],
         ),
         (
             "expired".into(),
@@ -153,7 +157,7 @@ async fn with_a_jwks_only_the_gateways_token_for_this_agent_opens_a_run() {
                 (claims.iat, claims.nbf, claims.exp) = (now - 900, now - 900, now - 600);
             })),
             Code::Unauthenticated,
-            "token_expired",
+            &["token_expired"],
         ),
         (
             "not yet valid".into(),
@@ -161,7 +165,7 @@ async fn with_a_jwks_only_the_gateways_token_for_this_agent_opens_a_run() {
                 (claims.nbf, claims.exp) = (now + 600, now + 900);
             })),
             Code::Unauthenticated,
-            "token_not_yet_valid",
+            &["token_not_yet_valid"],
         ),
         (
             "without agent.run".into(),
@@ -169,17 +173,17 @@ async fn with_a_jwks_only_the_gateways_token_for_this_agent_opens_a_run() {
                 claims.scope = "publish usage.check".into()
             })),
             Code::PermissionDenied,
-            "insufficient_scope",
+            &["insufficient_scope"],
         ),
         (
             "a scope that only starts like agent.run".into(),
             Some(signed(|claims, _| claims.scope = "agent.runner".into())),
             Code::PermissionDenied,
-            "insufficient_scope",
+            &["insufficient_scope"],
         ),
     ];
     for (case, token) in forge::hostile_tokens(&valid) {
-        let expected = expected_reason(case);
+        let expected = expected_reasons(case);
         cases.push((
             format!("hostile: {case}"),
             Some(bearer(&token)),
@@ -193,7 +197,10 @@ async fn with_a_jwks_only_the_gateways_token_for_this_agent_opens_a_run() {
         let first = start(&run_id, "keep out", &["word_count"]);
         let status = refusal(&agent, first, authorization.as_deref()).await;
         assert_eq!(status.code(), *code, "{case}: {status:?}");
-        assert_eq!(reason(&status), *expected, "{case}: {status:?}");
+        assert!(
+            expected.contains(&reason(&status).as_str()),
+            "{case}: {status:?}"
+        );
         assert!(
             agent.run_events("start", &run_id).is_empty(),
             "{case}: a refused call started a run"
