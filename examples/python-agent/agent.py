@@ -107,8 +107,9 @@ class Refused(Exception):
         self.details = details
 
 
-# A gateway closes its side only when it is going away: it could not cancel any more, so
-# the run stops, with `failed` in case it still reads.
+# A gateway closes its side only when it is going away, and a cancelled call ends the same
+# way: either way nobody could cancel or decide any more, so the run stops, with `failed`
+# in case the gateway still reads.
 CLOSED_EARLY = "the gateway closed the stream before the run ended"
 
 
@@ -304,16 +305,6 @@ class Backend:
             await self._caller.verify(context)
         inbox = Inbox(requests)
         run = AgentRun(self._protos, inbox, self._settings)
-        # grpc does not interrupt a handler whose caller went away (a crash, a dropped
-        # connection); this does, wherever the run is waiting.
-        handler = asyncio.current_task()
-        over = False
-
-        def on_done(_context: Any) -> None:
-            if not over and handler is not None:
-                handler.cancel()
-
-        context.add_done_callback(on_done)
         failure = None
         try:
             async for message in run.messages():
@@ -321,13 +312,14 @@ class Backend:
         except Refused as refused:
             failure = refused
         except (asyncio.CancelledError, GeneratorExit):
+            # The call is gone (connection lost, or cancelled while grpc held a message of
+            # ours): grpc cancels the handler, or drops it at its next message.
             log("disconnected", run_id=run.run_id)
             raise
         except Exception as err:  # a bug ends one run, not the server
             log("error", run_id=run.run_id, error=type(err).__name__)
             yield self._protos.AgentMessage(failed=self._protos.Failed(reason="internal error"))
         finally:
-            over = True
             await inbox.close()
         if failure is not None:
             log("refused", code=failure.code.name, details=failure.details)

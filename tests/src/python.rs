@@ -135,14 +135,7 @@ impl PythonAgent {
 
     /// A client of the agent, as the gateway holds one.
     pub async fn client(&self) -> AgentBackendClient<Channel> {
-        let channel = Endpoint::from_shared(self.url())
-            .expect("a valid URL")
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap_or_else(|err| panic!("the Python agent refuses connections: {err}"));
-        AgentBackendClient::new(channel)
+        connect(&self.url()).await
     }
 
     /// Everything the agent printed so far, stdout and stderr.
@@ -215,6 +208,18 @@ impl Drop for PythonAgent {
             );
         }
     }
+}
+
+/// A client of the agent backend at `url` (the agent's own, or a proxy's in front of it).
+pub async fn connect(url: &str) -> AgentBackendClient<Channel> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("the agent backend at {url} refuses connections: {err}"));
+    AgentBackendClient::new(channel)
 }
 
 /// `agent.py` under `python` with `AGENT_ADDR=127.0.0.1:0`, then `env`, and nothing else.

@@ -17,7 +17,9 @@ use tollgate_integration::{PATIENCE, PythonAgent, eventually};
 use tollgate_proto::agent::v1::{
     GatewayMessage, ToolDecision, ToolRequest, agent_message::Kind, gateway_message,
 };
+use tollgate_shared::fault_proxy::FaultProxy;
 use tonic::Code;
+use uuid::Uuid;
 
 use gateway::{Run, SLOW_DELTAS, STEP, allow, deltas, deny, env, names, refusal, start};
 
@@ -299,13 +301,13 @@ async fn a_bad_setting_stops_the_agent_with_one_line_naming_it() {
 }
 
 #[tokio::test]
-async fn a_gateway_that_goes_away_mid_run_is_noticed_and_the_backend_serves_on() {
+async fn a_gateway_that_drops_a_run_mid_way_stops_it_and_the_backend_serves_on() {
     let agent = PythonAgent::start(env(&[SLOW_DELTAS])).await;
     let mut run = Run::open(&agent, "abandoned", &[]).await;
     run.until("delta").await;
     let id = run.id.clone();
 
-    // The gateway's connection drops without a cancel (a crash, a node restart).
+    // The gateway drops the run without a cancel (its side closes, then the call).
     drop(run);
     let dropped_at = Instant::now();
     let noticed = eventually(PATIENCE, || {
@@ -328,4 +330,33 @@ async fn a_gateway_that_goes_away_mid_run_is_noticed_and_the_backend_serves_on()
     after.until("delta").await;
     after.cancel().await;
     assert!(after.next().await.is_none());
+}
+
+#[tokio::test]
+async fn a_lost_connection_mid_run_stops_the_run_at_once() {
+    let agent = PythonAgent::start(env(&[SLOW_DELTAS])).await;
+    let proxy = FaultProxy::start(agent.addr())
+        .await
+        .expect("a proxy in front of the agent");
+    let id = Uuid::new_v4().to_string();
+    let mut run = Run::open_at(
+        &format!("http://{}", proxy.address()),
+        start(&id, "on a bad network", &[]),
+        None,
+    )
+    .await
+    .expect("the run opens through the proxy");
+    run.until("delta").await;
+
+    // The gateway's host vanishes: the connection is cut, the stream is never closed.
+    proxy.cut();
+    let cut_at = Instant::now();
+    agent.wait_for("disconnected", &id).await;
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(4),
+        "noticed only when the next delta was due ({:?})",
+        cut_at.elapsed()
+    );
+    assert!(agent.run_events("completed", &id).is_empty());
+    drop(run);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_integration::PythonAgent;
+use tollgate_integration::{PythonAgent, python};
 use tollgate_proto::agent::v1::{
     AgentMessage, Cancel, GatewayMessage, Start, ToolDecision, ToolRequest, agent_message::Kind,
     gateway_message,
@@ -97,6 +97,15 @@ impl Run {
         first: GatewayMessage,
         authorization: Option<&str>,
     ) -> Result<Self, Status> {
+        Self::open_at(&agent.url(), first, authorization).await
+    }
+
+    /// [`Run::open_with`] on the agent at `url` (e.g. behind a proxy).
+    pub(super) async fn open_at(
+        url: &str,
+        first: GatewayMessage,
+        authorization: Option<&str>,
+    ) -> Result<Self, Status> {
         let id = match &first.kind {
             Some(gateway_message::Kind::Start(start)) => start.run_id.clone(),
             _ => String::new(),
@@ -108,7 +117,7 @@ impl Run {
             let value = value.parse().expect("valid metadata");
             request.metadata_mut().insert("authorization", value);
         }
-        let mut client = agent.client().await;
+        let mut client = python::connect(url).await;
         let response = tokio::time::timeout(STEP, client.run(request))
             .await
             .expect("the agent answers in time")?;
