@@ -291,18 +291,18 @@ fn make_venv() -> PathBuf {
     if venv.join("bin").join("python").is_file() {
         return venv;
     }
-    let staging = std::env::temp_dir().join(format!(
+    let staging = Staging(std::env::temp_dir().join(format!(
         "{name}.staging-{}-{:08x}",
         std::process::id(),
         rand::random::<u32>()
-    ));
+    )));
     run(
         Command::new(&system_python)
             .args(["-m", "venv"])
-            .arg(&staging),
+            .arg(&staging.0),
         "create a venv (on Debian and Ubuntu: apt-get install python3-venv)",
     );
-    let python = staging.join("bin").join("python");
+    let python = staging.0.join("bin").join("python");
     run(
         Command::new(&python)
             .args([
@@ -321,8 +321,7 @@ fn make_venv() -> PathBuf {
         "import the installed requirements",
     );
     // Another test process may have won the race: then its venv is the one to use.
-    if let Err(err) = std::fs::rename(&staging, &venv) {
-        let _ = std::fs::remove_dir_all(&staging);
+    if let Err(err) = std::fs::rename(&staging.0, &venv) {
         assert!(
             venv.join("bin").join("python").is_file(),
             "cannot move the new venv to {}: {err}",
@@ -330,6 +329,18 @@ fn make_venv() -> PathBuf {
         );
     }
     venv
+}
+
+/// A venv being built; removed on drop unless it was moved into place (a failed or losing
+/// build leaves nothing behind).
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Runs `command` to completion; panics, saying what it was for, if it cannot start or fails.
