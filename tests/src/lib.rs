@@ -15,6 +15,7 @@
 //! - [`api`]: the calls users and services make to auth-service and usage-service.
 //! - [`client`]: the WebSocket client and the gateway's HTTP side.
 //! - [`forge`]: hostile tokens.
+//! - [`python`]: the Python agent backend (`examples/python-agent`) as a child process.
 //! - [`invariants`]: what must hold after every fault.
 //! - [`otlp`]: a trace receiver the services export their spans to.
 //! - [`scrape`]: the `/metrics` page, parsed.
@@ -33,6 +34,7 @@ pub mod forge;
 pub mod invariants;
 pub mod otlp;
 pub mod process;
+pub mod python;
 pub mod scrape;
 pub mod stack;
 
@@ -44,6 +46,7 @@ pub use client::{
 pub use invariants::{Acknowledgements, assert_ledger_matches, assert_session_revoked};
 pub use otlp::{ExportedSpan, TraceReceiver};
 pub use process::Service;
+pub use python::PythonAgent;
 pub use stack::{Cluster, ClusterBuilder};
 pub use tollgate_shared::testing::{eventually, reason};
 

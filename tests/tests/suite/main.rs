@@ -13,6 +13,7 @@ mod help;
 mod metrics;
 mod nodes;
 mod partitions;
+mod python_agent;
 mod redis_acl;
 mod seed_auth;
 mod seed_business;
