@@ -392,6 +392,17 @@ impl WsClient {
         }
     }
 
+    /// The next frame of type `kind`, skipping others; panics if the connection ends first.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            match self.recv().await {
+                Received::Json(frame) if frame["type"] == kind => return frame,
+                Received::Json(_) => {}
+                other => panic!("the connection ended while waiting for `{kind}`: {other:?}"),
+            }
+        }
+    }
+
     /// Closes normally (1000) and waits for the server's answer.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -41,7 +41,8 @@ pub mod stack;
 pub use api::{PASSWORD, User, key, unique_email};
 pub use binaries::Binary;
 pub use client::{
-    NotConnected, Present, Received, Refused, WsClient, is_counted, kinds, publish, try_publish,
+    NotConnected, Present, Received, Refused, WsClient, is_counted, kinds, publish, streamed,
+    try_publish,
 };
 pub use invariants::{Acknowledgements, assert_ledger_matches, assert_session_revoked};
 pub use otlp::{ExportedSpan, TraceReceiver};

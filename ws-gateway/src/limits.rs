@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     leases::Leases,
     metrics::GatewayMetrics,
-    usage::{Denial, LeaseAnswer, Profile, UsageClient, Verdict},
+    usage::{Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
 };
 
 /// The window of the per-address connection count.
@@ -41,23 +41,6 @@ impl Meter {
         match self {
             Self::Messages => "messages",
             Self::AgentRuns => "agent_runs",
-        }
-    }
-}
-
-/// What one call of a tool costs: `amount` of the catalogue's meter `meter` (usage-service's
-/// `Authorize` says which; `tool_calls` x 1 unless the catalogue sets another cost).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ToolCost {
-    pub meter: String,
-    pub amount: u64,
-}
-
-impl Default for ToolCost {
-    fn default() -> Self {
-        Self {
-            meter: "tool_calls".into(),
-            amount: 1,
         }
     }
 }

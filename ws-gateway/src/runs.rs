@@ -22,7 +22,7 @@ use crate::{
     },
     error::ErrorCode,
     hub::ConnectionHandle,
-    limits::{Limits, Metered, ToolCost},
+    limits::{Limits, Metered},
     protocol::{DeltaFrame, Outbound, RequestId, ServerMessage, encode_agent_event},
     usage::{Denial, Verdict},
 };
@@ -50,11 +50,14 @@ impl ToolGate for UsageToolGate {
         tool: &ToolName,
     ) -> Result<(), ToolDenial> {
         let action = format!("tool:{tool}");
-        match self.limits.usage().authorize(self.user, &action).await {
-            Ok(Verdict::Allowed) => {}
-            Ok(Verdict::Denied {
-                reason, upgrade_to, ..
-            }) => {
+        let cost = match self.limits.usage().authorize(self.user, &action).await {
+            Ok((Verdict::Allowed, cost)) => cost,
+            Ok((
+                Verdict::Denied {
+                    reason, upgrade_to, ..
+                },
+                _,
+            )) => {
                 return Err(match reason {
                     Denial::PlanFeatureMissing => ToolDenial::PlanRequired { upgrade_to },
                     Denial::QuotaExceeded | Denial::RateLimited => ToolDenial::QuotaExceeded,
@@ -65,8 +68,7 @@ impl ToolGate for UsageToolGate {
                 return Err(ToolDenial::UnknownTool);
             }
             Err(_) => return Err(ToolDenial::Unavailable),
-        }
-        let cost = ToolCost::default();
+        };
         match self
             .limits
             .meter_tool_call(self.user, &cost, format!("{run_id}:{call_id}"))

@@ -44,6 +44,22 @@ impl Denial {
     }
 }
 
+/// What one call of a tool costs: `amount` of the catalogue's meter `meter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCost {
+    pub meter: String,
+    pub amount: u64,
+}
+
+impl Default for ToolCost {
+    fn default() -> Self {
+        Self {
+            meter: "tool_calls".into(),
+            amount: 1,
+        }
+    }
+}
+
 /// The answer of `Consume` or `Authorize`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -115,7 +131,13 @@ impl UsageClient {
         })
     }
 
-    pub async fn authorize(&self, user: Uuid, action: &str) -> Result<Verdict, Unavailable> {
+    /// Whether `user` may take `action`; for an allowed tool, also what one call costs (the
+    /// catalogue's meter and amount; `tool_calls` x 1 from a usage-service that does not say).
+    pub async fn authorize(
+        &self,
+        user: Uuid,
+        action: &str,
+    ) -> Result<(Verdict, ToolCost), Unavailable> {
         let action = action.to_owned();
         let answer = self
             .call("Authorize", |mut client| async move {
@@ -133,8 +155,15 @@ impl UsageClient {
             upgrade_to,
             plan_id: _,
             roles: _,
+            meter,
+            amount,
         } = answer;
-        Ok(if allowed {
+        let cost = if meter.is_empty() || amount == 0 {
+            ToolCost::default()
+        } else {
+            ToolCost { meter, amount }
+        };
+        let verdict = if allowed {
             Verdict::Allowed
         } else {
             Verdict::Denied {
@@ -142,7 +171,8 @@ impl UsageClient {
                 retry_after: Duration::ZERO,
                 upgrade_to,
             }
-        })
+        };
+        Ok((verdict, cost))
     }
 
     pub async fn consume(

@@ -107,7 +107,7 @@ async fn a_backend_killed_mid_run_fails_the_run_and_a_dead_one_is_unavailable() 
     let (mut client, _) = WsClient::connected(&gateway, &user.access_token).await;
 
     client.run("run-1", "remote", "2+2", &["calculator"]).await;
-    assert_eq!(client.expect("tool_executing").await["id"], "run-1");
+    assert_eq!(client.next_of("tool_executing").await["id"], "run-1");
     agent.kill_9();
     let frames = client.transcript("run-1").await;
     let last = frames.last().unwrap();
@@ -136,13 +136,13 @@ async fn cancel_reaches_an_external_backend_and_ends_the_run() {
     let (mut client, _) = WsClient::connected(&gateway, &user.access_token).await;
 
     client.run("run-1", "remote", "2+2", &["calculator"]).await;
-    let executing = client.expect("tool_executing").await;
+    let executing = client.next_of("tool_executing").await;
     client
         .send_json(serde_json::json!({
             "type": "cancel_run", "id": "c", "run_id": executing["run_id"],
         }))
         .await;
-    let cancelled = client.expect("run_cancelled").await;
+    let cancelled = client.next_of("run_cancelled").await;
     assert_eq!(cancelled["id"], "run-1");
     // The backend heard it: its run ended as cancelled, not by a broken stream.
     assert!(

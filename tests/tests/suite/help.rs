@@ -30,6 +30,8 @@ fn secrets(binary: Binary) -> &'static [(&'static str, &'static str)] {
             REDIS_URL,
             ("SERVICE_CLIENT_SECRET", "client-secret-a6e2-0123456789"),
         ],
+        // The demo agent takes no secret (its JWKS address and name are public).
+        Binary::DemoAgent => &[],
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod caller_check;
 mod gateway;
+mod through_gateway;
 
 use std::time::{Duration, Instant};
 

@@ -205,6 +205,7 @@ async fn a_run_is_authorized_and_billed_to_the_token_s_user_while_events_stream_
             "tool_completed",
             "tool_executing",
             "tool_completed",
+            "agent_delta",
             "agent_completed",
         ]
     );
