@@ -420,6 +420,7 @@ impl Live {
                         roles: self.session.profile.roles.clone(),
                     }),
                     handle: Arc::clone(&self.handle),
+                    metrics: self.shared.metrics.clone(),
                 });
                 let config = &self.shared.config;
                 let (max, grace) = (config.max_runs_per_connection, config.agent_cancel_grace);

@@ -45,6 +45,14 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// The agent's name in `GATEWAY_AGENTS` (a bounded set: requests for others are refused).
+    pub agent: String,
+    /// `completed`, `failed`, `cancelled`, `unavailable` or `disconnected`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -63,6 +71,7 @@ pub struct GatewayMetrics {
     pub events_published: Counter,
     pub send_queue_drops: Counter,
     revocations: Family<SourceLabels, Counter>,
+    runs: Family<RunLabels, Counter>,
     upstream: Family<RpcLabels, Histogram>,
 }
 
@@ -80,6 +89,7 @@ impl Default for GatewayMetrics {
             events_published: Counter::default(),
             send_queue_drops: Counter::default(),
             revocations: Family::default(),
+            runs: Family::default(),
             upstream: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
         }
     }
@@ -116,6 +126,11 @@ impl GatewayMetrics {
         // Present from the start, so an alert can be written on it before the first drop.
         metrics.bus_drops("oversized");
         metrics.bus_drops("malformed");
+        registry.register(
+            "gateway_agent_runs",
+            "Agent runs that ended, by agent and outcome (completed, failed, cancelled, unavailable, disconnected)",
+            metrics.runs.clone(),
+        );
         registry.register(
             "gateway_connections_closed",
             "Connections closed by the gateway, by close code",
@@ -177,6 +192,15 @@ impl GatewayMetrics {
     pub fn decision(&self, kind: &'static str, outcome: &'static str) {
         self.decisions
             .get_or_create(&DecisionLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn run_ended(&self, agent: &str, outcome: &'static str) {
+        self.runs
+            .get_or_create(&RunLabels {
+                agent: agent.to_owned(),
+                outcome,
+            })
             .inc();
     }
 

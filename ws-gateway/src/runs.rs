@@ -23,6 +23,7 @@ use crate::{
     error::ErrorCode,
     hub::ConnectionHandle,
     limits::{Limits, Metered},
+    metrics::GatewayMetrics,
     protocol::{DeltaFrame, Outbound, RequestId, ServerMessage, encode_agent_event},
     usage::{Denial, Verdict},
 };
@@ -140,6 +141,7 @@ pub struct RunContext {
     pub gate: Arc<UsageToolGate>,
     pub caller: Arc<Caller>,
     pub handle: Arc<ConnectionHandle>,
+    pub metrics: GatewayMetrics,
 }
 
 /// The runs a connection owns.
@@ -206,6 +208,7 @@ impl Runs {
                     &cancel,
                 )
                 .await;
+                context.metrics.run_ended(&request.agent, end.outcome());
                 let run_id_text = run_id.to_string();
                 let last = match &end {
                     RunEnd::Completed | RunEnd::Failed(_) | RunEnd::Disconnected => None,

@@ -11,20 +11,26 @@ use tollgate_integration::*;
 /// A cluster whose gateway routes `demo` in process and `remote` to a `demo-agent` process that
 /// verifies every call's service token; the agent's tools "work" for `think`.
 async fn cluster_with_remote_demo(think: Duration) -> (Cluster, Service, Service) {
-    let cluster = Cluster::start().await;
+    remote_demo(Cluster::start().await, think, &[]).await
+}
+
+/// Starts the `demo-agent` process (with `extra` variables) and a gateway routing to it.
+async fn remote_demo(
+    cluster: Cluster,
+    think: Duration,
+    extra: &[(String, String)],
+) -> (Cluster, Service, Service) {
     let jwks = cluster.auth.http_url("/.well-known/jwks.json");
     let think = format!("{}ms", think.as_millis());
-    let agent = Service::start(
-        Binary::DemoAgent,
-        vec![
-            ("AGENT_ADDR".into(), "127.0.0.1:0".into()),
-            ("AGENT_NAME".into(), "remote".into()),
-            ("AGENT_THINK_DELAY".into(), think),
-            ("AUTH_JWKS_URL".into(), jwks),
-            ("RUST_LOG".into(), "info,demo_agent=debug".into()),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("AGENT_ADDR".into(), "127.0.0.1:0".into()),
+        ("AGENT_NAME".into(), "remote".into()),
+        ("AGENT_THINK_DELAY".into(), think),
+        ("AUTH_JWKS_URL".into(), jwks),
+        ("RUST_LOG".into(), "info,demo_agent=debug".into()),
+    ];
+    env.extend_from_slice(extra);
+    let agent = Service::start(Binary::DemoAgent, env).await;
     let mut env = cluster.gateway_env();
     env.push((
         "GATEWAY_AGENTS".into(),
@@ -156,4 +162,59 @@ async fn cancel_reaches_an_external_backend_and_ends_the_run() {
         "{}",
         agent.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_an_external_backend_continues_the_client_s_trace() {
+    let receiver = TraceReceiver::start().await;
+    let cluster = Cluster::builder().export_traces_to(&receiver).start().await;
+    let exporter = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            receiver.endpoint(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ];
+    let (cluster, _agent, gateway) = remote_demo(cluster, Duration::ZERO, &exporter).await;
+    let user = cluster.register().await;
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let headers = [
+        ("authorization", format!("Bearer {}", user.access_token)),
+        ("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01")),
+    ];
+    let mut client = WsClient::connect(&gateway, Present::Headers(&headers))
+        .await
+        .unwrap_or_else(|refused| panic!("the connection was refused: {refused:?}"));
+    client.expect("connected").await;
+    client
+        .run("run-traced", "remote", "2+2", &["calculator"])
+        .await;
+    let frames = client.transcript("run-traced").await;
+    assert_eq!(frames.last().unwrap()["type"], "agent_completed");
+
+    let is_backend_run = |span: &ExportedSpan| {
+        span.service == "demo-agent" && span.name == "tollgate.agent.v1.AgentBackend/Run"
+    };
+    let spans = receiver
+        .wait_until(PATIENCE, |spans| {
+            spans
+                .iter()
+                .any(|span| is_backend_run(span) && span.trace_id == trace_id)
+        })
+        .await;
+    let served = spans
+        .iter()
+        .find(|span| is_backend_run(span) && span.trace_id == trace_id)
+        .unwrap_or_else(|| {
+            let names: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{} {} {}", s.service, s.name, s.trace_id))
+                .collect();
+            panic!("no backend span in the client's trace: {names:#?}")
+        });
+    let caller = spans
+        .iter()
+        .find(|span| span.span_id == served.parent_span_id)
+        .expect("the backend's span has the gateway's call as its parent");
+    assert_eq!(caller.service, "ws-gateway");
 }

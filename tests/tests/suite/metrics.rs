@@ -211,6 +211,11 @@ async fn counters_move_by_exactly_what_a_scenario_did() {
         consumes,
     );
 
+    // The run, by its agent and how it ended.
+    let runs = "tollgate_gateway_agent_runs_total";
+    gateway.assert(runs, &[("agent", "demo"), ("outcome", "completed")], 1.0);
+    gateway.assert(runs, &[], 1.0);
+
     // Events, and the connection's end.
     gateway.assert("tollgate_gateway_events_published_total", &[], 1.0);
     gateway.assert("tollgate_gateway_events_delivered_total", &[], 1.0);
@@ -233,6 +238,7 @@ const FAMILIES: [(Binary, &[(&str, &str)]); 3] = [
             ("tollgate_gateway_events_delivered", "counter"),
             ("tollgate_gateway_send_queue_drops", "counter"),
             ("tollgate_gateway_revocations", "counter"),
+            ("tollgate_gateway_agent_runs", "counter"),
             (
                 "tollgate_gateway_upstream_rpc_duration_seconds",
                 "histogram",

@@ -153,6 +153,19 @@ pub enum RunEnd {
     Disconnected,
 }
 
+impl RunEnd {
+    /// The metrics label of this end.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RunEnd::Completed => "completed",
+            RunEnd::Cancelled => "cancelled",
+            RunEnd::Failed(_) => "failed",
+            RunEnd::Unavailable => "unavailable",
+            RunEnd::Disconnected => "disconnected",
+        }
+    }
+}
+
 /// What a run emits, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {

@@ -19,7 +19,9 @@ use tollgate_shared::{
 use uuid::Uuid;
 use ws_gateway::{Application, Config};
 
-pub use tollgate_integration::client::{NotConnected, Present, Received, Refused, WsClient};
+pub use tollgate_integration::client::{
+    NotConnected, Present, Received, Refused, WsClient, streamed,
+};
 
 pub const SECRET: &str = "gateway-test-secret-0123456789abcdef";
 pub const PASSWORD: &str = "correct horse battery staple";

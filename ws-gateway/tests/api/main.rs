@@ -8,6 +8,7 @@ mod helpers;
 
 use tollgate_shared::both_backends;
 
+mod backends;
 mod closing;
 mod connect;
 mod faults;
