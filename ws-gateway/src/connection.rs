@@ -32,12 +32,11 @@ use tollgate_shared::time::unix_now_ms;
 
 use crate::{
     error::CloseCode,
-    handshake::{Refusal, Session, open_session},
+    handshake::{Session, open_session},
     hub::{ConnectionHandle, Mailbox},
     live::Live,
     protocol::{ClientMessage, Outbound},
     state::{Shared, Slot},
-    validation::AuthFailure,
 };
 
 /// How long the writer gets to send the close frame, and the client to answer it.
@@ -200,16 +199,10 @@ where
         .validator
         .validate(&token)
         .await
-        .map_err(|failure| match failure {
-            AuthFailure::Invalid(_) => End::Close(CloseCode::InvalidToken),
-            AuthFailure::Unavailable => End::Close(CloseCode::TryAgainLater),
-        })?;
+        .map_err(|failure| End::Close(failure.close_code()))?;
     open_session(shared, identity, connection_id)
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::TooManyConnections => End::Close(CloseCode::TooManyConnections),
-            Refusal::Unavailable => End::Close(CloseCode::TryAgainLater),
-        })
+        .map_err(|refusal| End::Close(refusal.close_code()))
 }
 
 /// What a read error means for the connection.

@@ -12,7 +12,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
 use axum::{
@@ -33,11 +32,11 @@ use uuid::Uuid;
 
 use crate::{
     connection,
-    error::GatewayError,
+    error::{GatewayError, Refusal},
     limits::Lease,
     state::{Shared, Slot},
     usage::Profile,
-    validation::{AuthFailure, Identity},
+    validation::Identity,
 };
 
 /// The subprotocol the gateway speaks.
@@ -47,8 +46,6 @@ const BEARER_PREFIX: &str = "bearer.";
 /// Read buffer of each connection: small, so idle connections stay cheap; it grows for a
 /// large frame.
 const READ_BUFFER: usize = 1024;
-/// How long a client refused for its plan's connection limit should wait.
-const PLAN_LIMIT_RETRY: Duration = Duration::from_secs(5);
 
 /// An authenticated user, admitted to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,13 +55,6 @@ pub struct Session {
     /// Whether usage-service granted a lease (false: admitted under the emergency limit
     /// while usage-service was unreachable; the connection keeps asking).
     pub lease_held: bool,
-}
-
-/// Why an authenticated user may not connect now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    TooManyConnections,
-    Unavailable,
 }
 
 /// Takes the connection's lease, which also tells the user's plan and roles.
@@ -185,22 +175,8 @@ async fn admit(
     let Some(token) = presented_token(headers, uri, shared.config.allow_query_token)? else {
         return Ok((slot, None));
     };
-    let identity = shared
-        .validator
-        .validate(&token)
-        .await
-        .map_err(|failure| match failure {
-            AuthFailure::Invalid(err) => GatewayError::InvalidToken(err),
-            AuthFailure::Unavailable => GatewayError::AuthUnavailable,
-        })?;
-    let session = open_session(shared, identity, connection_id)
-        .await
-        .map_err(|refusal| match refusal {
-            Refusal::TooManyConnections => GatewayError::TooManyConnections {
-                retry_after: PLAN_LIMIT_RETRY,
-            },
-            Refusal::Unavailable => GatewayError::DependencyUnavailable,
-        })?;
+    let identity = shared.validator.validate(&token).await?;
+    let session = open_session(shared, identity, connection_id).await?;
     Ok((slot, Some(session)))
 }
 

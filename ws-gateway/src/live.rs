@@ -19,7 +19,7 @@ use tokio::{
 use crate::{
     agent::{Caller, RunRequest, ToolName},
     connection::{End, frame_error, millis_until},
-    error::{CloseCode, ErrorCode},
+    error::{CloseCode, ErrorReply, Rejection},
     handshake::Session,
     hub::ConnectionHandle,
     keepalive::PingBudget,
@@ -27,7 +27,7 @@ use crate::{
     protocol::{ClientMessage, Outbound, RequestId, ServerMessage},
     runs::{Finished, RunContext, Runs, UsageToolGate},
     state::Shared,
-    validation::{AuthFailure, Identity},
+    validation::Identity,
 };
 
 /// What a finished request asks of the connection.
@@ -264,7 +264,7 @@ impl Live {
         let message = match ClientMessage::parse(text.as_str()) {
             Ok(message) => message,
             Err(bad) => {
-                return self.bad_frame(bad.id.as_ref(), ErrorCode::BadRequest, &bad.message);
+                return self.bad_frame(bad.id.as_ref(), ErrorReply::bad_request(bad.message));
             }
         };
         // A well-formed request ends a run of bad frames.
@@ -273,11 +273,7 @@ impl Live {
             // Not a request this connection serves, and never metered: one more bad frame.
             ClientMessage::Auth { id, .. } => {
                 self.bad_frames = bad_frames;
-                return self.bad_frame(
-                    id.as_ref(),
-                    ErrorCode::AlreadyAuthenticated,
-                    "this connection is already authenticated; use refresh_token",
-                );
+                return self.bad_frame(id.as_ref(), ErrorReply::already_authenticated());
             }
             ClientMessage::Ping { id } => {
                 return match self.pings.take() {
@@ -298,17 +294,8 @@ impl Live {
                 metadata,
             } => match self.run_request(agent, input, tools, metadata) {
                 Ok(request) => (id, Action::Run(request)),
-                Err((code, message)) => {
-                    self.send(
-                        ServerMessage::Error {
-                            id: id.as_ref(),
-                            code: code.as_str(),
-                            message: &message,
-                            run_id: None,
-                            upgrade_to: None,
-                        }
-                        .encode(),
-                    );
+                Err(reply) => {
+                    self.send(ServerMessage::error(id.as_ref(), &reply));
                     return None;
                 }
             },
@@ -331,12 +318,9 @@ impl Live {
         input: String,
         tools: Vec<String>,
         metadata: BTreeMap<String, String>,
-    ) -> Result<RunRequest, (ErrorCode, String)> {
+    ) -> Result<RunRequest, ErrorReply> {
         if self.runs.as_ref().is_some_and(Runs::is_full) {
-            return Err((
-                ErrorCode::TooManyRuns,
-                "too many runs in flight on this connection".into(),
-            ));
+            return Err(ErrorReply::too_many_runs());
         }
 
         let tools = tools
@@ -344,27 +328,23 @@ impl Live {
             .map(|tool| {
                 tool.parse::<ToolName>().map_err(|err| {
                     let shown: String = tool.chars().filter(|c| !c.is_control()).take(32).collect();
-                    (ErrorCode::BadRequest, format!("`{shown}`: {err}"))
+                    ErrorReply::bad_request(format!("`{shown}`: {err}"))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let request = RunRequest::new(agent, input, tools, metadata)
-            .map_err(|err| (ErrorCode::BadRequest, err.to_string()))?;
+            .map_err(|err| ErrorReply::bad_request(err.to_string()))?;
         if !self.shared.backends.knows(&request.agent) {
-            let shown: String = request.agent.chars().filter(|c| !c.is_control()).collect();
-            return Err((
-                ErrorCode::UnknownAgent,
-                format!("no agent is named `{shown}`"),
-            ));
+            return Err(ErrorReply::unknown_agent(&request.agent));
         }
         Ok(request)
     }
 
     /// Answers a frame that is not a request this connection serves; enough of them in a row
     /// close it with 1008.
-    fn bad_frame(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<End> {
+    fn bad_frame(&mut self, id: Option<&RequestId>, reply: ErrorReply) -> Option<End> {
         self.bad_frames += 1;
-        self.send(ServerMessage::error(id, code, message));
+        self.send(ServerMessage::error(id, &reply));
         (self.bad_frames >= self.shared.config.max_bad_frames)
             .then_some(End::Close(CloseCode::PolicyViolation))
     }
@@ -431,8 +411,7 @@ impl Live {
                 if !self.runs.as_mut().is_some_and(|runs| runs.cancel(&run_id)) {
                     self.send(ServerMessage::error(
                         id.as_ref(),
-                        ErrorCode::UnknownRun,
-                        "no such run on this connection",
+                        &ErrorReply::unknown_run(),
                     ));
                 }
             }
@@ -467,19 +446,13 @@ async fn request(
     action: Action,
 ) -> Reply {
     let user = identity.user_id;
-    let unavailable = |id: Option<RequestId>, what: &'static str| {
-        Reply::Frame(ServerMessage::error(
-            id.as_ref(),
-            ErrorCode::DependencyUnavailable,
-            what,
-        ))
+    let refused = |id: Option<RequestId>, reply: ErrorReply| {
+        Reply::Frame(ServerMessage::error(id.as_ref(), &reply))
     };
     match shared.limits.meter(user, Meter::Messages, key).await {
         Metered::Allowed => {}
         Metered::Denied { retry_after, .. } => return Reply::RateLimited { id, retry_after },
-        Metered::Unavailable => {
-            return unavailable(id, "usage-service is unavailable, try again later");
-        }
+        Metered::Unavailable => return refused(id, ErrorReply::usage_unavailable()),
     }
     match action {
         Action::Cancel(run_id) => Reply::Cancel { id, run_id },
@@ -488,28 +461,19 @@ async fn request(
                 Reply::Refreshed { id, identity: new }
             }
             Ok(_) => Reply::Close(CloseCode::SessionMismatch),
-            Err(AuthFailure::Invalid(_)) => Reply::Close(CloseCode::InvalidToken),
-            Err(AuthFailure::Unavailable) => {
-                unavailable(id, "authentication is unavailable, try again later")
-            }
+            Err(failure) => match failure.on_refresh() {
+                Rejection::Reply(reply) => refused(id, reply),
+                Rejection::Close(code) => Reply::Close(code),
+            },
         },
         Action::Run(request) => {
             let key = request.run_id.to_string();
             match shared.limits.meter(user, Meter::AgentRuns, key).await {
                 Metered::Allowed => Reply::StartRun { id, request },
-                Metered::Denied { upgrade_to, .. } => Reply::Frame(
-                    ServerMessage::Error {
-                        id: id.as_ref(),
-                        code: ErrorCode::QuotaExceeded.as_str(),
-                        message: "the agent run quota is used up",
-                        run_id: None,
-                        upgrade_to: upgrade_to.as_deref(),
-                    }
-                    .encode(),
-                ),
-                Metered::Unavailable => {
-                    unavailable(id, "usage-service is unavailable, try again later")
+                Metered::Denied { upgrade_to, .. } => {
+                    refused(id, ErrorReply::run_quota_exceeded(upgrade_to))
                 }
+                Metered::Unavailable => refused(id, ErrorReply::usage_unavailable()),
             }
         }
     }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     agent::{AgentEvent, RunId},
-    error::{CloseCode, ErrorCode},
+    error::{CloseCode, ErrorReply},
 };
 
 /// Longest accepted client request id.
@@ -241,13 +241,13 @@ impl ServerMessage<'_> {
     }
 
     /// An `error` reply with no run attached.
-    pub fn error(id: Option<&'_ RequestId>, code: ErrorCode, message: &str) -> Utf8Bytes {
+    pub fn error(id: Option<&'_ RequestId>, reply: &ErrorReply) -> Utf8Bytes {
         ServerMessage::Error {
             id,
-            code: code.as_str(),
-            message,
+            code: reply.code.as_str(),
+            message: &reply.message,
             run_id: None,
-            upgrade_to: None,
+            upgrade_to: reply.upgrade_to.as_deref(),
         }
         .encode()
     }
@@ -259,7 +259,7 @@ pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Byt
         Ok(value) => value,
         Err(err) => {
             tracing::error!(error = %err, "encoding an agent event failed");
-            return ServerMessage::error(id, ErrorCode::RunFailed, "the run produced bad output");
+            return ServerMessage::error(id, &ErrorReply::bad_run_output());
         }
     };
     if let (Some(id), Value::Object(map)) = (id, &mut value)
@@ -298,9 +298,7 @@ impl DeltaFrame {
         };
         match serde_json::to_string(&wire) {
             Ok(text) => text.into(),
-            Err(_) => {
-                ServerMessage::error(None, ErrorCode::RunFailed, "the run produced bad output")
-            }
+            Err(_) => ServerMessage::error(None, &ErrorReply::bad_run_output()),
         }
     }
 }
@@ -390,11 +388,19 @@ mod tests {
             value,
             serde_json::json!({"type":"rate_limited","id":"r1","retry_after_ms":1500})
         );
-        let text = ServerMessage::error(None, ErrorCode::BadRequest, "bad");
+        let text = ServerMessage::error(None, &ErrorReply::bad_request("bad"));
         let value: Value = serde_json::from_str(text.as_str()).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"type":"error","code":"bad_request","message":"bad"})
+        );
+        let reply = ErrorReply::run_quota_exceeded(Some("pro".into()));
+        let text = ServerMessage::error(Some(&id), &reply);
+        let value: Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type":"error","id":"r1","code":"quota_exceeded",
+                "message":"the agent run quota is used up","upgrade_to":"pro"})
         );
     }
 }
