@@ -1,5 +1,8 @@
 //! One WebSocket connection, from the upgrade to the last frame.
 //!
+//! [`upgrade`] is the `/ws` route: [`crate::handshake`] decides whether the request is
+//! admitted, and the upgraded socket is served here.
+//!
 //! One task per connection, running two futures side by side:
 //!
 //! - the **writer** drains the bounded send queue into the socket. Whoever closes the
@@ -22,37 +25,102 @@
 //! and the writer and the closing handshake get a bounded grace before the socket is dropped.
 //! Shutdown sends 1001 the same way.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::{
+    extract::{
+        ConnectInfo, Request, State,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    response::{IntoResponse, Response},
+};
 use futures::{Sink, SinkExt, Stream, StreamExt, future::BoxFuture};
 use tokio::{sync::watch, time::Instant};
-use tokio_tungstenite::tungstenite;
-use tollgate_shared::time::unix_now_ms;
+use tollgate_shared::grpc::extract_trace_context;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
 
 use crate::{
-    error::CloseCode,
-    handshake::{Session, open_session},
+    end::{End, frame_error},
+    error::{CloseCode, GatewayError},
+    handshake,
     hub::{ConnectionHandle, Mailbox},
     live::Live,
     protocol::{ClientMessage, Outbound},
+    session::{Session, open_session},
     state::{Shared, Slot},
 };
 
 /// How long the writer gets to send the close frame, and the client to answer it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// How a connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// The gateway closes with this code, after what is already queued.
-    Close(CloseCode),
-    /// The close was already signalled (a revocation, a slow consumer): nothing to add.
-    ClosedBy(CloseCode),
-    /// The client sent a close frame.
-    ClientClosed,
-    /// The peer is gone: end of stream, an I/O error, or no sign of life after a ping.
-    Gone,
+/// `GET /ws`.
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    // The request itself rather than `HeaderMap` and `Uri` extractors, which would copy them.
+    request: Request,
+) -> Response {
+    let (headers, uri) = (request.headers(), request.uri());
+    // Behind a trusted proxy, the client it forwards for.
+    let client = shared
+        .config
+        .trusted_proxies
+        .resolve_http(peer.ip(), headers);
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            return GatewayError::NotWebSocket { status }.into_response();
+        }
+    };
+    let mut id = Uuid::encode_buffer();
+    let connection_id: Arc<str> = Arc::from(&*Uuid::now_v7().simple().encode_lower(&mut id));
+    let span = tracing::info_span!(
+        "ws.connection",
+        otel.name = "ws.connection",
+        otel.kind = "server",
+        connection_id = %connection_id,
+        client.address = %client,
+        user_id = tracing::field::Empty,
+        session_id = tracing::field::Empty,
+    );
+    // The connection continues the trace of whoever opened it.
+    let _ = span.set_parent(extract_trace_context(headers));
+    let admitted = handshake::admit(&shared, client, headers, uri, &connection_id)
+        .instrument(span.clone())
+        .await;
+    let (slot, session) = match admitted {
+        Ok(admitted) => admitted,
+        Err(err) => return err.into_response(),
+    };
+    let lease = session
+        .as_ref()
+        .filter(|session| session.lease_held)
+        .map(|session| (session.identity.user_id, connection_id.clone()));
+    let on_failure = {
+        let shared = Arc::clone(&shared);
+        move |err: axum::Error| {
+            tracing::debug!(error = %err, "the WebSocket upgrade failed");
+            if let Some((user, connection_id)) = lease {
+                let limits = shared.limits.clone();
+                shared.connections.spawn(async move {
+                    limits.release(user, &connection_id).await;
+                });
+            }
+        }
+    };
+    let tracker = shared.connections.clone();
+    handshake::configure(ws, &shared)
+        .on_failed_upgrade(on_failure)
+        .on_upgrade(move |socket| {
+            tracker
+                .track_future(serve(shared, socket, connection_id, slot, session).instrument(span))
+        })
 }
 
 /// Serves an upgraded connection; `session` is `None` when the client must authenticate
@@ -203,22 +271,6 @@ where
     open_session(shared, identity, connection_id)
         .await
         .map_err(|refusal| End::Close(refusal.close_code()))
-}
-
-/// What a read error means for the connection.
-pub fn frame_error(err: axum::Error) -> End {
-    let err = err.into_inner();
-    match err.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TooBig),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
-        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
-        _ => End::Gone,
-    }
-}
-
-/// Milliseconds from now until the Unix second `at` (zero if past).
-pub fn millis_until(at: i64) -> u64 {
-    (at.saturating_mul(1000) - unix_now_ms()).max(0) as u64
 }
 
 /// The writer: the send queue into the socket, a signalled close frame first.

@@ -11,7 +11,7 @@ use tollgate_shared::{shutdown::Shutdown, time::unix_now};
 use uuid::Uuid;
 
 use crate::{
-    Application, Config, connection, error::CloseCode, handshake::Session, state::Shared,
+    Application, Config, connection, error::CloseCode, session::Session, state::Shared,
     usage::Profile, validation::Identity,
 };
 

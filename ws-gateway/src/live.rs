@@ -15,17 +15,18 @@ use tokio::{
     sync::watch,
     time::{Instant, MissedTickBehavior, interval_at, sleep_until},
 };
+use tollgate_shared::time::unix_now_ms;
 
 use crate::{
     agent::{Caller, RunRequest, ToolName},
-    connection::{End, frame_error, millis_until},
+    end::{End, frame_error},
     error::{CloseCode, ErrorReply, Rejection},
-    handshake::Session,
     hub::ConnectionHandle,
     keepalive::PingBudget,
     limits::{Lease, Meter, Metered},
     protocol::{ClientMessage, Outbound, RequestId, ServerMessage},
     runs::{Finished, RunContext, Runs, UsageToolGate},
+    session::Session,
     state::Shared,
     validation::Identity,
 };
@@ -427,6 +428,11 @@ async fn next_finished(runs: &mut Option<Runs>) -> Finished {
         Some(runs) => runs.next_finished().await,
         None => std::future::pending().await,
     }
+}
+
+/// Milliseconds from now until the Unix second `at` (zero if past).
+fn millis_until(at: i64) -> u64 {
+    (at.saturating_mul(1000) - unix_now_ms()).max(0) as u64
 }
 
 /// Polls an optional future that the caller has checked is present.
