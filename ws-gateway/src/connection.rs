@@ -44,12 +44,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
+    commands::Command,
     end::{End, frame_error},
     error::{CloseCode, GatewayError},
     handshake,
     hub::{ConnectionHandle, Mailbox},
     live::Live,
-    protocol::{ClientMessage, Outbound},
+    protocol::Outbound,
     session::{Session, open_session},
     state::{Shared, Slot},
 };
@@ -253,8 +254,8 @@ where
         match frame {
             None => return Err(End::Gone),
             Some(Err(err)) => return Err(frame_error(err)),
-            Some(Ok(Message::Text(text))) => match ClientMessage::parse(text.as_str()) {
-                Ok(ClientMessage::Auth { token, .. }) => break token,
+            Some(Ok(Message::Text(text))) => match Command::parse(text.as_str()) {
+                Ok(Command::Auth(auth)) => break auth.into_token(),
                 // Anything else first is not authentication.
                 _ => return Err(End::Close(CloseCode::AuthTimeout)),
             },

@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod batch;
 pub mod breaker;
+pub mod client;
+pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod delivery;
