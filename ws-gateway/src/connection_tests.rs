@@ -148,6 +148,23 @@ async fn malformed_frames_are_answered_then_close_with_1008() {
 }
 
 #[tokio::test]
+async fn a_well_formed_request_ends_a_run_of_bad_frames() {
+    let mut harness = start(Some(session(600)), |config| config.max_bad_frames = 2).await;
+    harness.json().await;
+    for round in 0..3 {
+        harness.send(Message::Text("{".into())).await;
+        assert_eq!(harness.json().await["code"], "bad_request", "round {round}");
+        harness
+            .send_json(json!({"type": "ping", "id": round}))
+            .await;
+        assert_eq!(harness.json().await, json!({"type": "pong", "id": round}));
+    }
+    harness.send(Message::Text("{".into())).await;
+    harness.send(Message::Text("{".into())).await;
+    assert_eq!(harness.close_code().await, 1008);
+}
+
+#[tokio::test]
 async fn no_authentication_in_time_closes_with_4001() {
     let harness = start(None, |config| {
         config.auth_timeout = Duration::from_millis(100)

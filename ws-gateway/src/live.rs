@@ -46,6 +46,8 @@ enum Event {
 
 #[derive(Debug)]
 pub struct Live {
+    /// The client's too: the loop's own handle, so shutdown is watched while the client's
+    /// runs are polled.
     shared: Arc<Shared>,
     client: Client,
     closing: watch::Receiver<Option<CloseCode>>,
