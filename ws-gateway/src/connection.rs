@@ -8,10 +8,10 @@
 //! - the **writer** drains the bounded send queue into the socket. Whoever closes the
 //!   connection first sets its close signal; the writer sends that close frame ahead of
 //!   anything still queued (`close_now`), or in order after it (`close_after_queue`).
-//! - the **controller** (this module's [`serve`]) reads frames, answers requests one at a
-//!   time (while a request waits on usage-service or auth-service, no further frame is read:
-//!   natural backpressure), and keeps the timers: `token_expiring`, expiry (4003), pings and
-//!   the dead-peer check, lease renewal.
+//! - the **controller** ([`crate::live`], once authenticated) reads frames, answers
+//!   requests one at a time (while a request waits on usage-service or auth-service, no
+//!   further frame is read: natural backpressure), and keeps the timers: `token_expiring`,
+//!   expiry (4003), pings and the dead-peer check, lease renewal.
 //!
 //! They are polled by the same task rather than each by its own, so that a frame queued by
 //! the controller (`connected`, a reply) is written without waking another task, and a
