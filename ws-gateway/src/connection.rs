@@ -1,14 +1,17 @@
 //! One WebSocket connection, from the upgrade to the last frame.
 //!
+//! [`upgrade`] is the `/ws` route: [`crate::handshake`] decides whether the request is
+//! admitted, and the upgraded socket is served here.
+//!
 //! One task per connection, running two futures side by side:
 //!
 //! - the **writer** drains the bounded send queue into the socket. Whoever closes the
 //!   connection first sets its close signal; the writer sends that close frame ahead of
 //!   anything still queued (`close_now`), or in order after it (`close_after_queue`).
-//! - the **controller** (this module's [`serve`]) reads frames, answers requests one at a
-//!   time (while a request waits on usage-service or auth-service, no further frame is read:
-//!   natural backpressure), and keeps the timers: `token_expiring`, expiry (4003), pings and
-//!   the dead-peer check, lease renewal.
+//! - the **controller** ([`crate::live`], once authenticated) reads frames, answers
+//!   requests one at a time (while a request waits on usage-service or auth-service, no
+//!   further frame is read: natural backpressure), and keeps the timers: `token_expiring`,
+//!   expiry (4003), pings and the dead-peer check, lease renewal.
 //!
 //! They are polled by the same task rather than each by its own, so that a frame queued by
 //! the controller (`connected`, a reply) is written without waking another task, and a
@@ -22,38 +25,103 @@
 //! and the writer and the closing handshake get a bounded grace before the socket is dropped.
 //! Shutdown sends 1001 the same way.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::{
+    extract::{
+        ConnectInfo, Request, State,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    response::{IntoResponse, Response},
+};
 use futures::{Sink, SinkExt, Stream, StreamExt, future::BoxFuture};
 use tokio::{sync::watch, time::Instant};
-use tokio_tungstenite::tungstenite;
-use tollgate_shared::time::unix_now_ms;
+use tollgate_shared::grpc::extract_trace_context;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
 
 use crate::{
-    error::CloseCode,
-    handshake::{Refusal, Session, open_session},
+    commands::Command,
+    end::{End, frame_error},
+    error::{CloseCode, GatewayError},
+    handshake,
     hub::{ConnectionHandle, Mailbox},
     live::Live,
-    protocol::{ClientMessage, Outbound},
+    protocol::Outbound,
+    session::{Session, open_session},
     state::{Shared, Slot},
-    validation::AuthFailure,
 };
 
 /// How long the writer gets to send the close frame, and the client to answer it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// How a connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// The gateway closes with this code, after what is already queued.
-    Close(CloseCode),
-    /// The close was already signalled (a revocation, a slow consumer): nothing to add.
-    ClosedBy(CloseCode),
-    /// The client sent a close frame.
-    ClientClosed,
-    /// The peer is gone: end of stream, an I/O error, or no sign of life after a ping.
-    Gone,
+/// `GET /ws`.
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    // The request itself rather than `HeaderMap` and `Uri` extractors, which would copy them.
+    request: Request,
+) -> Response {
+    let (headers, uri) = (request.headers(), request.uri());
+    // Behind a trusted proxy, the client it forwards for.
+    let client = shared
+        .config
+        .trusted_proxies
+        .resolve_http(peer.ip(), headers);
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            return GatewayError::NotWebSocket { status }.into_response();
+        }
+    };
+    let mut id = Uuid::encode_buffer();
+    let connection_id: Arc<str> = Arc::from(&*Uuid::now_v7().simple().encode_lower(&mut id));
+    let span = tracing::info_span!(
+        "ws.connection",
+        otel.name = "ws.connection",
+        otel.kind = "server",
+        connection_id = %connection_id,
+        client.address = %client,
+        user_id = tracing::field::Empty,
+        session_id = tracing::field::Empty,
+    );
+    // The connection continues the trace of whoever opened it.
+    let _ = span.set_parent(extract_trace_context(headers));
+    let admitted = handshake::admit(&shared, client, headers, uri, &connection_id)
+        .instrument(span.clone())
+        .await;
+    let (slot, session) = match admitted {
+        Ok(admitted) => admitted,
+        Err(err) => return err.into_response(),
+    };
+    let lease = session
+        .as_ref()
+        .filter(|session| session.lease_held)
+        .map(|session| (session.identity.user_id, connection_id.clone()));
+    let on_failure = {
+        let shared = Arc::clone(&shared);
+        move |err: axum::Error| {
+            tracing::debug!(error = %err, "the WebSocket upgrade failed");
+            if let Some((user, connection_id)) = lease {
+                let limits = shared.limits.clone();
+                shared.connections.spawn(async move {
+                    limits.release(user, &connection_id).await;
+                });
+            }
+        }
+    };
+    let tracker = shared.connections.clone();
+    handshake::configure(ws, &shared)
+        .on_failed_upgrade(on_failure)
+        .on_upgrade(move |socket| {
+            tracker
+                .track_future(serve(shared, socket, connection_id, slot, session).instrument(span))
+        })
 }
 
 /// Serves an upgraded connection; `session` is `None` when the client must authenticate
@@ -186,8 +254,8 @@ where
         match frame {
             None => return Err(End::Gone),
             Some(Err(err)) => return Err(frame_error(err)),
-            Some(Ok(Message::Text(text))) => match ClientMessage::parse(text.as_str()) {
-                Ok(ClientMessage::Auth { token, .. }) => break token,
+            Some(Ok(Message::Text(text))) => match Command::parse(text.as_str()) {
+                Ok(Command::Auth(auth)) => break auth.into_token(),
                 // Anything else first is not authentication.
                 _ => return Err(End::Close(CloseCode::AuthTimeout)),
             },
@@ -200,32 +268,10 @@ where
         .validator
         .validate(&token)
         .await
-        .map_err(|failure| match failure {
-            AuthFailure::Invalid(_) => End::Close(CloseCode::InvalidToken),
-            AuthFailure::Unavailable => End::Close(CloseCode::TryAgainLater),
-        })?;
+        .map_err(|failure| End::Close(failure.close_code()))?;
     open_session(shared, identity, connection_id)
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::TooManyConnections => End::Close(CloseCode::TooManyConnections),
-            Refusal::Unavailable => End::Close(CloseCode::TryAgainLater),
-        })
-}
-
-/// What a read error means for the connection.
-pub fn frame_error(err: axum::Error) -> End {
-    let err = err.into_inner();
-    match err.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TooBig),
-        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::InvalidPayload),
-        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::ProtocolError),
-        _ => End::Gone,
-    }
-}
-
-/// Milliseconds from now until the Unix second `at` (zero if past).
-pub fn millis_until(at: i64) -> u64 {
-    (at.saturating_mul(1000) - unix_now_ms()).max(0) as u64
+        .map_err(|refusal| End::Close(refusal.close_code()))
 }
 
 /// The writer: the send queue into the socket, a signalled close frame first.

@@ -11,7 +11,7 @@ use tollgate_shared::{shutdown::Shutdown, time::unix_now};
 use uuid::Uuid;
 
 use crate::{
-    Application, Config, connection, error::CloseCode, handshake::Session, state::Shared,
+    Application, Config, connection, error::CloseCode, session::Session, state::Shared,
     usage::Profile, validation::Identity,
 };
 
@@ -144,6 +144,23 @@ async fn malformed_frames_are_answered_then_close_with_1008() {
     );
     harness.send_json(json!({"type": "nope", "id": 9})).await;
     assert_eq!(harness.json().await["id"], 9);
+    assert_eq!(harness.close_code().await, 1008);
+}
+
+#[tokio::test]
+async fn a_well_formed_request_ends_a_run_of_bad_frames() {
+    let mut harness = start(Some(session(600)), |config| config.max_bad_frames = 2).await;
+    harness.json().await;
+    for round in 0..3 {
+        harness.send(Message::Text("{".into())).await;
+        assert_eq!(harness.json().await["code"], "bad_request", "round {round}");
+        harness
+            .send_json(json!({"type": "ping", "id": round}))
+            .await;
+        assert_eq!(harness.json().await, json!({"type": "pong", "id": round}));
+    }
+    harness.send(Message::Text("{".into())).await;
+    harness.send(Message::Text("{".into())).await;
     assert_eq!(harness.close_code().await, 1008);
 }
 

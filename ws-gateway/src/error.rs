@@ -1,11 +1,16 @@
 //! Every way the gateway says no, mapped to its transport in one place: WebSocket close codes
 //! ([`CloseCode`], CONTRACT §5's table), HTTP refusals of the upgrade request and of the
 //! publish API ([`GatewayError`], JSON `{"error":{"code","message"}}` with `Retry-After` on 429
-//! and 503), and the codes of in-band `error` messages ([`ErrorCode`]).
+//! and 503), and in-band `error` replies ([`ErrorReply`], codes in [`ErrorCode`]).
+//!
+//! A refusal that can reach a client by more than one channel ([`AuthFailure`], [`Refusal`])
+//! is mapped here once per channel, so the upgrade request, the in-band `auth` and
+//! `refresh_token` cannot drift apart: `From` for HTTP, `close_code` for a connection that
+//! closes, and a [`Rejection`] (reply or close) for a request on an open connection.
 //!
 //! Messages are fixed texts: nothing here ever formats a token or a secret.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use axum::{
     Json,
@@ -169,6 +174,167 @@ impl ErrorCode {
     }
 }
 
+/// Why a token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("{0}")]
+    Invalid(TokenError),
+    /// auth-service cannot be asked and the mode is `strict`.
+    #[error("authentication is unavailable")]
+    Unavailable,
+}
+
+impl AuthFailure {
+    /// How a connection authenticating in-band (`{"type":"auth"}`) is closed.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Self::Invalid(_) => CloseCode::InvalidToken,
+            Self::Unavailable => CloseCode::TryAgainLater,
+        }
+    }
+
+    /// How a refused `refresh_token` is answered: a bad token closes the connection; while
+    /// auth-service is unavailable the current token still holds, so the client is told to
+    /// retry.
+    pub fn on_refresh(self) -> Rejection {
+        match self {
+            Self::Invalid(_) => Rejection::Close(CloseCode::InvalidToken),
+            Self::Unavailable => Rejection::Reply(ErrorReply::auth_unavailable()),
+        }
+    }
+}
+
+impl From<AuthFailure> for GatewayError {
+    fn from(failure: AuthFailure) -> Self {
+        match failure {
+            AuthFailure::Invalid(err) => Self::InvalidToken(err),
+            AuthFailure::Unavailable => Self::AuthUnavailable,
+        }
+    }
+}
+
+/// Why an authenticated user may not connect now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The plan's connection limit is reached.
+    TooManyConnections,
+    /// usage-service cannot grant a lease and the emergency limit is reached.
+    Unavailable,
+}
+
+/// How long a client refused for its plan's connection limit should wait.
+const PLAN_LIMIT_RETRY: Duration = Duration::from_secs(5);
+
+impl Refusal {
+    /// How a connection authenticated in-band is closed.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Self::TooManyConnections => CloseCode::TooManyConnections,
+            Self::Unavailable => CloseCode::TryAgainLater,
+        }
+    }
+}
+
+impl From<Refusal> for GatewayError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TooManyConnections => Self::TooManyConnections {
+                retry_after: PLAN_LIMIT_RETRY,
+            },
+            Refusal::Unavailable => Self::DependencyUnavailable,
+        }
+    }
+}
+
+/// How an open connection answers a refused request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// An `error` reply; the connection stays open.
+    Reply(ErrorReply),
+    /// The connection closes.
+    Close(CloseCode),
+}
+
+/// An in-band `error` reply: one constructor per refusal, so each has one code and one text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    /// For a quota: the plan that lifts it.
+    pub upgrade_to: Option<String>,
+}
+
+impl ErrorReply {
+    fn fixed(code: ErrorCode, message: &'static str) -> Self {
+        Self {
+            code,
+            message: Cow::Borrowed(message),
+            upgrade_to: None,
+        }
+    }
+
+    /// A frame that is not a valid request; `message` says why (and never quotes a token).
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code: ErrorCode::BadRequest,
+            message: message.into(),
+            upgrade_to: None,
+        }
+    }
+
+    pub fn already_authenticated() -> Self {
+        Self::fixed(
+            ErrorCode::AlreadyAuthenticated,
+            "this connection is already authenticated; use refresh_token",
+        )
+    }
+
+    pub fn usage_unavailable() -> Self {
+        Self::fixed(
+            ErrorCode::DependencyUnavailable,
+            "usage-service is unavailable, try again later",
+        )
+    }
+
+    pub fn auth_unavailable() -> Self {
+        Self::fixed(
+            ErrorCode::DependencyUnavailable,
+            "authentication is unavailable, try again later",
+        )
+    }
+
+    pub fn run_quota_exceeded(upgrade_to: Option<String>) -> Self {
+        Self {
+            upgrade_to,
+            ..Self::fixed(ErrorCode::QuotaExceeded, "the agent run quota is used up")
+        }
+    }
+
+    pub fn too_many_runs() -> Self {
+        Self::fixed(
+            ErrorCode::TooManyRuns,
+            "too many runs in flight on this connection",
+        )
+    }
+
+    /// `agent` has passed `RunRequest`'s length check; control characters are left out.
+    pub fn unknown_agent(agent: &str) -> Self {
+        let shown: String = agent.chars().filter(|c| !c.is_control()).collect();
+        Self {
+            message: Cow::Owned(format!("no agent is named `{shown}`")),
+            ..Self::fixed(ErrorCode::UnknownAgent, "")
+        }
+    }
+
+    pub fn unknown_run() -> Self {
+        Self::fixed(ErrorCode::UnknownRun, "no such run on this connection")
+    }
+
+    pub fn bad_run_output() -> Self {
+        Self::fixed(ErrorCode::RunFailed, "the run produced bad output")
+    }
+}
+
 /// A refusal answered over HTTP: the upgrade request of `/ws`, and `/v1/publish`.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -280,49 +446,5 @@ impl IntoResponse for GatewayError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_codes_match_the_contract() {
-        let table = [
-            (CloseCode::Normal, 1000),
-            (CloseCode::GoingAway, 1001),
-            (CloseCode::ProtocolError, 1002),
-            (CloseCode::Unsupported, 1003),
-            (CloseCode::PolicyViolation, 1008),
-            (CloseCode::TooBig, 1009),
-            (CloseCode::Internal, 1011),
-            (CloseCode::TryAgainLater, 1013),
-            (CloseCode::AuthTimeout, 4001),
-            (CloseCode::InvalidToken, 4002),
-            (CloseCode::TokenExpired, 4003),
-            (CloseCode::SessionRevoked, 4004),
-            (CloseCode::SessionMismatch, 4005),
-            (CloseCode::RateLimited, 4008),
-            (CloseCode::TooManyConnections, 4009),
-            (CloseCode::SlowConsumer, 4010),
-        ];
-        for (close, code) in table {
-            assert_eq!(close.code(), code);
-            assert_eq!(close.label(), code.to_string());
-            assert!(close.reason().len() <= 123);
-        }
-    }
-
-    #[test]
-    fn throttling_and_unavailability_carry_retry_after() {
-        let response = GatewayError::ConnectRateLimited {
-            retry_after: Duration::from_millis(1500),
-        }
-        .into_response();
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        let response = GatewayError::AuthUnavailable.into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(response.headers().contains_key(header::RETRY_AFTER));
-        let response = GatewayError::InvalidToken(TokenError::Malformed).into_response();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert!(!response.headers().contains_key(header::RETRY_AFTER));
-    }
-}
+#[path = "error_tests.rs"]
+mod tests;

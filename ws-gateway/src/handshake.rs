@@ -8,36 +8,21 @@
 //! allows it. A presented token is validated (401, or 503 in strict mode while auth-service is
 //! unreachable) and the user's connection lease taken (429 at the plan's limit). Without a
 //! token the upgrade goes ahead and the connection expects `{"type":"auth"}` first.
+//!
+//! The route itself ([`crate::connection::upgrade`]) asks [`admit`], then serves the socket.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
-    extract::{
-        ConnectInfo, Request, State,
-        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
-    },
+    extract::ws::WebSocketUpgrade,
     http::{HeaderMap, Uri, header},
-    response::{IntoResponse, Response},
 };
-use tollgate_shared::{
-    grpc::extract_trace_context,
-    tokens::{TokenError, bearer},
-};
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use uuid::Uuid;
+use tollgate_shared::tokens::{TokenError, bearer};
 
 use crate::{
-    connection,
     error::GatewayError,
-    limits::Lease,
+    session::{Session, open_session},
     state::{Shared, Slot},
-    usage::Profile,
-    validation::{AuthFailure, Identity},
 };
 
 /// The subprotocol the gateway speaks.
@@ -47,126 +32,10 @@ const BEARER_PREFIX: &str = "bearer.";
 /// Read buffer of each connection: small, so idle connections stay cheap; it grows for a
 /// large frame.
 const READ_BUFFER: usize = 1024;
-/// How long a client refused for its plan's connection limit should wait.
-const PLAN_LIMIT_RETRY: Duration = Duration::from_secs(5);
 
-/// An authenticated user, admitted to connect.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Session {
-    pub identity: Identity,
-    pub profile: Profile,
-    /// Whether usage-service granted a lease (false: admitted under the emergency limit
-    /// while usage-service was unreachable; the connection keeps asking).
-    pub lease_held: bool,
-}
-
-/// Why an authenticated user may not connect now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    TooManyConnections,
-    Unavailable,
-}
-
-/// Takes the connection's lease, which also tells the user's plan and roles.
-pub async fn open_session(
-    shared: &Shared,
-    identity: Identity,
-    connection_id: &Arc<str>,
-) -> Result<Session, Refusal> {
-    let user = identity.user_id;
-    let lease = shared
-        .limits
-        .lease(user, connection_id, shared.config.lease_ttl)
-        .await;
-    let (lease_held, profile) = match lease {
-        Lease::Granted(profile) => (true, profile),
-        Lease::Denied { .. } => return Err(Refusal::TooManyConnections),
-        Lease::Unavailable
-            if (shared.hub.connections_of(user) as u64) < shared.limits.emergency_limit() =>
-        {
-            tracing::warn!("usage-service unreachable; admitting under the emergency limit");
-            (false, Profile::unknown())
-        }
-        Lease::Unavailable => return Err(Refusal::Unavailable),
-    };
-    let span = tracing::Span::current();
-    span.record("user_id", tracing::field::display(user));
-    span.record("session_id", tracing::field::display(identity.session_id));
-    Ok(Session {
-        identity,
-        profile,
-        lease_held,
-    })
-}
-
-/// `GET /ws`.
-pub async fn upgrade(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    // The request itself rather than `HeaderMap` and `Uri` extractors, which would copy them.
-    request: Request,
-) -> Response {
-    let (headers, uri) = (request.headers(), request.uri());
-    // Behind a trusted proxy, the client it forwards for.
-    let client = shared
-        .config
-        .trusted_proxies
-        .resolve_http(peer.ip(), headers);
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            let status = rejection.status();
-            return GatewayError::NotWebSocket { status }.into_response();
-        }
-    };
-    let mut id = Uuid::encode_buffer();
-    let connection_id: Arc<str> = Arc::from(&*Uuid::now_v7().simple().encode_lower(&mut id));
-    let span = tracing::info_span!(
-        "ws.connection",
-        otel.name = "ws.connection",
-        otel.kind = "server",
-        connection_id = %connection_id,
-        client.address = %client,
-        user_id = tracing::field::Empty,
-        session_id = tracing::field::Empty,
-    );
-    // The connection continues the trace of whoever opened it.
-    let _ = span.set_parent(extract_trace_context(headers));
-    let admitted = admit(&shared, client, headers, uri, &connection_id)
-        .instrument(span.clone())
-        .await;
-    let (slot, session) = match admitted {
-        Ok(admitted) => admitted,
-        Err(err) => return err.into_response(),
-    };
-    let lease = session
-        .as_ref()
-        .filter(|session| session.lease_held)
-        .map(|session| (session.identity.user_id, connection_id.clone()));
-    let on_failure = {
-        let shared = Arc::clone(&shared);
-        move |err: axum::Error| {
-            tracing::debug!(error = %err, "the WebSocket upgrade failed");
-            if let Some((user, connection_id)) = lease {
-                let limits = shared.limits.clone();
-                shared.connections.spawn(async move {
-                    limits.release(user, &connection_id).await;
-                });
-            }
-        }
-    };
-    let tracker = shared.connections.clone();
-    configure(ws, &shared)
-        .on_failed_upgrade(on_failure)
-        .on_upgrade(move |socket| {
-            tracker.track_future(
-                connection::serve(shared, socket, connection_id, slot, session).instrument(span),
-            )
-        })
-}
-
-async fn admit(
+/// Everything decided before the upgrade, in the order of the module documentation: the
+/// node's slot, and the session when a token was presented.
+pub async fn admit(
     shared: &Arc<Shared>,
     client: IpAddr,
     headers: &HeaderMap,
@@ -185,26 +54,13 @@ async fn admit(
     let Some(token) = presented_token(headers, uri, shared.config.allow_query_token)? else {
         return Ok((slot, None));
     };
-    let identity = shared
-        .validator
-        .validate(&token)
-        .await
-        .map_err(|failure| match failure {
-            AuthFailure::Invalid(err) => GatewayError::InvalidToken(err),
-            AuthFailure::Unavailable => GatewayError::AuthUnavailable,
-        })?;
-    let session = open_session(shared, identity, connection_id)
-        .await
-        .map_err(|refusal| match refusal {
-            Refusal::TooManyConnections => GatewayError::TooManyConnections {
-                retry_after: PLAN_LIMIT_RETRY,
-            },
-            Refusal::Unavailable => GatewayError::DependencyUnavailable,
-        })?;
+    let identity = shared.validator.validate(&token).await?;
+    let session = open_session(shared, identity, connection_id).await?;
     Ok((slot, Some(session)))
 }
 
-fn configure(ws: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
+/// The upgrade's subprotocol and frame limits.
+pub fn configure(ws: WebSocketUpgrade, shared: &Shared) -> WebSocketUpgrade {
     let max = shared.config.max_frame_bytes;
     // Outgoing frames are bounded by what the gateway writes (events up to the publish
     // limit); the write buffer holds about one of them while the peer is slow.

@@ -43,8 +43,8 @@ use crate::{
     agent::{Backends, LocalAgent},
     breaker::Breaker,
     config::Config,
+    connection,
     delivery::{Delivery, EVENTS_CHANNEL},
-    handshake,
     hub::Hub,
     leases::{self, LeaseQueues},
     limits::Limits,
@@ -262,7 +262,7 @@ impl Application {
             tokio::spawn(lease_queues.run(shared.limits.usage().clone(), leases_done.clone()));
 
         let clients = Router::new()
-            .route("/ws", get(handshake::upgrade))
+            .route("/ws", get(connection::upgrade))
             .route("/v1/publish", post(publish::publish))
             .with_state(Arc::clone(&shared))
             .layer(shared.config.request_timeout.http_layer());

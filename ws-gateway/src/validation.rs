@@ -37,7 +37,8 @@ use tonic::{Code, service::interceptor::InterceptedService};
 use uuid::Uuid;
 
 use crate::{
-    breaker::Breaker, config::AuthMode, metrics::GatewayMetrics, revocations::Revocations,
+    breaker::Breaker, config::AuthMode, error::AuthFailure, metrics::GatewayMetrics,
+    revocations::Revocations,
 };
 
 type Client = AuthServiceClient<InterceptedService<TracedChannel, ServiceAuthInterceptor>>;
@@ -52,16 +53,6 @@ pub struct Identity {
     pub session_id: Uuid,
     /// `exp`, Unix seconds.
     pub expires_at: i64,
-}
-
-/// Why a token was not accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFailure {
-    #[error("{0}")]
-    Invalid(TokenError),
-    /// auth-service cannot be asked and the mode is `strict`.
-    #[error("authentication is unavailable")]
-    Unavailable,
 }
 
 #[derive(Debug)]

@@ -57,11 +57,13 @@ fn tool_request(call_id: &str, tool: &str) -> Result<AgentMessage, Status> {
     }))
 }
 
-/// A backend whose behaviour is chosen by the run's input; it records each call's metadata
-/// and start.
+/// One `Run` call as the backend received it: its metadata and first message.
+type Call = (MetadataMap, Option<In>);
+
+/// A backend whose behaviour is chosen by the run's input; it records each call.
 #[derive(Clone, Default)]
 struct Scripted {
-    calls: Arc<Mutex<Vec<(MetadataMap, Option<In>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
 }
 
 #[tonic::async_trait]

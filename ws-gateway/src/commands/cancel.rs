@@ -1,0 +1,40 @@
+//! `cancel_run`: stops one of the connection's runs (the run answers `run_cancelled` itself).
+//! Metered as a message, like any request that makes the gateway work.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Next, fields_of, metered};
+use crate::{client::Client, error::ErrorReply, protocol::RequestId};
+
+#[derive(Debug, PartialEq)]
+pub struct CancelRun {
+    pub(super) id: Option<RequestId>,
+    pub(super) run_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelFields {
+    run_id: String,
+}
+
+impl CancelRun {
+    pub(super) fn parse(id: Option<RequestId>, fields: Value) -> Result<Self, String> {
+        let CancelFields { run_id } = fields_of(fields)?;
+        Ok(Self { id, run_id })
+    }
+
+    pub(super) fn apply(self, client: &mut Client) -> Next {
+        let Self { id, run_id } = self;
+        let reply_to = id.clone();
+        metered(client, id, async move {
+            move |client: &mut Client| {
+                if !client.cancel_run(&run_id) {
+                    client.reply(reply_to.as_ref(), &ErrorReply::unknown_run());
+                }
+                None
+            }
+        })
+    }
+}
