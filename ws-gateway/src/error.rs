@@ -150,6 +150,8 @@ pub enum ErrorCode {
     UnknownRun,
     /// The run failed inside the agent.
     RunFailed,
+    /// The plan catalogue declares no tool of that name.
+    UnknownTool,
     /// `run_agent` named an agent that `GATEWAY_AGENTS` does not route.
     UnknownAgent,
     /// The agent's backend could not be reached or refused the run.
@@ -168,6 +170,7 @@ impl ErrorCode {
             Self::TooManyRuns => "too_many_runs",
             Self::UnknownRun => "unknown_run",
             Self::RunFailed => "run_failed",
+            Self::UnknownTool => "unknown_tool",
             Self::UnknownAgent => "unknown_agent",
             Self::AgentUnavailable => "agent_unavailable",
         }
@@ -308,6 +311,22 @@ impl ErrorReply {
             upgrade_to,
             ..Self::fixed(ErrorCode::QuotaExceeded, "the agent run quota is used up")
         }
+    }
+
+    /// A tool call the gate refused; `message` names the tool.
+    pub fn tool_denied(code: ErrorCode, message: String, upgrade_to: Option<String>) -> Self {
+        Self {
+            code,
+            message: Cow::Owned(message),
+            upgrade_to,
+        }
+    }
+
+    pub fn agent_unavailable() -> Self {
+        Self::fixed(
+            ErrorCode::AgentUnavailable,
+            "the agent is unavailable, try again later",
+        )
     }
 
     pub fn too_many_runs() -> Self {

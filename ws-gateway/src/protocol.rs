@@ -114,6 +114,20 @@ impl ServerMessage<'_> {
     }
 }
 
+impl ServerMessage<'_> {
+    /// An `error` reply about run `run_id`.
+    pub fn run_error(id: Option<&RequestId>, run_id: RunId, reply: &ErrorReply) -> Utf8Bytes {
+        ServerMessage::Error {
+            id,
+            code: reply.code.as_str(),
+            message: &reply.message,
+            run_id: Some(&run_id.to_string()),
+            upgrade_to: reply.upgrade_to.as_deref(),
+        }
+        .encode()
+    }
+}
+
 /// An agent event, with the `id` of the `run_agent` request that started the run.
 pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Bytes {
     let mut value = match serde_json::to_value(event) {

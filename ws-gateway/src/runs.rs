@@ -20,7 +20,7 @@ use crate::{
         self, AgentEvent, Backends, Caller, Gone, RunEnd, RunId, RunRequest, RunSettings, RunSink,
         Step, ToolDenial, ToolGate, ToolName,
     },
-    error::ErrorCode,
+    error::ErrorReply,
     hub::ConnectionHandle,
     limits::{Limits, Metered},
     metrics::GatewayMetrics,
@@ -111,23 +111,11 @@ impl RunSink for QueueSink {
                 text,
             }),
             Step::Event(event) => Outbound::Text(encode_agent_event(&event, self.id.as_ref())),
-            Step::Denied { tool, denial } => {
-                let message = denial.message(&tool);
-                let upgrade_to = match &denial {
-                    ToolDenial::PlanRequired { upgrade_to } => upgrade_to.as_deref(),
-                    _ => None,
-                };
-                Outbound::Text(
-                    ServerMessage::Error {
-                        id: self.id.as_ref(),
-                        code: denial.code(),
-                        message: &message,
-                        run_id: Some(&self.run_id.to_string()),
-                        upgrade_to,
-                    }
-                    .encode(),
-                )
-            }
+            Step::Denied { tool, denial } => Outbound::Text(ServerMessage::run_error(
+                self.id.as_ref(),
+                self.run_id,
+                &denial.reply(&tool),
+            )),
         };
         self.send(item).await
     }
@@ -219,16 +207,11 @@ impl Runs {
                         }
                         .encode(),
                     ),
-                    RunEnd::Unavailable => Some(
-                        ServerMessage::Error {
-                            id: sink.id.as_ref(),
-                            code: ErrorCode::AgentUnavailable.as_str(),
-                            message: "the agent is unavailable, try again later",
-                            run_id: Some(&run_id_text),
-                            upgrade_to: None,
-                        }
-                        .encode(),
-                    ),
+                    RunEnd::Unavailable => Some(ServerMessage::run_error(
+                        sink.id.as_ref(),
+                        run_id,
+                        &ErrorReply::agent_unavailable(),
+                    )),
                 };
                 if let Some(frame) = last {
                     let _ = sink.send(Outbound::Text(frame)).await;

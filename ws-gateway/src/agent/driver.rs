@@ -246,11 +246,11 @@ impl Run<'_> {
                 }
             }
             Err(denial) => {
-                tracing::debug!(%tool, code = denial.code(), "tool denied");
+                tracing::debug!(%tool, code = denial.code().as_str(), "tool denied");
                 let decision = ToolDecision {
                     call_id: call_id.to_owned(),
                     allowed: false,
-                    code: denial.code().to_owned(),
+                    code: denial.code().as_str().to_owned(),
                     upgrade_to: match &denial {
                         ToolDenial::PlanRequired { upgrade_to } => upgrade_to.clone(),
                         _ => None,

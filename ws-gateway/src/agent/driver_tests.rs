@@ -91,7 +91,9 @@ impl Sink {
             .unwrap()
             .iter()
             .map(|step| match step {
-                Step::Denied { tool, denial } => format!("denied:{tool}:{}", denial.code()),
+                Step::Denied { tool, denial } => {
+                    format!("denied:{tool}:{}", denial.code().as_str())
+                }
                 Step::Event(event) => match event {
                     AgentEvent::AgentStarted { .. } => "agent_started".into(),
                     AgentEvent::AgentThinking { thought, .. } => format!("thinking:{thought}"),

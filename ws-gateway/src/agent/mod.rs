@@ -22,6 +22,8 @@ mod routes;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, ErrorReply};
 use serde_json::Value;
 
 pub use backend::{BackendSettings, Backends, Conversation, LocalAgent, OpenError, Received};
@@ -110,14 +112,23 @@ fn upgrade_hint(upgrade_to: Option<&str>) -> String {
 
 impl ToolDenial {
     /// The contract's `error.code` for this denial.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ToolDenial::Forbidden => "forbidden_tool",
-            ToolDenial::PlanRequired { .. } => "plan_required",
-            ToolDenial::QuotaExceeded => "quota_exceeded",
-            ToolDenial::UnknownTool => "unknown_tool",
-            ToolDenial::Unavailable => "dependency_unavailable",
+            ToolDenial::Forbidden => ErrorCode::ForbiddenTool,
+            ToolDenial::PlanRequired { .. } => ErrorCode::PlanRequired,
+            ToolDenial::QuotaExceeded => ErrorCode::QuotaExceeded,
+            ToolDenial::UnknownTool => ErrorCode::UnknownTool,
+            ToolDenial::Unavailable => ErrorCode::DependencyUnavailable,
         }
+    }
+
+    /// The client's `error` reply for a denied call of `tool`.
+    pub fn reply(&self, tool: &ToolName) -> ErrorReply {
+        let upgrade_to = match self {
+            ToolDenial::PlanRequired { upgrade_to } => upgrade_to.clone(),
+            _ => None,
+        };
+        ErrorReply::tool_denied(self.code(), self.message(tool), upgrade_to)
     }
 
     /// The `error.message` for a denial of `tool`, e.g.
@@ -262,15 +273,22 @@ mod tests {
         let plan = ToolDenial::PlanRequired {
             upgrade_to: Some("pro".into()),
         };
-        assert_eq!(plan.code(), "plan_required");
+        assert_eq!(plan.code().as_str(), "plan_required");
+        let reply = plan.reply(&"web_browse".parse().unwrap());
+        assert_eq!(reply.upgrade_to.as_deref(), Some("pro"));
+        assert_eq!(reply.code, ErrorCode::PlanRequired);
         assert_eq!(
             plan.message(&"web_browse".parse().unwrap()),
             "web_browse: this tool needs a higher plan (upgrade to pro)"
         );
         let no_plan = ToolDenial::PlanRequired { upgrade_to: None };
         assert_eq!(no_plan.to_string(), "this tool needs a higher plan");
-        assert_eq!(ToolDenial::Forbidden.code(), "forbidden_tool");
-        assert_eq!(ToolDenial::QuotaExceeded.code(), "quota_exceeded");
-        assert_eq!(ToolDenial::Unavailable.code(), "dependency_unavailable");
+        assert_eq!(ToolDenial::Forbidden.code().as_str(), "forbidden_tool");
+        assert_eq!(ToolDenial::QuotaExceeded.code().as_str(), "quota_exceeded");
+        assert_eq!(ToolDenial::UnknownTool.code().as_str(), "unknown_tool");
+        assert_eq!(
+            ToolDenial::Unavailable.code().as_str(),
+            "dependency_unavailable"
+        );
     }
 }
