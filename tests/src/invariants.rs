@@ -93,10 +93,11 @@ impl Acknowledgements {
                         self.add(user, AGENT_RUNS, 0, 1);
                     }
                 }
-                // The run was counted, then its backend could not be reached.
+                // The run was counted, then its backend could not be reached and the run was
+                // refunded (unless usage-service could not take the refund).
                 (Some("agent_unavailable"), true) => {
                     self.add(user, MESSAGES, 1, 0);
-                    self.add(user, AGENT_RUNS, 1, 0);
+                    self.add(user, AGENT_RUNS, 0, 1);
                 }
                 // The message passed; the run quota did not, or there was no such run.
                 (Some("quota_exceeded" | "unknown_run"), false) => self.add(user, MESSAGES, 1, 0),

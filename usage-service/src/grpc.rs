@@ -193,6 +193,24 @@ impl UsageService for UsageGrpc {
         }))
     }
 
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::RefundRequest {
+            user_id,
+            meter,
+            amount,
+            idempotency_key,
+        } = request.into_inner();
+        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
+        let meter = Meter::parse(&meter).map_err(UsageError::from)?;
+        let key = IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?;
+        let refunded = self.usage.refund(user, meter, amount, key).await?;
+        Ok(Response::new(pb::RefundResponse { refunded }))
+    }
+
     async fn get_usage(
         &self,
         request: Request<pb::GetUsageRequest>,

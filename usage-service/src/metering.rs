@@ -22,7 +22,7 @@ use crate::{
     error::UsageError,
     limits::{ConsumeRequest, Decision, Denial, LimitError, Quota, Rate},
     periods::{self, Window},
-    store::{LedgerEntry, LedgerWrite},
+    store::{LedgerEntry, LedgerWrite, REVERSAL_PREFIX},
     usage::{Usage, UserContext},
 };
 
@@ -123,6 +123,49 @@ impl Usage {
         }
         self.metrics.consume_latency(started.elapsed());
         consumed
+    }
+
+    /// Gives back an allowed consume of `key` whose action did not happen (an agent run whose
+    /// backend could not be reached): the ledger gets the reversal of its row and the limiter
+    /// the units. Idempotent; false when there was nothing (left) to refund. The caller states
+    /// the meter and amount it consumed, and they must match what was recorded.
+    pub async fn refund(
+        &self,
+        user: UserId,
+        meter: Meter,
+        amount: u64,
+        key: IdempotencyKey,
+    ) -> Result<bool, UsageError> {
+        if !(1..=MAX_AMOUNT).contains(&amount) {
+            return Err(UsageError::InvalidInput(format!(
+                "amount must be 1 to {MAX_AMOUNT}"
+            )));
+        }
+        if key.as_str().starts_with(REVERSAL_PREFIX) {
+            return Err(UsageError::InvalidInput(format!(
+                "idempotency keys starting with `{REVERSAL_PREFIX}` are reserved"
+            )));
+        }
+        let spec = self
+            .catalogue
+            .meter(&meter)
+            .ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?
+            .clone();
+        let context = self.context(user).await?;
+        let now = self.now_ms();
+        let refunded = if spec.billable {
+            self.store
+                .reverse_ledger(user, key.as_str(), &meter, amount)
+                .await?
+        } else {
+            true
+        };
+        if refunded {
+            let request = limit_request(&context.plan, user, &meter, amount, &key, now);
+            self.limiter.refund_wherever_counted(&request).await;
+            self.metrics.decision(meter.as_str().to_owned(), "refunded");
+        }
+        Ok(refunded)
     }
 
     /// Makes an allowed consume durable, a replay included (its row may never have been

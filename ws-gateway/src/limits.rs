@@ -155,6 +155,19 @@ impl Limits {
             .await
     }
 
+    /// Gives back one of `meter` counted under `key` for an action that did not happen (a run
+    /// whose agent could not be reached). Best effort: a refund usage-service cannot take is
+    /// logged, and the unit stays counted.
+    pub async fn refund(&self, user: Uuid, meter: Meter, key: String) {
+        match self.usage.refund(user, meter.as_str(), 1, key).await {
+            Ok(_) => self.metrics.decision(meter.as_str(), "refunded"),
+            Err(_) => tracing::warn!(
+                meter = meter.as_str(),
+                "a refund could not reach usage-service; the unit stays counted"
+            ),
+        }
+    }
+
     /// Counts one tool call at its `cost` for `user` under the idempotency `key`.
     pub async fn meter_tool_call(&self, user: Uuid, cost: &ToolCost, key: String) -> Metered {
         self.count(user, "tool_calls", &cost.meter, cost.amount, key)

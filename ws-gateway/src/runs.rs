@@ -22,7 +22,7 @@ use crate::{
     },
     error::ErrorReply,
     hub::ConnectionHandle,
-    limits::{Limits, Metered},
+    limits::{Limits, Meter, Metered},
     metrics::GatewayMetrics,
     protocol::{DeltaFrame, Outbound, RequestId, ServerMessage, encode_agent_event},
     usage::{Denial, Verdict},
@@ -39,6 +39,14 @@ pub struct UsageToolGate {
 impl UsageToolGate {
     pub fn new(limits: Limits, user: Uuid) -> Self {
         Self { limits, user }
+    }
+
+    /// Gives back the `agent_runs` unit of a run that never reached its agent (it was counted
+    /// under the run's id before the backend was asked).
+    pub async fn refund_run(&self, run_id: RunId) {
+        self.limits
+            .refund(self.user, Meter::AgentRuns, run_id.to_string())
+            .await;
     }
 }
 
@@ -197,6 +205,9 @@ impl Runs {
                 )
                 .await;
                 context.metrics.run_ended(&request.agent, end.outcome());
+                if end == RunEnd::Unavailable {
+                    context.gate.refund_run(run_id).await;
+                }
                 let run_id_text = run_id.to_string();
                 let last = match &end {
                     RunEnd::Completed | RunEnd::Failed(_) | RunEnd::Disconnected => None,

@@ -215,6 +215,31 @@ impl UsageClient {
         })
     }
 
+    /// Gives back an allowed `Consume` of `key` whose action did not happen; whether there
+    /// was anything to give back.
+    pub async fn refund(
+        &self,
+        user: Uuid,
+        meter: &str,
+        amount: u64,
+        key: String,
+    ) -> Result<bool, Unavailable> {
+        let meter = meter.to_owned();
+        let answer = self
+            .call("Refund", |mut client| async move {
+                client
+                    .refund(pb::RefundRequest {
+                        user_id: user.to_string(),
+                        meter,
+                        amount,
+                        idempotency_key: key,
+                    })
+                    .await
+            })
+            .await?;
+        Ok(answer.refunded)
+    }
+
     /// Gives up each `(user, connection id)` lease in `releases`, then takes or renews each
     /// `(user, connection id, ttl)` lease in `acquisitions`, in one `UpdateConnections`: one
     /// answer per acquisition, in order. A release that fails is logged and left to the

@@ -387,6 +387,16 @@ impl Limiter {
         }
     }
 
+    /// Undoes an allowed consume for a caller that does not know which store counted it: each
+    /// store gives the units back only while it holds the key's matching record, so at most
+    /// one of them does.
+    pub async fn refund_wherever_counted(&self, request: &ConsumeRequest) {
+        if self.inner.engine.is_redis() {
+            self.refund(request, Counter::Redis).await;
+        }
+        self.refund(request, Counter::Local).await;
+    }
+
     /// The clock quota windows are chosen by: Redis's, as last observed.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock

@@ -36,6 +36,9 @@ pub enum LedgerWrite {
     Conflict,
 }
 
+/// What a reversal row's key starts with (a caller's key never has it: see `refund`).
+pub const REVERSAL_PREFIX: &str = "refund:";
+
 /// Rows per INSERT statement (bind parameters stay well under SQLite's limit); the group
 /// commit never hands [`Store::append_ledger`] a longer batch.
 pub const ROWS_PER_STATEMENT: usize = 100;
@@ -129,6 +132,33 @@ impl Store {
             });
         }
         Ok(outcomes)
+    }
+
+    /// Appends the reversal of the row of `key` (same meter and amount, negated, under the key
+    /// `refund:<key>`, dated like the original row so every window that counted it, the
+    /// period's and a day's, sums to nothing), so the ledger stays append-only. False when
+    /// there is no such row or it was already reversed.
+    pub async fn reverse_ledger(
+        &self,
+        user: UserId,
+        key: &str,
+        meter: &Meter,
+        amount: u64,
+    ) -> Result<bool, StoreError> {
+        let reversed = sqlx::query(
+            "INSERT INTO ledger (user_id, idempotency_key, meter, amount, period_start, recorded_at) \
+             SELECT user_id, $5 || idempotency_key, meter, -amount, period_start, recorded_at FROM ledger \
+             WHERE user_id = $1 AND idempotency_key = $2 AND meter = $3 AND amount = $4 \
+             ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+        )
+        .bind(user.to_string())
+        .bind(key)
+        .bind(meter.as_str())
+        .bind(amount as i64)
+        .bind(REVERSAL_PREFIX)
+        .execute(self.pool())
+        .await?;
+        Ok(reversed.rows_affected() == 1)
     }
 
     /// Units recorded per meter for a user in the period starting at `period_start_ms`. Rows of

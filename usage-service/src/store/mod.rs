@@ -9,7 +9,7 @@ use sqlx::AnyPool;
 use tollgate_shared::db;
 
 pub use access::DelegationRow;
-pub use ledger::{LedgerEntry, LedgerWrite, ROWS_PER_STATEMENT};
+pub use ledger::{LedgerEntry, LedgerWrite, REVERSAL_PREFIX, ROWS_PER_STATEMENT};
 pub use subscriptions::{PlanChangeRow, SubscriptionRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -155,7 +155,57 @@ async fn quotas_resume_from_the_ledger_after_a_restart(backend: Backend) {
     );
 }
 
+/// An agent run whose backend could not be reached is given back: the ledger no longer bills
+/// it, the quota has room for it again, and giving it back twice gives back once.
+async fn a_refund_gives_back_a_counted_key_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    let run = key();
+    spend(&app, &user, "agent_runs", 99).await;
+    assert!(
+        app.consume(&user, "agent_runs", 1, &run)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let full = app.consume(&user, "agent_runs", 1, &key()).await.unwrap();
+    assert!(!full.allowed, "the quota of 100 is used up");
+
+    assert!(app.refund(&user, "agent_runs", 1, &run).await.unwrap());
+    assert_eq!(used(&app.usage_of(&user).await, "agent_runs"), 99);
+    assert!(
+        app.consume(&user, "agent_runs", 1, &key())
+            .await
+            .unwrap()
+            .allowed,
+        "the refunded run's room is back"
+    );
+    let again = app.consume(&user, "agent_runs", 1, &key()).await.unwrap();
+    assert!(!again.allowed, "and only that much");
+
+    // Twice, or for what was never counted, or with another amount: nothing.
+    assert!(!app.refund(&user, "agent_runs", 1, &run).await.unwrap());
+    assert!(!app.refund(&user, "agent_runs", 1, &key()).await.unwrap());
+    let other = key();
+    assert!(
+        app.consume(&user, "tool_calls", 3, &other)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(!app.refund(&user, "tool_calls", 1, &other).await.unwrap());
+    assert_eq!(used(&app.usage_of(&user).await, "tool_calls"), 3);
+    assert_eq!(used(&app.usage_of(&user).await, "agent_runs"), 100);
+    assert_refused(
+        app.refund(&user, "agent_runs", 1, &format!("refund:{run}"))
+            .await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+}
+
 both_backends!(
+    a_refund_gives_back_a_counted_key_once,
     quotas_resume_from_the_ledger_after_a_restart,
     the_message_rate_allows_the_plan_limit_then_says_when_to_retry,
     quotas_are_exhausted_and_billed_exactly,

@@ -198,6 +198,25 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    pub async fn refund(
+        &self,
+        user: &str,
+        meter: &str,
+        amount: u64,
+        key: &str,
+    ) -> Result<bool, Status> {
+        let request = pb::RefundRequest {
+            user_id: user.into(),
+            meter: meter.into(),
+            amount,
+            idempotency_key: key.into(),
+        };
+        self.client()
+            .refund(self.check(request))
+            .await
+            .map(|answer| answer.into_inner().refunded)
+    }
+
     pub async fn authorize(
         &self,
         user: &str,
