@@ -68,7 +68,7 @@ impl Binary {
         let path = dir.join(format!("{}{}", self.name(), std::env::consts::EXE_SUFFIX));
         assert!(
             path.is_file(),
-            "the `{}` binary is not at {}: run `cargo build --bins` (or `cargo test --workspace`, \
+            "the `{}` binary is not at {}: run `cargo build --workspace --bins` (or `cargo test --workspace`, \
              which builds every service binary), or set TOLLGATE_BIN_DIR to the directory that \
              holds the binaries",
             self.name(),
