@@ -44,6 +44,19 @@ impl UsageGrpc {
     }
 }
 
+/// The user, meter and idempotency key of a `Consume` or a `Refund`, validated.
+fn counted_key(
+    user_id: &str,
+    meter: &str,
+    idempotency_key: &str,
+) -> Result<(UserId, Meter, IdempotencyKey), UsageError> {
+    Ok((
+        UserId::parse(user_id)?,
+        Meter::parse(meter)?,
+        IdempotencyKey::parse(idempotency_key)?,
+    ))
+}
+
 /// The user and TTL of a lease request (TTL 0: the default minute).
 fn lease_request(request: &pb::AcquireConnectionRequest) -> Result<(UserId, Duration), Status> {
     let user = UserId::parse(&request.user_id).map_err(UsageError::from)?;
@@ -166,9 +179,7 @@ impl UsageService for UsageGrpc {
             amount,
             idempotency_key,
         } = request.into_inner();
-        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
-        let meter = Meter::parse(&meter).map_err(UsageError::from)?;
-        let key = IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?;
+        let (user, meter, key) = counted_key(&user_id, &meter, &idempotency_key)?;
         let consumed = self.usage.consume(user, meter.clone(), amount, key).await?;
         let upgrade_to = match consumed.denial {
             Some(denial) => {
@@ -204,9 +215,7 @@ impl UsageService for UsageGrpc {
             amount,
             idempotency_key,
         } = request.into_inner();
-        let user = UserId::parse(&user_id).map_err(UsageError::from)?;
-        let meter = Meter::parse(&meter).map_err(UsageError::from)?;
-        let key = IdempotencyKey::parse(&idempotency_key).map_err(UsageError::from)?;
+        let (user, meter, key) = counted_key(&user_id, &meter, &idempotency_key)?;
         let refunded = self.usage.refund(user, meter, amount, key).await?;
         Ok(Response::new(pb::RefundResponse { refunded }))
     }
