@@ -81,3 +81,13 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/readyz"]
 ENTRYPOINT ["/usr/local/bin/ws-gateway"]
+
+# --- demo-agent ---------------------------------------------------------------------------
+# The demo agent as an agent backend of its own (gRPC only: `tollgate.agent.v1.AgentBackend`
+# and gRPC health); the gateway also runs it in process for `demo=builtin`.
+FROM runtime AS demo-agent
+COPY --from=builder /out/demo-agent /usr/local/bin/demo-agent
+USER 10001:10001
+ENV AGENT_ADDR=0.0.0.0:50062
+EXPOSE 50062
+ENTRYPOINT ["/usr/local/bin/demo-agent"]
