@@ -460,4 +460,49 @@ mod tests {
         );
         assert_eq!(tally.runs_completed, 1);
     }
+
+    fn paced(pace: Pace, capacity: usize) -> (Paced, mpsc::Receiver<Result<AgentMessage, Status>>) {
+        let (outbound, messages) = mpsc::channel(capacity);
+        let arrival = Box::new(Arrival {
+            pace,
+            outbound,
+            _inbound: None,
+        });
+        let run = Paced {
+            arrival,
+            started_us: 0,
+            seq: 0,
+        };
+        (run, messages)
+    }
+
+    #[test]
+    fn a_run_whose_gateway_does_not_read_waits_and_one_whose_gateway_left_is_cut() {
+        let pace = Pace::new(1000.0, 0, 10_000).unwrap();
+        let (mut run, mut messages) = paced(pace, 2);
+        let mut tally = Tally::default();
+        assert!(matches!(run.advance(4_000, &mut tally), Turn::Wait));
+        assert_eq!(
+            (tally.measured, tally.blocked),
+            (2, 1),
+            "two fit, the third waits"
+        );
+        // Once there is room the waiting deltas go, in order, late: their lag shows it.
+        while messages.try_recv().is_ok() {}
+        assert!(matches!(run.advance(4_500, &mut tally), Turn::Wait));
+        assert_eq!(run.seq, 4, "deltas 2 and 3 fit; 4 waits again");
+        assert_eq!((tally.lag.len(), tally.blocked), (4, 2));
+        assert_eq!(
+            tally.lag.min(),
+            1_500,
+            "delta 3 was due at 3 ms and sent at 4.5 ms"
+        );
+        assert!(
+            tally.lag.equivalent(tally.lag.max(), 4_000),
+            "delta 0 waited 4 ms"
+        );
+        drop(messages);
+        assert!(matches!(run.advance(9_000, &mut tally), Turn::Done));
+        assert_eq!((tally.runs_cut, tally.runs_completed), (1, 0));
+    }
 }
