@@ -378,8 +378,9 @@ async fn measure(
     }
     out.push_str(
         "\nCPU, in cores kept busy during the measured windows: this process (clients, \
-         auth-service, usage-service) / the server under test (ws-gateway, or the echo \
-         server for the baseline) / everything else; per op, the first two divided by ops/s \
+         auth-service, usage-service, the delta backend) / the server under test (ws-gateway, \
+         or the echo server for the baseline) / everything else (the demo-agent process \
+         included); per op, the first two divided by ops/s \
          (an op is a connect, a delivered event, an agent run or a delta).\n\n",
     );
     for note in notes {
