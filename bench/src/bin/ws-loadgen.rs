@@ -30,7 +30,8 @@ use tollgate_bench::{
     ws::{
         client, connects, deltas, echo,
         observe::{self, Counters, EVENTS_DELIVERED, QUEUE_DROPS},
-        pacer::{Clock, DeltaBackend},
+        pace::Clock,
+        pacer::DeltaBackend,
         publish, runs,
         stack::{self, Stack, User},
         table::{Row, quantile},
@@ -39,8 +40,6 @@ use tollgate_bench::{
 
 /// Targets from the issue.
 const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
-const DELTAS_PER_SECOND: f64 = 50_000.0;
-const DELTA_MAX_P99: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -463,79 +462,7 @@ async fn deltas_phase(
     let outcomes = deltas::run(settings, backend, backend.clock()).await?;
     let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
     for outcome in &outcomes {
-        let name = format!("Deltas backend → client, {} runs", outcome.runs);
-        let p99 = quantile(&outcome.latency, 0.99);
-        let kept_up = outcome.sent_per_sec() >= 0.99 * outcome.rate;
-        let errors = outcome.errors();
-        let judged = outcome.rate >= DELTAS_PER_SECOND;
-        rows.push(Row {
-            phase: name.clone(),
-            clients: format!("{} conn.", outcome.runs),
-            ops: outcome.received_per_sec(),
-            p50: quantile(&outcome.latency, 0.5),
-            p99,
-            errors,
-            cpu: outcome.cpu,
-            relative: format!(
-                "{:.0} offered, {:.0} sent",
-                outcome.rate,
-                outcome.sent_per_sec()
-            ),
-            target: format!(
-                "{DELTAS_PER_SECOND:.0} deltas/s, p99 < {}, none lost",
-                millis(DELTA_MAX_P99)
-            ),
-            met: judged.then_some(p99 < DELTA_MAX_P99 && errors == 0 && kept_up),
-        });
-        let gateway_per_delta = outcome.cpu.map_or_else(
-            || "n/a".to_owned(),
-            |cpu| {
-                let per = cpu.server / outcome.received_per_sec().max(f64::MIN_POSITIVE);
-                format!("{:.1} µs", per * 1e6)
-            },
-        );
-        let threads: Vec<String> = outcome
-            .threads
-            .iter()
-            .filter(|(_, cores)| **cores >= 0.005)
-            .map(|(name, cores)| format!("{name} {cores:.2}"))
-            .collect();
-        let tally = &outcome.tally;
-        notes.push(format!(
-            "{name} at {:.0} deltas/s offered ({:.1} per run): {} deltas sent in the window, \
-             {} received, {} lost; latency p99.9 {}, max {}; {} frames, {} of them merged \
-             ({:.3} deltas per frame); out of order or unreadable {}, missing from whole runs \
-             {}, failed runs {}, runs cut {}; backend lag p50 {}, p99 {}, blocked sends {}; \
-             gateway CPU per delta {gateway_per_delta}; this process's CPU by threads: {}.",
-            outcome.rate,
-            outcome.rate / outcome.runs.max(1) as f64,
-            tally.measured,
-            outcome.received,
-            outcome.lost(),
-            millis(quantile(&outcome.latency, 0.999)),
-            millis(Duration::from_micros(outcome.latency.max())),
-            outcome.frames,
-            outcome.merged_frames,
-            (tally.measured + tally.unmeasured) as f64 / outcome.frames.max(1) as f64,
-            outcome.disorder,
-            outcome.missing_in_runs,
-            outcome.failed_runs,
-            tally.runs_cut,
-            millis(quantile(&tally.lag, 0.5)),
-            millis(quantile(&tally.lag, 0.99)),
-            tally.blocked,
-            if threads.is_empty() {
-                "n/a".to_owned()
-            } else {
-                threads.join(", ")
-            },
-        ));
-        if let Some(error) = &outcome.first_error {
-            notes.push(format!(
-                "First error of {name} at {:.0}/s: {error}",
-                outcome.rate
-            ));
-        }
+        deltas::report(outcome, rows, notes);
     }
     notes.push(format!(
         "Deltas, all levels: upstream calls {}.",

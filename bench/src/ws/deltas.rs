@@ -24,13 +24,18 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{
     client::{self, STEP_TIMEOUT, Ws},
     observe::{Split, sample_process, sample_threads},
-    pacer::{Clock, DeltaBackend, MAX_PER_RUN_RATE, Pace, Tally},
+    pace::{Clock, MAX_PER_RUN_RATE, Pace},
+    pacer::{DeltaBackend, Tally},
     stack::User,
+    table::{Row, quantile},
 };
-use crate::{cpu::sample_window, load::new_histogram};
+use crate::{cpu::sample_window, load::new_histogram, report::millis};
 
 /// The agent name the gateway routes to the delta backend.
 pub const AGENT: &str = "deltas";
+/// Targets from the issue.
+const DELTAS_PER_SECOND: f64 = 50_000.0;
+const DELTA_MAX_P99: Duration = Duration::from_millis(10);
 /// Connections being opened at once while the fleet is set up.
 const OPENING_PARALLELISM: usize = 64;
 
@@ -329,10 +334,87 @@ async fn drive_run(
     }
 }
 
+/// A level's row of the results table, and its note.
+pub fn report(outcome: &Outcome, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let name = format!("Deltas backend → client, {} runs", outcome.runs);
+    let p99 = quantile(&outcome.latency, 0.99);
+    let kept_up = outcome.sent_per_sec() >= 0.99 * outcome.rate;
+    let errors = outcome.errors();
+    let judged = outcome.rate >= DELTAS_PER_SECOND;
+    rows.push(Row {
+        phase: name.clone(),
+        clients: format!("{} conn.", outcome.runs),
+        ops: outcome.received_per_sec(),
+        p50: quantile(&outcome.latency, 0.5),
+        p99,
+        errors,
+        cpu: outcome.cpu,
+        relative: format!(
+            "{:.0} offered, {:.0} sent",
+            outcome.rate,
+            outcome.sent_per_sec()
+        ),
+        target: format!(
+            "{DELTAS_PER_SECOND:.0} deltas/s, p99 < {}, none lost",
+            millis(DELTA_MAX_P99)
+        ),
+        met: judged.then_some(p99 < DELTA_MAX_P99 && errors == 0 && kept_up),
+    });
+    let gateway_per_delta = outcome.cpu.map_or_else(
+        || "n/a".to_owned(),
+        |cpu| {
+            let per = cpu.server / outcome.received_per_sec().max(f64::MIN_POSITIVE);
+            format!("{:.1} µs", per * 1e6)
+        },
+    );
+    let threads: Vec<String> = outcome
+        .threads
+        .iter()
+        .filter(|(_, cores)| **cores >= 0.005)
+        .map(|(name, cores)| format!("{name} {cores:.2}"))
+        .collect();
+    let tally = &outcome.tally;
+    notes.push(format!(
+        "{name} at {:.0} deltas/s offered ({:.1} per run): {} deltas sent in the window, \
+         {} received, {} lost; latency p99.9 {}, max {}; {} frames, {} of them merged \
+         ({:.3} deltas per frame); out of order or unreadable {}, missing from whole runs \
+         {}, failed runs {}, runs cut {}; backend lag p50 {}, p99 {}, blocked sends {}; \
+         gateway CPU per delta {gateway_per_delta}; this process's CPU by threads: {}.",
+        outcome.rate,
+        outcome.rate / outcome.runs.max(1) as f64,
+        tally.measured,
+        outcome.received,
+        outcome.lost(),
+        millis(quantile(&outcome.latency, 0.999)),
+        millis(Duration::from_micros(outcome.latency.max())),
+        outcome.frames,
+        outcome.merged_frames,
+        (tally.measured + tally.unmeasured) as f64 / outcome.frames.max(1) as f64,
+        outcome.disorder,
+        outcome.missing_in_runs,
+        outcome.failed_runs,
+        tally.runs_cut,
+        millis(quantile(&tally.lag, 0.5)),
+        millis(quantile(&tally.lag, 0.99)),
+        tally.blocked,
+        if threads.is_empty() {
+            "n/a".to_owned()
+        } else {
+            threads.join(", ")
+        },
+    ));
+    if let Some(error) = &outcome.first_error {
+        notes.push(format!(
+            "First error of {name} at {:.0}/s: {error}",
+            outcome.rate
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::pacer::record;
+    use crate::ws::pace::record;
 
     #[test]
     fn merged_deltas_are_split_back_into_their_records() {

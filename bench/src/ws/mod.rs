@@ -2,7 +2,7 @@
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
 //! ([`client`]), the connect phase ([`connects`]), the open-loop publisher and its receivers
 //! ([`publish`]), agent runs in process against external ([`runs`]), deltas streamed end to
-//! end from a paced backend ([`pacer`], [`deltas`]), what the run observes besides latency: CPU per process and the gateway's own
+//! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), what the run observes besides latency: CPU per process and the gateway's own
 //! counters ([`observe`]), and the results table ([`table`]).
 //!
 //! Why the gateway runs as a process of its own: its CPU can then be told apart from the
@@ -16,6 +16,7 @@ pub mod deltas;
 pub mod echo;
 pub mod http;
 pub mod observe;
+pub mod pace;
 pub mod pacer;
 pub mod publish;
 pub mod runs;

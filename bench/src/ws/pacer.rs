@@ -2,11 +2,7 @@
 //! process whose runs stream `delta`s at a set rate, open loop, and then `completed`.
 //!
 //! Why here and not in the demo agent: the phase needs deltas at a controlled rate that carry
-//! their own send time. Backend and clients share this process, so one [`Clock`] stamps a
-//! delta when the backend hands it to gRPC and the client subtracts that from the time it read
-//! the frame, with no clock sync involved. Every delta's text is one record, `<seq>:<sent µs>;`
-//! ([`record`]), so a frame in which the gateway merged several deltas for a slow reader still
-//! tells each delta's latency, and gaps in the sequence tell what was lost.
+//! their own send time ([`super::pace`]), stamped when the backend hands them to gRPC.
 //!
 //! **Open loop.** One pacer task, ticking every millisecond, sends each run's due deltas
 //! whatever the gateway does; a delta is never dropped here: if a run's outbound channel is full
@@ -17,11 +13,7 @@
 //! The backend runs on a Tokio runtime of its own (threads named `backend`), so its CPU can be
 //! told apart from the clients' in this process.
 
-use std::{
-    net::SocketAddr,
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, thread::JoinHandle, time::Duration};
 
 use anyhow::Context as _;
 use futures::stream::{self, BoxStream, StreamExt as _};
@@ -39,6 +31,7 @@ use tollgate_proto::agent::v1::{
 use tollgate_shared::shutdown::Shutdown;
 use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
 
+use super::pace::{Clock, Pace, record};
 use crate::{cores, load::new_histogram};
 
 /// Messages a run may have queued for the gateway before the pacer waits.
@@ -47,91 +40,6 @@ const OUTBOUND_CAPACITY: usize = 64;
 const ARRIVALS_CAPACITY: usize = 1024;
 /// How long the gateway may take to send `start` after opening a stream.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
-/// The gateway's default flood limit: more deltas per second per run would end the run.
-pub const MAX_PER_RUN_RATE: f64 = 1000.0;
-
-/// Microseconds since one origin, shared by the backend and the clients of this process.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock(Instant);
-
-impl Clock {
-    pub fn new() -> Self {
-        Self(Instant::now())
-    }
-
-    pub fn micros(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    /// The instant `micros` after the origin.
-    pub fn instant(&self, micros: u64) -> Instant {
-        self.0 + Duration::from_micros(micros)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One delta's text: its sequence number in its run and its send time.
-pub fn record(seq: u64, sent_us: u64) -> String {
-    format!("{seq}:{sent_us};")
-}
-
-/// What one run is asked to do, carried in `start.input` as `<per second> <from µs> <until µs>`:
-/// deltas at `per_second` from its start until `until_us`; those sent from `from_us` on are
-/// measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Pace {
-    per_second: f64,
-    from_us: u64,
-    until_us: u64,
-}
-
-impl Pace {
-    pub fn new(per_second: f64, from_us: u64, until_us: u64) -> Result<Self, String> {
-        if !(per_second > 0.0 && per_second <= MAX_PER_RUN_RATE) {
-            return Err(format!(
-                "a run's rate must be above 0 and at most {MAX_PER_RUN_RATE} deltas/s, not {per_second}"
-            ));
-        }
-        if from_us >= until_us {
-            return Err("the measured window is empty".into());
-        }
-        Ok(Self {
-            per_second,
-            from_us,
-            until_us,
-        })
-    }
-
-    pub fn parse(input: &str) -> Result<Self, String> {
-        let fields: Vec<&str> = input.split_whitespace().collect();
-        let [rate, from, until] = fields[..] else {
-            return Err("expected `<per second> <from µs> <until µs>`".into());
-        };
-        let number = |field: &str| {
-            field
-                .parse::<u64>()
-                .map_err(|err| format!("{field}: {err}"))
-        };
-        let rate = rate
-            .parse::<f64>()
-            .map_err(|err| format!("{rate}: {err}"))?;
-        Self::new(rate, number(from)?, number(until)?)
-    }
-
-    pub fn input(&self) -> String {
-        format!("{} {} {}", self.per_second, self.from_us, self.until_us)
-    }
-
-    /// The measured window contains `sent_us`.
-    pub fn measures(&self, sent_us: u64) -> bool {
-        (self.from_us..self.until_us).contains(&sent_us)
-    }
-}
 
 /// What the backend did since the last [`DeltaBackend::take_tally`].
 #[derive(Debug)]
@@ -321,7 +229,7 @@ enum Turn {
 
 impl Paced {
     fn due_us(&self) -> u64 {
-        self.started_us + (self.seq as f64 * 1e6 / self.arrival.pace.per_second) as u64
+        self.arrival.pace.due_us(self.started_us, self.seq)
     }
 
     /// Sends what is due at `now_us`, stamped with `now_us`.
@@ -329,7 +237,7 @@ impl Paced {
         let pace = self.arrival.pace;
         loop {
             let due = self.due_us();
-            let (kind, last) = if due >= pace.until_us {
+            let (kind, last) = if due >= pace.until_us() {
                 let output = self.seq.to_string();
                 (Kind::Completed(Completed { output }), true)
             } else if due <= now_us {
@@ -399,26 +307,6 @@ async fn pace(mut requests: mpsc::Receiver<ToPacer>, clock: Clock, shutdown: Shu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pace_survives_the_trip_through_start_input() {
-        let pace = Pace::new(50.0, 2_000_000, 7_000_000).unwrap();
-        assert_eq!(Pace::parse(&pace.input()), Ok(pace));
-        assert!(pace.measures(2_000_000));
-        assert!(pace.measures(6_999_999));
-        assert!(!pace.measures(1_999_999));
-        assert!(!pace.measures(7_000_000));
-    }
-
-    #[test]
-    fn bad_paces_are_refused() {
-        for bad in [
-            "", "50 1", "50 1 2 3", "fast 1 2", "0 1 2", "-5 1 2", "1001 1 2", "NaN 1 2", "50 2 2",
-            "50 3 2", "50 x 2",
-        ] {
-            assert!(Pace::parse(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
 
     #[tokio::test]
     async fn a_run_sends_every_due_delta_in_order_then_completes_with_its_count() {
