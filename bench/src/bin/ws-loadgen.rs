@@ -44,7 +44,7 @@ const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
 #[derive(Debug, Parser)]
 #[command(
     name = "ws-loadgen",
-    about = "Loads ws-gateway on loopback: connects against an echo baseline, publish latency, agent runs"
+    about = "Loads ws-gateway on loopback: connects against an echo baseline, publish latency, agent runs in process against external, deltas end to end"
 )]
 struct Args {
     /// The ws-gateway binary (a release build).

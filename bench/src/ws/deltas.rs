@@ -165,6 +165,9 @@ struct Frame<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     output: Option<Cow<'a, str>>,
+    /// The `run_agent` request's id, on every event of its run.
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// Opens the connections, runs every level, closes them.
@@ -319,6 +322,10 @@ async fn drive_run(
             receipts.failure = Some(format!("an unreadable frame: {}", text.as_str()));
             return (Some(ws), receipts);
         };
+        // A frame of an earlier level's run (one that failed before its end) is not this run's.
+        if frame.id.as_deref().is_some_and(|of| of != id) {
+            continue;
+        }
         match (&*frame.kind, frame.text, frame.output) {
             ("agent_delta", Some(delta), _) => receipts.delta(&delta, received_us, &pace),
             ("agent_completed", _, Some(output)) => {
