@@ -11,31 +11,32 @@
 //!    published at a fixed rate through `POST /v1/publish` (open loop); the latency is receive
 //!    time minus send time, and events that never arrive are counted. Once with one connection
 //!    per user (every event its own publish), once fanned out to several connections per user.
-//! 3. **Agent-run round trip.** `run_agent` with `calculator` and `search` until
-//!    `agent_completed`, closed loop, with its usage-service calls.
+//! 3. **Agent-run round trip, in process against external.** `run_agent` with `calculator`
+//!    and `search` until `agent_completed`, closed loop, routed to the demo agent inside the
+//!    gateway and to the `demo-agent` binary over gRPC in alternating slices ([`runs`]).
+//! 4. **Deltas end to end.** A thousand runs on a thousand connections, each streaming deltas
+//!    at a set rate from a backend served by this process ([`pacer`]), through the gateway;
+//!    latency per delta, lost deltas, merged frames ([`deltas`]).
 //!
 //! Every phase lasts a fixed time and the run stops by itself; nothing is asserted.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use futures::SinkExt as _;
-use serde::Deserialize;
-use tokio_tungstenite::tungstenite::Message;
 use tollgate_bench::{
     cores,
-    load::{Calls, Plan, Timing, Workload},
+    load::{Plan, Timing},
     report::millis,
     ws::{
-        client::{self, Ws},
-        connects, echo,
-        observe::{self, Counters, DECISIONS, EVENTS_DELIVERED, QUEUE_DROPS, ServerCpu},
-        publish,
+        client, connects, deltas, echo,
+        observe::{self, Counters, EVENTS_DELIVERED, QUEUE_DROPS},
+        pace::Clock,
+        pacer::DeltaBackend,
+        publish, runs,
         stack::{self, Stack, User},
         table::{Row, quantile},
     },
 };
-use tonic::Status;
 
 /// Targets from the issue.
 const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
@@ -43,7 +44,7 @@ const PUBLISH_MAX_P99: Duration = Duration::from_millis(10);
 #[derive(Debug, Parser)]
 #[command(
     name = "ws-loadgen",
-    about = "Loads ws-gateway on loopback: connects against an echo baseline, publish latency, agent runs"
+    about = "Loads ws-gateway on loopback: connects against an echo baseline, publish latency, agent runs in process against external, deltas end to end"
 )]
 struct Args {
     /// The ws-gateway binary (a release build).
@@ -79,10 +80,22 @@ struct Args {
     /// Seconds the receivers keep listening after the last publish.
     #[arg(long, default_value_t = 1)]
     drain_seconds: u64,
-    /// Connections running agents in a loop in the loaded agent-run phase (a single one runs
-    /// first, unloaded).
+    /// Connections running agents in a loop in the loaded agent-run phase, per route (a
+    /// single one per route runs first, unloaded).
     #[arg(long, default_value_t = 16)]
     run_concurrency: usize,
+    /// The demo-agent binary (a release build), the external backend of the agent-run phase.
+    #[arg(long, default_value = "target/release/demo-agent")]
+    demo_agent_bin: PathBuf,
+    /// Concurrent runs streaming deltas, one per connection.
+    #[arg(long, default_value_t = 1000)]
+    delta_runs: usize,
+    /// Deltas per second over all runs, comma separated: one level after another.
+    #[arg(long, value_delimiter = ',', default_values_t = [12_500.0, 25_000.0, 50_000.0])]
+    deltas_per_second: Vec<f64>,
+    /// Seconds from starting the delta runs to their measured window.
+    #[arg(long, default_value_t = 2)]
+    delta_warmup_seconds: u64,
     /// Phases to run, comma separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::all())]
     phases: Vec<Phase>,
@@ -103,11 +116,18 @@ enum Phase {
     Publish,
     Fanout,
     Runs,
+    Deltas,
 }
 
 impl Phase {
     fn all() -> Vec<Self> {
-        vec![Self::Connect, Self::Publish, Self::Fanout, Self::Runs]
+        vec![
+            Self::Connect,
+            Self::Publish,
+            Self::Fanout,
+            Self::Runs,
+            Self::Deltas,
+        ]
     }
 }
 
@@ -156,6 +176,9 @@ impl Args {
         if self.runs(Phase::Runs) {
             needed = needed.max(self.run_concurrency);
         }
+        if self.runs(Phase::Deltas) {
+            needed = needed.max(self.delta_runs);
+        }
         needed
     }
 }
@@ -195,30 +218,63 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // Sockets on each side, plus upstream channels, publishers and spare.
-    let needed = (args.connections + args.publishers + args.most_connecting()) as u64 + 256;
+    let fleet = args.connections.max(args.delta_runs);
+    let needed = (fleet + args.publishers + args.most_connecting()) as u64 + 256;
     observe::check_open_files(needed)?;
-    progress("starting auth-service and usage-service (SQLite), ws-gateway and the echo server");
-    let stack = Stack::start(&stack::Settings {
+    let backend = if args.runs(Phase::Deltas) {
+        progress("starting the delta backend");
+        Some(DeltaBackend::start(Clock::new())?)
+    } else {
+        None
+    };
+    progress(
+        "starting auth-service and usage-service (SQLite), ws-gateway, the echo server and \
+         demo-agent",
+    );
+    let started = Stack::start(&stack::Settings {
         gateway_bin: args.gateway_bin.clone(),
         rust_log: args.rust_log.clone(),
         gateway_log: args.gateway_log.clone(),
+        demo_agent_bin: args.runs(Phase::Runs).then(|| args.demo_agent_bin.clone()),
+        backends: backend
+            .iter()
+            .map(|backend| (deltas::AGENT.to_owned(), backend.addr))
+            .collect(),
     })
-    .await?;
+    .await;
+    let stack = match started {
+        Ok(stack) => stack,
+        Err(err) => {
+            if let Some(backend) = backend {
+                let _ = backend.stop().await;
+            }
+            return Err(err);
+        }
+    };
     let measured = tokio::select! {
-        measured = measure(&args, &stack) => measured,
+        measured = measure(&args, &stack, backend.as_ref()) => measured,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    // The gateway first: it holds the backends' streams.
     let stopped = stack.stop().await;
+    let backend_stopped = match backend {
+        Some(backend) => backend.stop().await,
+        None => Ok(()),
+    };
     let report = measured?;
     println!("{report}");
-    stopped
+    stopped.and(backend_stopped)
 }
 
 fn progress(message: &str) {
     eprintln!("ws-loadgen: {message}");
 }
 
-async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
+async fn measure(
+    args: &Args,
+    stack: &Stack,
+    backend: Option<&DeltaBackend>,
+) -> anyhow::Result<String> {
     let count = args.users_needed();
     progress(&format!("registering {count} users"));
     let users = stack.register(count).await?;
@@ -280,8 +336,25 @@ async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
         publish_phase(stack, &settings, &mut rows, &mut notes).await?;
     }
     if args.runs(Phase::Runs) {
-        progress("agent runs: one client, then several");
-        runs_phase(args, stack, &users, &mut rows, &mut notes).await?;
+        progress("agent runs: in process and external, alternating; one client, then several");
+        let levels = [1, args.run_concurrency.max(1)];
+        runs::run(&levels, &args.plan(), stack, &users, &mut rows, &mut notes).await?;
+    }
+    if let Some(backend) = backend.filter(|_| args.runs(Phase::Deltas)) {
+        progress(&format!(
+            "deltas: {} runs at {:?} deltas/s in total",
+            args.delta_runs, args.deltas_per_second
+        ));
+        let settings = deltas::Settings {
+            ws_url: gateway.clone(),
+            users: users.clone(),
+            runs: args.delta_runs.max(1),
+            rates: args.deltas_per_second.clone(),
+            warmup: Duration::from_secs(args.delta_warmup_seconds),
+            measure: args.measure(),
+            gateway_pid: stack.gateway.pid,
+        };
+        deltas_phase(&settings, stack, backend, &mut rows, &mut notes).await?;
     }
 
     let mut out = format!(
@@ -304,9 +377,10 @@ async fn measure(args: &Args, stack: &Stack) -> anyhow::Result<String> {
     }
     out.push_str(
         "\nCPU, in cores kept busy during the measured windows: this process (clients, \
-         auth-service, usage-service) / the server under test (ws-gateway, or the echo \
-         server for the baseline) / everything else; per op, the first two divided by ops/s \
-         (an op is a connect, a delivered event or an agent run).\n\n",
+         auth-service, usage-service, the delta backend) / the server under test (ws-gateway, \
+         or the echo server for the baseline) / everything else (the demo-agent process \
+         included); per op, the first two divided by ops/s \
+         (an op is a connect, a delivered event, an agent run or a delta).\n\n",
     );
     for note in notes {
         out.push_str(&format!("- {note}\n"));
@@ -377,90 +451,22 @@ async fn publish_phase(
     Ok(())
 }
 
-/// A connection running agents, and the number of its last request.
-struct AgentCaller {
-    ws: Ws,
-    requests: u64,
-}
-
-#[derive(Deserialize)]
-struct RunFrame<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: &'a str,
-    #[serde(borrow)]
-    id: Option<&'a str>,
-}
-
-async fn run_call(mut caller: AgentCaller) -> (AgentCaller, Result<(), Status>) {
-    caller.requests += 1;
-    let id = caller.requests.to_string();
-    let result = run_agent(&mut caller.ws, &id)
-        .await
-        .map_err(|err| Status::internal(format!("{err:#}")));
-    (caller, result)
-}
-
-/// One run, from `run_agent` to `agent_completed`; both tools must have run.
-async fn run_agent(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
-    let request = format!(
-        r#"{{"type":"run_agent","id":"{id}","agent":"demo","input":"What is 6 * 7?","tools":["calculator","search"]}}"#
-    );
-    ws.send(Message::Text(request.into())).await?;
-    let mut tools = 0;
-    loop {
-        let text = client::next_text(ws).await?;
-        let frame: RunFrame<'_> = serde_json::from_str(&text)?;
-        match (frame.kind, frame.id) {
-            ("error" | "rate_limited", _) => anyhow::bail!("{text}"),
-            ("tool_completed", Some(of)) if of == id => tools += 1,
-            ("agent_completed", Some(of)) if of == id => {
-                anyhow::ensure!(tools == 2, "the run completed with {tools} of 2 tools");
-                return Ok(());
-            }
-            _ => {}
-        }
-    }
-}
-
-async fn runs_phase(
-    args: &Args,
+async fn deltas_phase(
+    settings: &deltas::Settings,
     stack: &Stack,
-    users: &[User],
+    backend: &DeltaBackend,
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let url = stack.gateway.ws_url();
-    for callers in [1, args.run_concurrency.max(1)] {
-        let mut states = Vec::with_capacity(callers);
-        for user in users.iter().cycle().take(callers) {
-            states.push(AgentCaller {
-                ws: client::open_connected(&url, &user.token).await?,
-                requests: 0,
-            });
-        }
-        let before = Counters::scrape(stack.gateway.addr).await?;
-        // The callers, and with them their sockets, are dropped at the end of this block: the
-        // gateway sees them go.
-        let (measured, cpu) = {
-            let mut calls = Calls::new(states, run_call);
-            let mut workload = ServerCpu::new(&mut calls, stack.gateway.pid);
-            let measured = args.plan().alone(&mut workload as &mut dyn Workload).await;
-            (measured, workload.split())
-        };
-        let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
-        let name = "Agent run (calculator + search)";
-        rows.push(Row::closed_loop(name, &measured, cpu));
-        let runs = delta.sum(DECISIONS, &["kind=\"agent_runs\"", "outcome=\"allowed\""]);
-        notes.push(format!(
-            "{name}, {callers} client(s): {runs:.0} runs admitted during the phase; upstream \
-             calls per run: {}.",
-            delta.upstream_per(runs)
-        ));
-        if let Some(error) = &measured.first_error {
-            notes.push(format!(
-                "First error of {name}, {callers} client(s): {error}"
-            ));
-        }
+    let before = Counters::scrape(stack.gateway.addr).await?;
+    let outcomes = deltas::run(settings, backend, backend.clock()).await?;
+    let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
+    for outcome in &outcomes {
+        deltas::report(outcome, rows, notes);
     }
+    notes.push(format!(
+        "Deltas, all levels: upstream calls {}.",
+        delta.upstream_totals()
+    ));
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! What `ws-loadgen` needs to load ws-gateway the way clients and backends do: the stack it runs
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
 //! ([`client`]), the connect phase ([`connects`]), the open-loop publisher and its receivers
-//! ([`publish`]), what the run observes besides latency: CPU per process and the gateway's own
+//! ([`publish`]), agent runs in process against external ([`runs`]), deltas streamed end to
+//! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), what the run observes besides latency: CPU per process and the gateway's own
 //! counters ([`observe`]), and the results table ([`table`]).
 //!
 //! Why the gateway runs as a process of its own: its CPU can then be told apart from the
@@ -11,9 +12,13 @@
 
 pub mod client;
 pub mod connects;
+pub mod deltas;
 pub mod echo;
 pub mod http;
 pub mod observe;
+pub mod pace;
+pub mod pacer;
 pub mod publish;
+pub mod runs;
 pub mod stack;
 pub mod table;

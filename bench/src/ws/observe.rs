@@ -51,6 +51,47 @@ pub fn sample_process(
     })
 }
 
+/// utime + stime of each of this process's threads, summed by thread name.
+fn thread_ticks() -> Option<BTreeMap<String, u64>> {
+    let mut ticks = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_owned();
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        *ticks.entry(name).or_insert(0) += utime + stime;
+    }
+    Some(ticks)
+}
+
+/// Cores each group of this process's threads (by name: `clients`, `services`, `backend`…)
+/// kept busy over `[from, from + length)`. Threads that ended during the window are missed.
+pub fn sample_threads(
+    from: Instant,
+    length: Duration,
+) -> std::thread::JoinHandle<Option<BTreeMap<String, f64>>> {
+    std::thread::spawn(move || {
+        std::thread::sleep(from.saturating_duration_since(Instant::now()));
+        let (start, started) = (thread_ticks()?, Instant::now());
+        std::thread::sleep(length);
+        let (end, seconds) = (thread_ticks()?, started.elapsed().as_secs_f64());
+        Some(
+            end.into_iter()
+                .map(|(name, ticks)| {
+                    let before = start.get(&name).copied().unwrap_or(0);
+                    let cores = ticks.saturating_sub(before) as f64 / TICKS_PER_SECOND;
+                    (name, cores / seconds.max(f64::MIN_POSITIVE))
+                })
+                .filter(|(_, cores)| *cores > 0.0)
+                .collect(),
+        )
+    })
+}
+
 /// CPU over a measured window, in cores: this process, the server under test, the rest.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Split {

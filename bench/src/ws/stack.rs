@@ -1,8 +1,10 @@
 //! The stack under load, as `gateway-memory` sets it up: auth-service and usage-service in
 //! this process on the embedded default (SQLite files in a temporary directory, the in-process
 //! engine, no Redis), on a Tokio runtime of their own with one worker per core; ws-gateway as
-//! a separate process from its release binary; and the echo baseline ([`super::echo`]) as a
-//! second child process.
+//! a separate process from its release binary; the echo baseline ([`super::echo`]) as a
+//! second child process; and, when asked, the `demo-agent` release binary as a third, routed
+//! as agent `remote` next to the in-process `demo` (`GATEWAY_AGENTS`), plus any backend the
+//! caller serves itself (the delta phase's).
 //!
 //! Why the embedded default: it is what `cargo run --release` runs, it needs no server, and
 //! on two cores a PostgreSQL and a Redis process would take CPU from the gateway that the
@@ -68,7 +70,15 @@ pub struct Settings {
     pub rust_log: String,
     /// Where the gateway's log (JSON lines on stdout) goes; discarded when `None`.
     pub gateway_log: Option<PathBuf>,
+    /// The `demo-agent` release binary, started and routed as agent [`REMOTE_AGENT`] (the demo
+    /// agent stays routed in process as `demo`).
+    pub demo_agent_bin: Option<PathBuf>,
+    /// Further agent backends the gateway routes to: name and address.
+    pub backends: Vec<(String, SocketAddr)>,
 }
+
+/// The agent name of the `demo-agent` process.
+pub const REMOTE_AGENT: &str = "remote";
 
 /// auth-service and usage-service on their own runtime and thread.
 #[derive(Debug)]
@@ -99,6 +109,8 @@ impl ChildServer {
 pub struct Stack {
     pub gateway: ChildServer,
     pub echo: ChildServer,
+    /// The `demo-agent` process, when started.
+    pub agent: Option<ChildServer>,
     auth: SocketAddr,
     publisher_secret: String,
     services: Services,
@@ -115,11 +127,24 @@ impl Stack {
         let services = start_services(dir.path(), &gateway_secret, &publisher_secret, plans)
             .await
             .context("starting auth-service and usage-service")?;
-        let gateway = start_gateway(settings, &services, &gateway_secret).await?;
+        let agent = match &settings.demo_agent_bin {
+            Some(bin) => Some(start_demo_agent(bin, &settings.rust_log).await?),
+            None => None,
+        };
+        let mut routes = vec!["demo=builtin".to_owned()];
+        let remote = agent
+            .as_ref()
+            .map(|agent| (REMOTE_AGENT.to_owned(), agent.addr));
+        for (name, addr) in remote.iter().chain(&settings.backends) {
+            routes.push(format!("{name}=http://{addr}"));
+        }
+        let gateway =
+            start_gateway(settings, &services, &gateway_secret, &routes.join(",")).await?;
         let echo = start_echo().await?;
         Ok(Self {
             gateway,
             echo,
+            agent,
             auth: services.auth,
             publisher_secret,
             services,
@@ -182,11 +207,15 @@ impl Stack {
         let Self {
             gateway,
             echo,
+            agent,
             services,
             ..
         } = self;
         let stopped = stop_gateway(gateway).await;
         stop_child(echo).await;
+        if let Some(agent) = agent {
+            stop_child(agent).await;
+        }
         services.shutdown.trigger();
         let thread = services.thread;
         let joined = tokio::task::spawn_blocking(move || thread.join())
@@ -255,17 +284,66 @@ async fn start_services(
     })
 }
 
+/// A free port on 127.0.0.1, for a child that binds its address itself (as `gateway-memory`
+/// does), so the address is known without parsing its log.
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The demo agent as its own process (no caller check: `AUTH_JWKS_URL` unset), ready once its
+/// port accepts connections.
+async fn start_demo_agent(bin: &Path, rust_log: &str) -> anyhow::Result<ChildServer> {
+    let addr = free_addr()?;
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("AGENT_ADDR", addr.to_string())
+        .env("AGENT_NAME", REMOTE_AGENT)
+        .env("AGENT_SHUTDOWN_GRACE", "1s")
+        .env("RUST_LOG", rust_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release -p demo-agent`)",
+                bin.display()
+            )
+        })?;
+    let pid = child.id().context("demo-agent exited at once")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("demo-agent exited while starting: {status}");
+        }
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < STARTUP_PATIENCE,
+            "demo-agent never listened on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(ChildServer {
+        addr,
+        pid,
+        child,
+        stdin: None,
+    })
+}
+
 async fn start_gateway(
     settings: &Settings,
     services: &Services,
     secret: &str,
+    agents: &str,
 ) -> anyhow::Result<ChildServer> {
-    // The gateway binds the port itself; a free port is picked here first (as
-    // `gateway-memory` does) so its address is known without parsing its log.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = free_addr()?;
     let stdout = match &settings.gateway_log {
         Some(path) => Stdio::from(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -280,6 +358,7 @@ async fn start_gateway(
         .env("SERVICE_CLIENT_SECRET", secret)
         .env("GATEWAY_CONNECT_RATE", CONNECT_RATE.to_string())
         .env("GATEWAY_SHUTDOWN_GRACE", "5s")
+        .env("GATEWAY_AGENTS", agents)
         .env("RUST_LOG", &settings.rust_log)
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -362,9 +441,13 @@ async fn stop_gateway(mut gateway: ChildServer) -> anyhow::Result<()> {
     }
 }
 
-/// Closing its stdin stops the echo server; killed if it lingers.
+/// Closing its stdin stops the echo server; demo-agent gets SIGTERM. Killed if it lingers.
 async fn stop_child(mut server: ChildServer) {
-    drop(server.stdin.take());
+    if server.stdin.take().is_none() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &server.pid.to_string()])
+            .status();
+    }
     if tokio::time::timeout(Duration::from_secs(5), server.child.wait())
         .await
         .is_err()
