@@ -186,9 +186,8 @@ impl Run<'_> {
                     let decision = self
                         .decide(&call.call_id, &call.tool, &call.input_json)
                         .await?;
-                    if !conversation.send(ToBackend::ToolDecision(decision)).await {
-                        return Err(Stop::Failed(BACKEND_LOST.into()));
-                    }
+                    self.tell(conversation, ToBackend::ToolDecision(decision))
+                        .await?;
                 }
                 FromBackend::ToolResult(result) => {
                     let tool = self.calls.result(&result.call_id)?;
@@ -262,6 +261,21 @@ impl Run<'_> {
             }
         };
         Ok(decision)
+    }
+
+    /// Sends the backend a message. A backend that stops reading its stream holds the send up
+    /// no longer than the idle timeout, and a cancel no longer than at once.
+    async fn tell(&self, conversation: &mut Conversation, kind: ToBackend) -> Result<(), Stop> {
+        let sent = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return Err(Stop::Cancelled),
+            sent = tokio::time::timeout(self.settings.idle_timeout, conversation.send(kind)) => sent,
+        };
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Stop::Failed(BACKEND_LOST.into())),
+            Err(_) => Err(Stop::Failed(IDLE_TIMEOUT.into())),
+        }
     }
 
     /// The backend's next message, within the idle timeout and the protocol's limits.

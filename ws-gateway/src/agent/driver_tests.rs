@@ -523,3 +523,60 @@ async fn an_unknown_agent_is_unavailable_without_reaching_any_backend() {
     assert_eq!(end, RunEnd::Unavailable);
     assert!(sink.kinds().is_empty());
 }
+
+/// Requests tools without ever reading the gateway's answers, so the decisions back up.
+fn deaf(requests: usize) -> Script {
+    Arc::new(move |inbound, outbound| {
+        Box::pin(async move {
+            let _deaf = inbound;
+            for i in 0..requests {
+                let request = tool_request(&i.to_string(), "word_count", "{}");
+                if outbound.send(request).await.is_err() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_stops_reading_cannot_hold_a_run_past_its_idle_timeout() {
+    let gate = Gate::default();
+    let ran = tokio::time::timeout(
+        Duration::from_secs(600),
+        run(deaf(64), &["word_count"], &gate),
+    );
+    let (end, sink) = ran.await.expect("the run ends");
+    assert_eq!(end, RunEnd::Failed(IDLE_TIMEOUT.into()));
+    assert_eq!(sink.terminals(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_stops_reading_cannot_hold_up_a_cancel() {
+    let cancel = CancellationToken::new();
+    let sink = Sink::default();
+    let (backends, request, caller, gate, settings) = (
+        backends(deaf(64)),
+        request(&["word_count"]),
+        caller(),
+        Gate::default(),
+        settings(),
+    );
+    let stopper = {
+        let cancel = cancel.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let (end, ()) = tokio::join!(
+        drive(
+            &backends, &request, &caller, &gate, &sink, &settings, &cancel
+        ),
+        stopper
+    );
+    assert_eq!(end, RunEnd::Cancelled);
+    assert!(started.elapsed() <= Duration::from_secs(1) + settings.cancel_grace);
+}
