@@ -101,6 +101,18 @@ pub fn unary_endpoint(endpoint: Endpoint, request_timeout: Duration) -> Endpoint
         .keep_alive_timeout(Duration::from_secs(10))
 }
 
+/// The settings of an endpoint for long-lived streams: no request timeout (a stream lasts as
+/// long as it lasts), a connect timeout, no Nagle delay, and HTTP/2 keep-alive even while idle,
+/// so a peer that vanished is noticed within 15 s.
+pub fn streaming_endpoint(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
+    endpoint
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+}
+
 /// A traced, balanced channel to `url` with each endpoint `configure`d (timeouts, limits).
 pub fn channel_with(
     url: &str,

@@ -24,6 +24,7 @@ pub mod grpc_methods;
 pub mod health;
 pub mod jwks;
 pub mod metrics;
+pub mod names;
 pub mod probe_gate;
 pub mod process;
 pub mod serve;

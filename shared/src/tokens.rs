@@ -36,13 +36,9 @@ pub fn service_audience_allows(audience: &str, scopes: &[String]) -> bool {
     if SERVICE_AUDIENCES.contains(&audience) {
         return true;
     }
-    let mut bytes = audience.bytes();
-    let agent_name = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && bytes.all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        })
-        && audience.len() <= 64;
-    agent_name && !scopes.is_empty() && scopes.iter().all(|scope| scope == AGENT_SCOPE)
+    crate::names::is_name(audience)
+        && !scopes.is_empty()
+        && scopes.iter().all(|scope| scope == AGENT_SCOPE)
 }
 
 /// The token of an `Authorization` value in the `Bearer` scheme (RFC 6750 §2.1, the scheme

@@ -30,7 +30,7 @@ use tollgate_shared::{
     config::{ExposeSecret, SecretString},
     engine::Engine,
     events::REVOCATIONS_CHANNEL,
-    grpc::{TracedChannel, channel_with, unary_endpoint},
+    grpc::{TracedChannel, channel_with, streaming_endpoint, unary_endpoint},
     health::{self, Readiness},
     jwks::JwksVerifier,
     metrics as shared_metrics, serve,
@@ -380,12 +380,7 @@ fn upstream_channel(
 /// keep-alive to notice a dead peer.
 fn streaming_channel(url: &str) -> Result<TracedChannel, tonic::transport::Error> {
     channel_with(url, |endpoint| {
-        endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
+        streaming_endpoint(endpoint, Duration::from_secs(2))
     })
 }
 

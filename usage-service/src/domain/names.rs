@@ -5,15 +5,7 @@ use std::fmt;
 
 use super::{InvalidInput, printable};
 
-/// Longest name, in bytes (all ASCII).
-const MAX_LEN: usize = 64;
-
-fn valid(raw: &str) -> bool {
-    let mut bytes = raw.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && raw.len() <= MAX_LEN
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-}
+use tollgate_shared::names::is_name as valid;
 
 macro_rules! catalogue_name {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {

@@ -16,7 +16,7 @@ use tollgate_proto::agent::v1::{
     gateway_message::Kind,
 };
 use tollgate_shared::{
-    grpc::{TracedChannel, channel_with},
+    grpc::{TracedChannel, channel_with, streaming_endpoint},
     service_auth::{ServiceAuthInterceptor, ServiceTokenSource},
 };
 use tonic::{Code, Status, codegen::InterceptedService};
@@ -111,12 +111,7 @@ impl Backends {
                 Route::Remote(url) => {
                     let connect_timeout = settings.connect_timeout;
                     let channel = channel_with(url, move |endpoint| {
-                        endpoint
-                            .connect_timeout(connect_timeout)
-                            .tcp_nodelay(true)
-                            .http2_keep_alive_interval(Duration::from_secs(30))
-                            .keep_alive_timeout(Duration::from_secs(10))
-                            .keep_alive_while_idle(true)
+                        streaming_endpoint(endpoint, connect_timeout)
                     })
                     .map_err(|err| format!("GATEWAY_AGENTS: agent `{name}`: {err}"))?;
                     let client =

@@ -67,9 +67,6 @@ impl FromStr for RunId {
 pub struct ToolName(String);
 
 impl ToolName {
-    /// Longest tool name, in bytes.
-    pub const MAX_BYTES: usize = 64;
-
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -90,12 +87,7 @@ impl FromStr for ToolName {
     type Err = InvalidToolName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut bytes = s.bytes();
-        let starts_well = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
-        let rest_ok = bytes.all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        });
-        if starts_well && rest_ok && s.len() <= Self::MAX_BYTES {
+        if tollgate_shared::names::is_name(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidToolName)

@@ -6,6 +6,8 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
+use tollgate_shared::names::{MAX_NAME_BYTES, is_name};
+
 /// Where one agent runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -26,9 +28,6 @@ pub struct AgentRoutes(BTreeMap<String, Route>);
 pub struct InvalidRoutes(String);
 
 impl AgentRoutes {
-    /// Longest agent name, in bytes (an agent name is also a token audience).
-    pub const MAX_NAME_BYTES: usize = 64;
-
     pub fn get(&self, agent: &str) -> Option<&Route> {
         self.0.get(agent)
     }
@@ -60,10 +59,10 @@ impl FromStr for AgentRoutes {
                 )));
             };
             let (name, target) = (name.trim(), target.trim());
-            if !valid_name(name) {
+            if !is_name(name) {
                 return Err(InvalidRoutes(format!(
                     "agent name `{name}` must be 1 to {} of a-z, 0-9, `_`, `.` and `-`, starting with a letter",
-                    Self::MAX_NAME_BYTES
+                    MAX_NAME_BYTES
                 )));
             }
             let route = match target {
@@ -99,15 +98,6 @@ impl fmt::Display for AgentRoutes {
         }
         Ok(())
     }
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && bytes.all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        })
-        && name.len() <= AgentRoutes::MAX_NAME_BYTES
 }
 
 fn valid_url(url: &str) -> bool {
