@@ -134,10 +134,25 @@ async fn refresh_loop(
     }
 }
 
+/// How long a call made before the first token waits for it. A process serves from the moment
+/// it starts, and the first token is usually milliseconds away: failing those calls would
+/// report a healthy auth-service as unreachable.
+pub const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(2);
+
 /// Attaches `authorization: Bearer <service token>` to each call.
 #[derive(Clone, Debug)]
 pub struct ServiceAuthInterceptor {
     source: ServiceTokenSource,
+}
+
+impl ServiceAuthInterceptor {
+    /// Returns at once when a token is in hand; before the first one, waits for it (at most
+    /// [`FIRST_TOKEN_WAIT`]). Await it before a call that this interceptor will authorize.
+    pub async fn first_token(&self) {
+        if self.source.header().is_none() {
+            self.source.ready(FIRST_TOKEN_WAIT).await;
+        }
+    }
 }
 
 impl Interceptor for ServiceAuthInterceptor {

@@ -99,6 +99,7 @@ impl Profile {
 #[derive(Clone, Debug)]
 pub struct UsageClient {
     client: Client,
+    tokens: ServiceAuthInterceptor,
     metrics: GatewayMetrics,
 }
 
@@ -109,7 +110,8 @@ impl UsageClient {
         metrics: GatewayMetrics,
     ) -> Self {
         Self {
-            client: UsageServiceClient::with_interceptor(channel, interceptor),
+            client: UsageServiceClient::with_interceptor(channel, interceptor.clone()),
+            tokens: interceptor,
             metrics,
         }
     }
@@ -119,6 +121,7 @@ impl UsageClient {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.tokens.first_token().await;
         let started = Instant::now();
         let result = call(self.client.clone()).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };

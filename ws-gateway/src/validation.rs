@@ -59,6 +59,7 @@ pub struct Identity {
 pub struct TokenValidator {
     jwks: JwksVerifier,
     client: Client,
+    tokens: ServiceAuthInterceptor,
     breaker: Breaker,
     revocations: Revocations,
     confirmed: Cache<[u8; 32], (Identity, Instant)>,
@@ -81,7 +82,8 @@ impl TokenValidator {
     ) -> Self {
         Self {
             jwks,
-            client: AuthServiceClient::with_interceptor(channel, interceptor),
+            client: AuthServiceClient::with_interceptor(channel, interceptor.clone()),
+            tokens: interceptor,
             breaker,
             revocations,
             confirmed: Cache::new(CACHED_TOKENS),
@@ -141,6 +143,7 @@ impl TokenValidator {
             return Err(AuthFailure::Invalid(TokenError::Revoked));
         }
 
+        self.tokens.first_token().await;
         let Some(permit) = self.breaker.try_call() else {
             return self.fallback(identity);
         };

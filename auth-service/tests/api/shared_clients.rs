@@ -128,7 +128,38 @@ async fn the_jwks_verifier_follows_key_rotation(backend: Backend) {
     );
 }
 
+/// A process serves from the moment it starts; a call it makes before its first service token
+/// is back waits for the token instead of failing as if auth-service were down.
+async fn a_call_made_before_the_first_token_waits_for_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = app.new_user().await;
+    let shutdown = Shutdown::new();
+    let credentials = ClientCredentials {
+        client_id: "gateway".into(),
+        client_secret: CLIENT_SECRET.to_owned().into(),
+        audience: "auth-service".into(),
+        scopes: vec!["auth.validate".into()],
+    };
+    let source = ServiceTokenSource::start(app.channel.clone(), credentials, shutdown.clone());
+    let interceptor = source.interceptor();
+    assert!(
+        source.header().is_none(),
+        "the token came back before any round trip"
+    );
+    interceptor.first_token().await;
+    let claims = AuthServiceClient::with_interceptor(app.channel.clone(), interceptor)
+        .validate_token(ValidateTokenRequest {
+            token: user.access_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claims.user_id, user.user_id);
+    shutdown.trigger();
+}
+
 both_backends!(
     the_service_token_source_authenticates_outgoing_calls,
+    a_call_made_before_the_first_token_waits_for_it,
     the_jwks_verifier_follows_key_rotation,
 );

@@ -61,16 +61,18 @@ async fn a_normal_start_logs_no_warning_and_an_outage_does() {
     // A gateway started after auth-service is up and ready, on a link slow enough that its
     // first calls go out before its first service token is back.
     cluster.auth_proxy().delay(Duration::from_millis(150));
+    // Its first client comes at once, before the gateway is ready: it is served as at any other
+    // time, not as if auth-service and usage-service were down.
+    let user = cluster.register().await;
     let gateway = Service::start(Binary::Gateway, cluster.gateway_env()).await;
+    let (client, _) = WsClient::connected(&gateway, &user.access_token).await;
+    client.close().await;
     gateway.ready().await;
     let watching = eventually(PATIENCE, || async {
         gateway.metric("tollgate_gateway_revocation_watch_up").await == 1.0
     })
     .await;
     assert!(watching, "the gateway never followed revocations");
-    let user = cluster.register().await;
-    let (client, _) = WsClient::connected(&gateway, &user.access_token).await;
-    client.close().await;
     for service in [&cluster.auth, &cluster.usage, cluster.gateway(), &gateway] {
         assert_eq!(
             service.warnings(),

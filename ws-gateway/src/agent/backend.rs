@@ -54,7 +54,10 @@ type Client = AgentBackendClient<InterceptedService<TracedChannel, ServiceAuthIn
 #[derive(Clone)]
 enum Backend {
     Local(Arc<dyn LocalAgent>),
-    Remote(Client),
+    Remote {
+        client: Client,
+        tokens: ServiceAuthInterceptor,
+    },
 }
 
 /// Every agent a client may ask for, and how to reach it.
@@ -114,10 +117,10 @@ impl Backends {
                         streaming_endpoint(endpoint, connect_timeout)
                     })
                     .map_err(|err| format!("GATEWAY_AGENTS: agent `{name}`: {err}"))?;
-                    let client =
-                        AgentBackendClient::with_interceptor(channel, tokens(name).interceptor())
-                            .max_decoding_message_size(settings.max_message_bytes);
-                    Backend::Remote(client)
+                    let tokens = tokens(name).interceptor();
+                    let client = AgentBackendClient::with_interceptor(channel, tokens.clone())
+                        .max_decoding_message_size(settings.max_message_bytes);
+                    Backend::Remote { client, tokens }
                 }
             };
             agents.insert(name.to_owned(), backend);
@@ -165,8 +168,11 @@ impl Backends {
                     _agent: Some(AbortOnDrop(Some(task))),
                 })
             }
-            Backend::Remote(mut client) => {
-                let call = client.run(ReceiverStream::new(inbound));
+            Backend::Remote { mut client, tokens } => {
+                let call = async move {
+                    tokens.first_token().await;
+                    client.run(ReceiverStream::new(inbound)).await
+                };
                 let response = match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(response)) => response,
                     Ok(Err(status)) => return Err(OpenError::Unavailable(describe(&status))),
