@@ -5,18 +5,20 @@
 //! [`crate::live`], which owns the timers: a command is applied without knowing the loop,
 //! and the loop dispatches without knowing each command.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::task::JoinSet;
 
 use crate::{
-    agent::{Caller, RunRequest},
+    agent::{Caller, RunId, RunRequest},
     end::End,
     error::{CloseCode, ErrorReply, Rejection},
     hub::ConnectionHandle,
+    journal::{self, Attach, Follower, RunJournal},
     keepalive::PingBudget,
     protocol::{Outbound, RequestId, ServerMessage},
-    runs::{Finished, RunContext, Runs, UsageToolGate},
+    runs::{RunContext, UsageToolGate},
     session::Session,
     state::Shared,
     usage::Profile,
@@ -29,11 +31,14 @@ pub struct Client {
     handle: Arc<ConnectionHandle>,
     connection_id: Arc<str>,
     session: Session,
-    /// The connection's runs, made with the first one.
-    runs: Option<Runs>,
-    /// What the connection's runs share, made with the first run (most connections never
-    /// run an agent, and an idle connection should stay small).
+    /// The runs this connection started (they belong to the node and outlive it).
+    started: Vec<Arc<RunJournal>>,
+    /// What the runs this connection starts share, made with the first run (most connections
+    /// never run an agent, and an idle connection should stay small).
     context: Option<RunContext>,
+    /// The runs this connection follows, each read by a task of its own.
+    following: HashSet<RunId>,
+    followers: JoinSet<RunId>,
     /// Metered requests so far: the meter's idempotency key.
     seq: u64,
     /// Bad frames in a row (1008 at `GATEWAY_MAX_BAD_FRAMES`).
@@ -57,8 +62,10 @@ impl Client {
             handle,
             connection_id,
             session,
-            runs: None,
+            started: Vec::new(),
             context: None,
+            following: HashSet::new(),
+            followers: JoinSet::new(),
             seq: 0,
             bad_frames: 0,
             violations: 0,
@@ -176,11 +183,12 @@ impl Client {
     }
 
     /// Whether the connection has its maximum of runs in flight.
-    pub fn runs_full(&self) -> bool {
-        self.runs.as_ref().is_some_and(Runs::is_full)
+    pub fn runs_full(&mut self) -> bool {
+        self.started.retain(|journal| !journal.is_ended());
+        self.started.len() >= self.shared.config.max_runs_per_connection.max(1)
     }
 
-    /// Starts a run that passed the meters; its events go to this connection.
+    /// Starts a run that passed the meters; this connection follows it from its first event.
     pub fn start_run(&mut self, request: RunRequest, id: Option<RequestId>) {
         let (shared, session) = (&self.shared, &self.session);
         let context = self.context.get_or_insert_with(|| RunContext {
@@ -196,34 +204,65 @@ impl Client {
                 plan: session.profile.plan.clone(),
                 roles: session.profile.roles.clone(),
             }),
-            handle: Arc::clone(&self.handle),
-            metrics: shared.metrics.clone(),
         });
-        let config = &shared.config;
-        let (max, grace) = (config.max_runs_per_connection, config.agent_cancel_grace);
-        self.runs
-            .get_or_insert_with(|| Runs::new(max, grace + Duration::from_secs(1)))
-            .start(context, request, id);
+        let journal = match shared.runs.start(context.clone(), request) {
+            Ok(journal) => journal,
+            Err(_) => {
+                self.reply(id.as_ref(), &ErrorReply::shutting_down());
+                return;
+            }
+        };
+        self.started.push(Arc::clone(&journal));
+        if let Attach::Follow(follower) = journal.attach(0) {
+            self.follow(follower, id);
+        }
     }
 
-    /// Cancels one of the connection's runs; false when it has no such run.
+    /// Cancels one of the user's runs on this node; false when there is no such run.
     pub fn cancel_run(&mut self, run_id: &str) -> bool {
-        self.runs.as_mut().is_some_and(|runs| runs.cancel(run_id))
-    }
-
-    /// The next run to end (pending forever while the connection has none).
-    pub async fn next_finished(&mut self) -> Finished {
-        match self.runs.as_mut() {
-            Some(runs) => runs.next_finished().await,
-            None => std::future::pending().await,
+        match self.find_run(run_id) {
+            Some(journal) => {
+                journal.stop(journal::StopReason::Cancelled);
+                true
+            }
+            None => false,
         }
     }
 
-    /// Cancels the runs; returns whether a lease is held (to release).
+    /// One of the user's runs on this node.
+    pub fn find_run(&self, run_id: &str) -> Option<Arc<RunJournal>> {
+        let run_id = run_id.parse::<RunId>().ok()?;
+        self.shared.runs.find(run_id, self.identity().user_id)
+    }
+
+    /// Whether this connection already follows `run_id`.
+    pub fn follows(&mut self, run_id: RunId) -> bool {
+        while let Some(done) = self.followers.try_join_next() {
+            if let Ok(run_id) = done {
+                self.following.remove(&run_id);
+            }
+        }
+        self.following.contains(&run_id)
+    }
+
+    /// Sends the run's records after the follower's cursor to this connection, then its live
+    /// ones, until the run ends or the connection does.
+    pub fn follow(&mut self, follower: Follower, id: Option<RequestId>) {
+        let run_id = follower.journal().run_id();
+        self.following.insert(run_id);
+        let handle = Arc::clone(&self.handle);
+        self.followers.spawn(async move {
+            journal::follow(follower, handle, id).await;
+            run_id
+        });
+    }
+
+    /// Stops following runs (they go on without this connection); returns whether a lease is
+    /// held (to release).
     pub async fn stop(&mut self) -> bool {
-        if let Some(runs) = self.runs.as_mut() {
-            runs.stop().await;
-        }
+        self.followers.abort_all();
+        while self.followers.join_next().await.is_some() {}
+        self.following.clear();
         self.session.lease_held
     }
 }

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
-use crate::agent::{AgentRoutes, BackendSettings, RunSettings};
+use crate::{
+    agent::{AgentRoutes, BackendSettings, RunSettings},
+    runs::RetentionSettings,
+};
 use tollgate_shared::{
     client_addr::TrustedProxies,
     config::{SecretString, parse_duration, parse_socket_addr},
@@ -171,6 +174,24 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_AGENT_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub agent_connect_timeout: Duration,
 
+    /// How long a run goes on with nobody following it (its connection gone and no resume)
+    /// before it is stopped.
+    #[arg(long, env = "GATEWAY_DETACHED_RUN_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub detached_run_timeout: Duration,
+
+    /// How long an ended run's events stay available to `resume_run`.
+    #[arg(long, env = "GATEWAY_RUN_HISTORY_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub run_history_ttl: Duration,
+
+    /// The most bytes of events one run keeps for `resume_run`; older events that every
+    /// follower has read are dropped first.
+    #[arg(
+        long,
+        env = "GATEWAY_RUN_HISTORY_MAX_BYTES",
+        default_value_t = 1_048_576
+    )]
+    pub run_history_max_bytes: usize,
+
     /// The largest message an agent backend may send, in bytes.
     #[arg(
         long,
@@ -255,6 +276,15 @@ impl Config {
         }
     }
 
+    /// How long runs and their journals are kept.
+    pub fn retention(&self) -> RetentionSettings {
+        RetentionSettings {
+            detached_timeout: self.detached_run_timeout,
+            history_ttl: self.run_history_ttl,
+            history_max_bytes: self.run_history_max_bytes,
+        }
+    }
+
     /// How agent backends are reached.
     pub fn backend_settings(&self) -> BackendSettings {
         BackendSettings {
@@ -297,6 +327,9 @@ impl Config {
             agent_idle_timeout: Duration::from_secs(60),
             agent_cancel_grace: Duration::from_secs(2),
             agent_connect_timeout: Duration::from_secs(2),
+            detached_run_timeout: Duration::from_secs(600),
+            run_history_ttl: Duration::from_secs(900),
+            run_history_max_bytes: 1_048_576,
             agent_max_message_bytes: 262_144,
             agent_max_messages_per_second: 1000,
             lease_ttl: Duration::from_secs(60),

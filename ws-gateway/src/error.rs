@@ -346,7 +346,15 @@ impl ErrorReply {
     }
 
     pub fn unknown_run() -> Self {
-        Self::fixed(ErrorCode::UnknownRun, "no such run on this connection")
+        Self::fixed(ErrorCode::UnknownRun, "no such run")
+    }
+
+    /// A run refused because this gateway is shutting down.
+    pub fn shutting_down() -> Self {
+        Self::fixed(
+            ErrorCode::DependencyUnavailable,
+            "the gateway is shutting down, try again",
+        )
     }
 
     pub fn bad_run_output() -> Self {

@@ -17,6 +17,7 @@ pub mod end;
 pub mod error;
 pub mod handshake;
 pub mod hub;
+pub mod journal;
 pub mod keepalive;
 pub mod leases;
 pub mod limits;

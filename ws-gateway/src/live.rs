@@ -25,7 +25,6 @@ use crate::{
     hub::ConnectionHandle,
     limits::Lease,
     protocol::{Outbound, ServerMessage},
-    runs::Finished,
     session::Session,
     state::Shared,
 };
@@ -40,7 +39,6 @@ enum Event {
     Ping,
     Renew,
     Renewed(Lease),
-    RunFinished(Finished),
     Shutdown,
 }
 
@@ -111,7 +109,6 @@ impl Live {
                 _ = ping.tick() => Event::Ping,
                 _ = renew.tick(), if renewal.is_none() => Event::Renew,
                 lease = poll(&mut renewal), if renewal.is_some() => Event::Renewed(lease),
-                finished = self.client.next_finished() => Event::RunFinished(finished),
                 () = self.shared.shutdown.wait() => Event::Shutdown,
             };
             match event {
@@ -166,14 +163,12 @@ impl Live {
                         Lease::Unavailable => {}
                     }
                 }
-                Event::RunFinished(Finished::Ended) => {}
-                Event::RunFinished(Finished::Crashed) => return End::Close(CloseCode::Internal),
                 Event::Shutdown => return End::Close(CloseCode::GoingAway),
             }
         }
     }
 
-    /// Cancels the runs; returns whether a lease is held (to release).
+    /// Stops following runs (they go on); returns whether a lease is held (to release).
     pub async fn stop(&mut self) -> bool {
         self.client.stop().await
     }

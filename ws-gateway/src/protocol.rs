@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     agent::{AgentEvent, RunId},
     error::{CloseCode, ErrorReply},
+    journal::Snapshot,
 };
 
 /// Longest accepted client request id.
@@ -73,6 +74,9 @@ pub enum ServerMessage<'a> {
         run_id: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         upgrade_to: Option<&'a str>,
+        /// The record's place in its run (for a run's errors).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     RateLimited {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,21 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
         run_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// Why the gateway stopped the run; absent for `cancel_run`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    /// The answer to `resume_run`. With `recovered: true` the run's records after `after_seq`
+    /// follow; with `false`, `snapshot` says where the run stands and nothing is replayed.
+    RunResumed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        run_id: &'a str,
+        recovered: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<&'a Snapshot>,
     },
 }
 
@@ -109,27 +128,38 @@ impl ServerMessage<'_> {
             message: &reply.message,
             run_id: None,
             upgrade_to: reply.upgrade_to.as_deref(),
+            seq: None,
         }
         .encode()
     }
 }
 
 impl ServerMessage<'_> {
-    /// An `error` reply about run `run_id`.
-    pub fn run_error(id: Option<&RequestId>, run_id: RunId, reply: &ErrorReply) -> Utf8Bytes {
+    /// An `error` reply about run `run_id` (with its `seq` when it is one of the run's records).
+    pub fn run_error(
+        id: Option<&RequestId>,
+        run_id: RunId,
+        reply: &ErrorReply,
+        seq: Option<u64>,
+    ) -> Utf8Bytes {
         ServerMessage::Error {
             id,
             code: reply.code.as_str(),
             message: &reply.message,
             run_id: Some(&run_id.to_string()),
             upgrade_to: reply.upgrade_to.as_deref(),
+            seq,
         }
         .encode()
     }
 }
 
-/// An agent event, with the `id` of the `run_agent` request that started the run.
-pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Bytes {
+/// An agent event, with the `id` of the request the client follows the run by, and its `seq`.
+pub fn encode_agent_event(
+    event: &AgentEvent,
+    id: Option<&RequestId>,
+    seq: Option<u64>,
+) -> Utf8Bytes {
     let mut value = match serde_json::to_value(event) {
         Ok(value) => value,
         Err(err) => {
@@ -142,6 +172,9 @@ pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Byt
     {
         map.insert("id".into(), id);
     }
+    if let (Some(seq), Value::Object(map)) = (seq, &mut value) {
+        map.insert("seq".into(), seq.into());
+    }
     value.to_string().into()
 }
 
@@ -150,9 +183,11 @@ pub fn encode_agent_event(event: &AgentEvent, id: Option<&RequestId>) -> Utf8Byt
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeltaFrame {
     pub run_id: RunId,
-    /// The `id` of the `run_agent` request.
+    /// The `id` of the request the client follows the run by.
     pub id: Option<RequestId>,
     pub text: String,
+    /// The seq of the last delta in the frame.
+    pub seq: u64,
 }
 
 impl DeltaFrame {
@@ -164,12 +199,14 @@ impl DeltaFrame {
             id: Option<&'a RequestId>,
             run_id: RunId,
             text: &'a str,
+            seq: u64,
         }
         let wire = Wire {
             r#type: "agent_delta",
             id: self.id.as_ref(),
             run_id: self.run_id,
             text: &self.text,
+            seq: self.seq,
         };
         match serde_json::to_string(&wire) {
             Ok(text) => text.into(),

@@ -102,6 +102,7 @@ impl SendQueue {
                         && tail.text.len() + delta.text.len() <= MAX_MERGED_DELTA_BYTES =>
                 {
                     tail.text.push_str(&delta.text);
+                    tail.seq = delta.seq;
                     return Ok(());
                 }
                 (_, item) => item,
@@ -156,6 +157,7 @@ mod tests {
             run_id,
             id: None,
             text: text.into(),
+            seq: 0,
         })
     }
 

@@ -250,6 +250,7 @@ impl Application {
             revocations.spawn_bus_listener(&engine, shutdown.clone()),
             shared.delivery.spawn_listener(shutdown.clone()),
             spawn_readiness(&shared, auth_tokens, usage_tokens),
+            shared.runs.spawn_sweeper(shutdown.clone()),
         ];
         tasks.extend(engine.spawn_relay_within(
             &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
@@ -312,6 +313,11 @@ impl Application {
         };
         shutdown.trigger();
         shared.readiness.set_ready(false);
+        // Connections are gone; the runs they left end now, each with its terminal record.
+        shared
+            .runs
+            .stop(shared.config.agent_cancel_grace + Duration::from_secs(1))
+            .await;
         admin_done.cancel();
         if let Some(admin) = admin
             && let Ok(Err(err)) = admin.await
@@ -402,6 +408,14 @@ fn check(config: &Config) -> anyhow::Result<()> {
         (
             (Duration::from_secs(15)..=Duration::from_secs(3600)).contains(&config.lease_ttl),
             "GATEWAY_LEASE_TTL: must be between 15s and 1h",
+        ),
+        (
+            !config.detached_run_timeout.is_zero(),
+            "GATEWAY_DETACHED_RUN_TIMEOUT: must be more than 0",
+        ),
+        (
+            config.run_history_max_bytes >= 1024,
+            "GATEWAY_RUN_HISTORY_MAX_BYTES: must be at least 1024",
         ),
         (
             !config.service_client_secret.expose_secret().is_empty(),

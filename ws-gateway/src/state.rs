@@ -10,7 +10,8 @@ use tollgate_shared::{health::Readiness, jwks::JwksVerifier, shutdown::Shutdown}
 
 use crate::{
     agent::Backends, config::Config, delivery::Delivery, hub::Hub, limits::Limits,
-    metrics::GatewayMetrics, revocations::RevocationList, validation::TokenValidator,
+    metrics::GatewayMetrics, revocations::RevocationList, runs::RunRegistry,
+    validation::TokenValidator,
 };
 
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct Shared {
     pub delivery: Delivery,
     /// Where each agent runs.
     pub backends: Arc<Backends>,
+    /// The runs of this node, detached from their connections.
+    pub runs: Arc<RunRegistry>,
     pub metrics: GatewayMetrics,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
@@ -48,7 +51,9 @@ impl Shared {
         readiness: Readiness,
         shutdown: Shutdown,
     ) -> Self {
+        let runs = RunRegistry::new(config.retention(), metrics.clone());
         Self {
+            runs,
             config,
             validator,
             services,

@@ -54,10 +54,14 @@ type Client = AgentBackendClient<InterceptedService<TracedChannel, ServiceAuthIn
 #[derive(Clone)]
 enum Backend {
     Local(Arc<dyn LocalAgent>),
-    Remote {
-        client: Client,
-        tokens: ServiceAuthInterceptor,
-    },
+    Remote(Box<Remote>),
+}
+
+/// A backend in another process, and the service tokens it is called with.
+#[derive(Clone)]
+struct Remote {
+    client: Client,
+    tokens: ServiceAuthInterceptor,
 }
 
 /// Every agent a client may ask for, and how to reach it.
@@ -120,7 +124,7 @@ impl Backends {
                     let tokens = tokens(name).interceptor();
                     let client = AgentBackendClient::with_interceptor(channel, tokens.clone())
                         .max_decoding_message_size(settings.max_message_bytes);
-                    Backend::Remote { client, tokens }
+                    Backend::Remote(Box::new(Remote { client, tokens }))
                 }
             };
             agents.insert(name.to_owned(), backend);
@@ -168,7 +172,8 @@ impl Backends {
                     _agent: Some(AbortOnDrop(Some(task))),
                 })
             }
-            Backend::Remote { mut client, tokens } => {
+            Backend::Remote(remote) => {
+                let Remote { mut client, tokens } = *remote;
                 let call = async move {
                     tokens.first_token().await;
                     client.run(ReceiverStream::new(inbound)).await

@@ -1,4 +1,5 @@
-//! `cancel_run`: stops one of the connection's runs (the run answers `run_cancelled` itself).
+//! `cancel_run`: stops one of the user's runs on this node, from any of its connections (the
+//! run answers `run_cancelled` itself, to whoever follows it).
 //! Metered as a message, like any request that makes the gateway work.
 
 use serde::Deserialize;

@@ -12,6 +12,7 @@ mod auth;
 mod cancel;
 mod ping;
 mod refresh;
+mod resume;
 mod run;
 
 use std::{fmt, sync::Arc, time::Duration};
@@ -20,7 +21,10 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 
-pub use self::{auth::Auth, cancel::CancelRun, ping::Ping, refresh::RefreshToken, run::RunAgent};
+pub use self::{
+    auth::Auth, cancel::CancelRun, ping::Ping, refresh::RefreshToken, resume::ResumeRun,
+    run::RunAgent,
+};
 use crate::{
     client::Client,
     end::End,
@@ -37,6 +41,7 @@ pub enum Command {
     Ping(Ping),
     RunAgent(RunAgent),
     CancelRun(CancelRun),
+    ResumeRun(ResumeRun),
 }
 
 /// A frame that is not a valid client message; `id` is the request id when one could be read.
@@ -157,6 +162,7 @@ impl Command {
             "ping" => Ping::parse(id.clone(), rest).map(Self::Ping),
             "run_agent" => RunAgent::parse(id.clone(), rest).map(Self::RunAgent),
             "cancel_run" => CancelRun::parse(id.clone(), rest).map(Self::CancelRun),
+            "resume_run" => ResumeRun::parse(id.clone(), rest).map(Self::ResumeRun),
             other => Err(format!("unknown message type `{}`", printable(other))),
         };
         command.map_err(|message| bad(id, message))
@@ -174,6 +180,7 @@ impl Command {
             Self::Ping(ping) => ping.apply(client),
             Self::RunAgent(run) => run.apply(client),
             Self::CancelRun(cancel) => cancel.apply(client),
+            Self::ResumeRun(resume) => resume.apply(client),
         }
     }
 }

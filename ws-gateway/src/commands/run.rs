@@ -78,7 +78,7 @@ impl RunAgent {
 }
 
 /// The request, or the reply that refuses it.
-fn validate(client: &Client, fields: RunFields) -> Result<RunRequest, ErrorReply> {
+fn validate(client: &mut Client, fields: RunFields) -> Result<RunRequest, ErrorReply> {
     if client.runs_full() {
         return Err(ErrorReply::too_many_runs());
     }

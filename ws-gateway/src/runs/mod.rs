@@ -1,0 +1,236 @@
+//! The agent runs of this gateway node, each detached from the connection that started it.
+//!
+//! A run is a task the node owns, not the connection: a client that drops for a moment finds
+//! its run still going and resumes it ([`crate::journal`]). A run ends when its backend ends
+//! it, on `cancel_run` from any connection of its user, when nobody has followed it for
+//! `GATEWAY_DETACHED_RUN_TIMEOUT`, or when the gateway shuts down; each of these writes the
+//! run's one terminal record. An ended run's journal stays for `GATEWAY_RUN_HISTORY_TTL`, for
+//! late resumes (and so its id cannot start a second run). The map's lock is a plain mutex
+//! held for a lookup or an insert, never across an `.await`.
+
+mod gate;
+mod sink;
+
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use futures::FutureExt;
+use tokio::task::JoinHandle;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub use self::gate::UsageToolGate;
+use self::sink::JournalSink;
+use crate::{
+    agent::{self, AgentEvent, Backends, Caller, RunEnd, RunId, RunRequest, RunSettings},
+    journal::{Entry, RunJournal, StopReason},
+    metrics::GatewayMetrics,
+};
+use tollgate_shared::shutdown::Shutdown;
+
+/// How long runs keep their journals, and how long a run may go unfollowed.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionSettings {
+    /// `GATEWAY_DETACHED_RUN_TIMEOUT`.
+    pub detached_timeout: Duration,
+    /// `GATEWAY_RUN_HISTORY_TTL`.
+    pub history_ttl: Duration,
+    /// `GATEWAY_RUN_HISTORY_MAX_BYTES`.
+    pub history_max_bytes: usize,
+}
+
+/// What a run needs from the user who started it.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    pub backends: Arc<Backends>,
+    pub settings: RunSettings,
+    pub gate: Arc<UsageToolGate>,
+    pub caller: Arc<Caller>,
+}
+
+/// A `run_id` already in use on this node (a run's id is single-use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunExists;
+
+#[derive(Debug)]
+pub struct RunRegistry {
+    runs: Mutex<HashMap<RunId, Arc<RunJournal>>>,
+    tasks: TaskTracker,
+    /// Fired when runs that outlived the shutdown's grace are to be dropped.
+    abort: CancellationToken,
+    retention: RetentionSettings,
+    metrics: GatewayMetrics,
+}
+
+impl RunRegistry {
+    pub fn new(retention: RetentionSettings, metrics: GatewayMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            runs: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            abort: CancellationToken::new(),
+            retention,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<RunId, Arc<RunJournal>>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Starts `request` for `context`'s user; its journal is returned so that the caller can
+    /// follow it from the first record.
+    pub fn start(
+        &self,
+        context: RunContext,
+        request: RunRequest,
+    ) -> Result<Arc<RunJournal>, RunExists> {
+        let run_id = request.run_id;
+        let journal = {
+            let mut runs = self.lock();
+            if runs.contains_key(&run_id) || self.tasks.is_closed() {
+                return Err(RunExists);
+            }
+            let journal = Arc::new(RunJournal::new(
+                run_id,
+                context.caller.user_id,
+                self.retention.history_max_bytes,
+                CancellationToken::new(),
+            ));
+            runs.insert(run_id, Arc::clone(&journal));
+            journal
+        };
+        let span = tracing::info_span!("agent.run", %run_id, agent = %request.agent);
+        let task = run(Arc::clone(&journal), context, request, self.metrics.clone());
+        let abort = self.abort.clone();
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = task => {}
+                    () = abort.cancelled() => tracing::warn!("the run did not stop in time; dropped"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(journal)
+    }
+
+    /// `user`'s run `run_id` on this node; another user's run is no run at all.
+    pub fn find(&self, run_id: RunId, user: Uuid) -> Option<Arc<RunJournal>> {
+        self.lock()
+            .get(&run_id)
+            .filter(|journal| journal.owner() == user)
+            .cloned()
+    }
+
+    /// Stops runs nobody follows any more and forgets runs ended long enough ago, once a
+    /// second, until shutdown.
+    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: Shutdown) -> JoinHandle<()> {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let every = Duration::from_secs(1)
+                .min(registry.retention.detached_timeout / 2)
+                .max(Duration::from_millis(10));
+            while shutdown.sleep(every).await {
+                registry.sweep(Instant::now());
+            }
+        })
+    }
+
+    fn sweep(&self, now: Instant) {
+        let RetentionSettings {
+            detached_timeout,
+            history_ttl,
+            ..
+        } = self.retention;
+        let abandoned: Vec<_> = {
+            let mut runs = self.lock();
+            runs.retain(|_, journal| !journal.expired(history_ttl, now));
+            runs.values()
+                .filter(|journal| journal.abandoned_for(detached_timeout, now))
+                .cloned()
+                .collect()
+        };
+        for journal in abandoned {
+            tracing::info!(run_id = %journal.run_id(), "nobody followed the run; stopping it");
+            journal.stop(StopReason::DetachedTimeout);
+        }
+    }
+
+    /// Stops every run and waits up to `grace` for them to write their end; the rest are
+    /// dropped.
+    pub async fn stop(&self, grace: Duration) {
+        self.tasks.close();
+        let journals: Vec<_> = self.lock().values().cloned().collect();
+        for journal in journals {
+            journal.stop(StopReason::Shutdown);
+        }
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.abort.cancel();
+            self.tasks.wait().await;
+        }
+    }
+}
+
+/// One run, from its backend's first message to its journal's terminal record.
+async fn run(
+    journal: Arc<RunJournal>,
+    context: RunContext,
+    request: RunRequest,
+    metrics: GatewayMetrics,
+) {
+    let run_id = request.run_id;
+    let sink = JournalSink::new(Arc::clone(&journal));
+    let cancel = journal.cancel_token();
+    let driven = AssertUnwindSafe(agent::drive(
+        &context.backends,
+        &request,
+        &context.caller,
+        context.gate.as_ref(),
+        &sink,
+        &context.settings,
+        &cancel,
+    ))
+    .catch_unwind()
+    .await;
+    let end = match driven {
+        Ok(end) => end,
+        Err(_) => {
+            tracing::error!("the run's driver panicked");
+            RunEnd::Failed("internal_error".into())
+        }
+    };
+    metrics.run_ended(&request.agent, end.outcome());
+    let last = match end {
+        RunEnd::Completed => None,
+        RunEnd::Failed(reason) => (!journal.is_terminated())
+            .then_some(Entry::Event(AgentEvent::AgentFailed { run_id, reason })),
+        RunEnd::Unavailable => {
+            context.gate.refund_run(run_id).await;
+            Some(Entry::Unavailable)
+        }
+        RunEnd::Cancelled | RunEnd::Disconnected => Some(match journal.stop_reason() {
+            Some(StopReason::Shutdown) => Entry::Event(AgentEvent::AgentFailed {
+                run_id,
+                reason: "gateway_shutdown".into(),
+            }),
+            Some(StopReason::DetachedTimeout) => Entry::Cancelled {
+                reason: Some("detached_timeout"),
+            },
+            Some(StopReason::Cancelled) | None => Entry::Cancelled { reason: None },
+        }),
+    };
+    if let Some(last) = last {
+        journal.append(last).await;
+    }
+    journal.finish();
+}
