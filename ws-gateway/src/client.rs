@@ -218,15 +218,11 @@ impl Client {
         }
     }
 
-    /// Cancels one of the user's runs on this node; false when there is no such run.
+    /// Cancels one of the user's runs on this node; false when there is no such run in
+    /// progress.
     pub fn cancel_run(&mut self, run_id: &str) -> bool {
-        match self.find_run(run_id) {
-            Some(journal) => {
-                journal.stop(journal::StopReason::Cancelled);
-                true
-            }
-            None => false,
-        }
+        self.find_run(run_id)
+            .is_some_and(|journal| journal.stop(journal::StopReason::Cancelled))
     }
 
     /// One of the user's runs on this node.

@@ -75,15 +75,17 @@ fn resume(client: &mut Client, id: Option<RequestId>, run_id: &str, after_seq: u
     };
     // This connection already follows the run: everything after what it was sent is on its
     // way, so a second resume adds nothing (and repeats nothing).
-    if client.follows(run_id) {
-        client.send(resumed(None));
-        return;
-    }
-    match journal.attach(after_seq) {
+    let attach = if client.follows(run_id) {
+        journal.check(after_seq)
+    } else {
+        journal.attach(after_seq)
+    };
+    match attach {
         Attach::Follow(follower) => {
             client.send(resumed(None));
             client.follow(follower, id);
         }
+        Attach::Following => client.send(resumed(None)),
         Attach::Snapshot(snapshot) => client.send(resumed(Some(&snapshot))),
         Attach::Ahead { last_seq } => client.reply(
             id.as_ref(),

@@ -107,6 +107,8 @@ pub enum Attach {
     Snapshot(Snapshot),
     /// The asked `seq` is past the run's last one.
     Ahead { last_seq: u64 },
+    /// The asker follows the run already ([`RunJournal::check`]).
+    Following,
 }
 
 impl RunJournal {
@@ -215,16 +217,27 @@ impl RunJournal {
         })
     }
 
-    /// Stops the run (once; the first reason wins).
-    pub fn stop(&self, reason: StopReason) {
+    /// For a reader that already follows the run: whether `after_seq` is a seq of the run.
+    pub fn check(&self, after_seq: u64) -> Attach {
+        let last_seq = self.lock().last_seq;
+        if after_seq > last_seq {
+            Attach::Ahead { last_seq }
+        } else {
+            Attach::Following
+        }
+    }
+
+    /// Stops the run (the first reason wins); false when it has already ended.
+    pub fn stop(&self, reason: StopReason) -> bool {
         {
             let mut state = self.lock();
-            if state.ended_at.is_some() {
-                return;
+            if state.snapshot.ended {
+                return false;
             }
             state.stop.get_or_insert(reason);
         }
         self.cancel.cancel();
+        true
     }
 
     /// Why the run was stopped, if it was.

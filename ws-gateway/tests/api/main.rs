@@ -19,5 +19,6 @@ mod limits;
 mod nodes;
 mod proxies;
 mod publish;
+mod resume;
 mod runs;
 mod shutdown;

@@ -1,0 +1,446 @@
+//! Runs that outlive their connection: a client that drops mid-run resumes it with the last
+//! `seq` it saw and gets the rest of the run exactly once (no gap, no repeat, one terminal
+//! event), or a snapshot when the run's log no longer holds what it asks for.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tollgate_proto::agent::v1::{
+    AgentMessage, Completed, Delta, GatewayMessage, agent_message::Kind, gateway_message,
+};
+use ws_gateway::{Config, agent::LocalAgent};
+
+use crate::helpers::*;
+
+/// An agent that streams `deltas` numbered fragments, `pause` apart, then completes with
+/// their concatenation; a cancel ends it at once.
+#[derive(Debug)]
+struct Streamer {
+    deltas: usize,
+    size: usize,
+    pause: Duration,
+}
+
+impl Streamer {
+    fn fragment(&self, i: usize) -> String {
+        format!("{i:04}{}|", "x".repeat(self.size.saturating_sub(5)))
+    }
+
+    fn answer(&self) -> String {
+        (0..self.deltas).map(|i| self.fragment(i)).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalAgent for Streamer {
+    async fn run(
+        &self,
+        mut inbound: ReceiverStream<GatewayMessage>,
+        outbound: mpsc::Sender<AgentMessage>,
+    ) {
+        let send = |kind| outbound.send(AgentMessage { kind: Some(kind) });
+        let _start = inbound.next().await;
+        for i in 0..self.deltas {
+            tokio::select! {
+                message = inbound.next() => match message {
+                    Some(GatewayMessage { kind: Some(gateway_message::Kind::Cancel(_)) }) | None => return,
+                    Some(_) => {}
+                },
+                () = tokio::time::sleep(self.pause) => {}
+            }
+            let text = self.fragment(i);
+            if send(Kind::Delta(Delta { text })).await.is_err() {
+                return;
+            }
+        }
+        let output = self.answer();
+        let _ = send(Kind::Completed(Completed { output })).await;
+    }
+}
+
+fn is_terminal(frame: &Value) -> bool {
+    matches!(
+        frame["type"].as_str(),
+        Some("agent_completed" | "agent_failed" | "run_cancelled")
+    ) || (frame["type"] == "error" && frame["code"] == "agent_unavailable")
+}
+
+/// What a client has of one run: the last seq, the streamed text, the terminal events.
+#[derive(Debug, Default)]
+struct Seen {
+    last_seq: u64,
+    text: String,
+    terminals: Vec<Value>,
+    frames: usize,
+}
+
+impl Seen {
+    /// Takes one frame of the run, checking that it follows what came before: a delta frame
+    /// may stand for several deltas merged (its seq is the last of them); any other frame is
+    /// exactly the next record.
+    fn take(&mut self, frame: Value) {
+        let seq = frame["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no seq: {frame}"));
+        if frame["type"] == "agent_delta" {
+            assert!(
+                seq > self.last_seq,
+                "a repeat or a step back: {frame} after {}",
+                self.last_seq
+            );
+            self.text.push_str(frame["text"].as_str().unwrap());
+        } else {
+            assert_eq!(seq, self.last_seq + 1, "a gap or a repeat: {frame}");
+        }
+        if is_terminal(&frame) {
+            self.terminals.push(frame);
+        }
+        self.last_seq = seq;
+        self.frames += 1;
+    }
+
+    /// Reads frames of the run until its terminal event, or until `limit` frames.
+    async fn read(&mut self, client: &mut WsClient, limit: usize) {
+        let mut read = 0;
+        while self.terminals.is_empty() && read < limit {
+            let Received::Json(frame) = client.recv().await else {
+                panic!("the connection ended mid-run after seq {}", self.last_seq);
+            };
+            self.take(frame);
+            read += 1;
+        }
+    }
+}
+
+async fn gateway_with(
+    agent: Streamer,
+    tweak: impl FnOnce(&mut Config),
+) -> (Arc<Services>, Gateway) {
+    let services = Services::spawn(Backend::Embedded).await;
+    let mut config = services.gateway_config();
+    tweak(&mut config);
+    let gateway = Gateway::start_with_agent(config, Arc::new(agent)).await;
+    (services, gateway)
+}
+
+async fn start_run(client: &mut WsClient) -> (String, Value) {
+    client
+        .send_json(json!({"type": "run_agent", "id": "r1", "agent": "demo", "input": "go"}))
+        .await;
+    let started = client.expect("agent_started").await;
+    (started["run_id"].as_str().unwrap().to_owned(), started)
+}
+
+async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Value {
+    client
+        .send_json(
+            json!({"type": "resume_run", "id": "again", "run_id": run_id, "after_seq": after_seq}),
+        )
+        .await;
+    client.expect("run_resumed").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_at_any_event_resumes_the_rest_exactly_once() {
+    let agent = Streamer {
+        deltas: 6,
+        size: 16,
+        pause: Duration::from_millis(40),
+    };
+    let answer = agent.answer();
+    let (services, gateway) = gateway_with(agent, |_| {}).await;
+    let pair = services.register().await;
+    // agent_started, six deltas, agent_completed: drop after each of the first seven.
+    for frames_before_drop in 1..=7 {
+        let (mut first, _) = gateway.connected(&pair.access_token).await;
+        let (run_id, started) = start_run(&mut first).await;
+        let mut seen = Seen::default();
+        seen.take(started);
+        seen.read(&mut first, frames_before_drop - 1).await;
+        drop(first);
+
+        let (mut second, _) = gateway.connected(&pair.access_token).await;
+        let resumed = resume(&mut second, &run_id, seen.last_seq).await;
+        assert_eq!(resumed["recovered"], true, "{resumed}");
+        assert_eq!(
+            (resumed["run_id"].as_str(), resumed["id"].as_str()),
+            (Some(&*run_id), Some("again"))
+        );
+        seen.read(&mut second, usize::MAX).await;
+        assert_eq!(
+            seen.text, answer,
+            "dropped after {frames_before_drop} frames"
+        );
+        assert_eq!(seen.terminals.len(), 1);
+        assert_eq!(seen.terminals[0]["type"], "agent_completed");
+        assert_eq!(
+            seen.terminals[0]["id"], "again",
+            "a resumed run answers the resume"
+        );
+        // Nothing else of the run follows.
+        second.send_json(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(second.expect("pong").await["id"], "p");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_resume_twice_repeats_nothing() {
+    let agent = Streamer {
+        deltas: 5,
+        size: 16,
+        pause: Duration::from_millis(30),
+    };
+    let answer = agent.answer();
+    let (services, gateway) = gateway_with(agent, |_| {}).await;
+    let pair = services.register().await;
+    let (mut first, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, _) = start_run(&mut first).await;
+    drop(first);
+
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    for _ in 0..2 {
+        client
+            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 1}))
+            .await;
+    }
+    let mut seen = Seen {
+        last_seq: 1,
+        ..Seen::default()
+    };
+    let mut resumed = 0;
+    while seen.terminals.is_empty() || resumed < 2 {
+        let Received::Json(frame) = client.recv().await else {
+            panic!("the connection ended")
+        };
+        if frame["type"] == "run_resumed" {
+            assert_eq!(frame["recovered"], true);
+            resumed += 1;
+        } else {
+            seen.take(frame);
+        }
+    }
+    assert_eq!(seen.text, answer);
+    assert_eq!(seen.terminals.len(), 1);
+    client.send_json(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(
+        client.expect("pong").await["id"],
+        "p",
+        "and nothing of the run after its end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_behind_the_kept_history_gets_a_snapshot_and_never_a_part() {
+    let agent = Streamer {
+        deltas: 40,
+        size: 100,
+        pause: Duration::ZERO,
+    };
+    let answer = agent.answer();
+    let (services, gateway) =
+        gateway_with(agent, |config| config.run_history_max_bytes = 1024).await;
+    let pair = services.register().await;
+    let (mut first, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, _) = start_run(&mut first).await;
+    drop(first);
+
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    let ended = eventually(PATIENCE, || async {
+        let (mut probe, _) = gateway.connected(&pair.access_token).await;
+        let resumed = resume(&mut probe, &run_id, 1).await;
+        resumed["snapshot"]["ended"] == true
+    })
+    .await;
+    assert!(ended, "the run never ended");
+    let resumed = resume(&mut client, &run_id, 1).await;
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    let snapshot = &resumed["snapshot"];
+    assert_eq!(snapshot["outcome"], "completed");
+    assert_eq!(snapshot["output"], answer.as_str());
+    assert_eq!(snapshot["last_seq"], 42, "started, 40 deltas, completed");
+    assert_eq!(snapshot["usage"]["tool_calls"], 0);
+    client.send_json(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(
+        client.expect("pong").await["id"],
+        "p",
+        "nothing was replayed"
+    );
+
+    // From the end it asks for nothing missing: recovered, and nothing follows.
+    let resumed = resume(&mut client, &run_id, 42).await;
+    assert_eq!(resumed["recovered"], true);
+    client.send_json(json!({"type": "ping", "id": "p2"})).await;
+    assert_eq!(client.expect("pong").await["id"], "p2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_of_runs_that_are_not_the_user_s_or_of_bad_seqs_are_refused() {
+    let agent = Streamer {
+        deltas: 3,
+        size: 16,
+        pause: Duration::from_millis(10),
+    };
+    let (services, gateway) = gateway_with(agent, |_| {}).await;
+    let (owner, stranger) = (services.register().await, services.register().await);
+    let (mut client, _) = gateway.connected(&owner.access_token).await;
+    let (run_id, _) = start_run(&mut client).await;
+
+    let (mut other, _) = gateway.connected(&stranger.access_token).await;
+    let never = uuid::Uuid::new_v4().to_string();
+    for (run, after_seq) in [
+        (json!(run_id), json!(0)),
+        (json!(never), json!(0)),
+        (json!("nope"), json!(0)),
+    ] {
+        other
+            .send_json(
+                json!({"type": "resume_run", "id": "x", "run_id": run, "after_seq": after_seq}),
+            )
+            .await;
+        let refused = other.expect("error").await;
+        assert_eq!(
+            (refused["code"].as_str(), refused["id"].as_str()),
+            (Some("unknown_run"), Some("x"))
+        );
+    }
+    other
+        .send_json(json!({"type": "cancel_run", "id": "c", "run_id": run_id}))
+        .await;
+    assert_eq!(
+        other.expect("error").await["code"],
+        "unknown_run",
+        "nor can it be cancelled"
+    );
+
+    // A well-formed resume (far ahead of the run) between the malformed ones: three bad frames
+    // in a row would close the connection.
+    let ahead = json!(1_000_000);
+    for after_seq in [
+        json!(-1),
+        ahead.clone(),
+        json!("3"),
+        ahead.clone(),
+        json!(1.5),
+        ahead,
+        json!(null),
+    ] {
+        client
+            .send_json(
+                json!({"type": "resume_run", "id": "s", "run_id": run_id, "after_seq": after_seq}),
+            )
+            .await;
+        let refused = loop {
+            let Received::Json(frame) = client.recv().await else {
+                panic!("closed")
+            };
+            if frame["type"] == "error" {
+                break frame;
+            }
+        };
+        assert_eq!(
+            refused["code"], "bad_request",
+            "after_seq {after_seq}: {refused}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_nobody_follows_is_stopped_after_the_detached_timeout() {
+    let agent = Streamer {
+        deltas: 1000,
+        size: 16,
+        pause: Duration::from_millis(50),
+    };
+    let (services, gateway) = gateway_with(agent, |config| {
+        config.detached_run_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let pair = services.register().await;
+    let (mut first, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, _) = start_run(&mut first).await;
+    drop(first);
+
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(resume(&mut client, &run_id, 1).await["recovered"], true);
+    let mut seen = Seen {
+        last_seq: 1,
+        ..Seen::default()
+    };
+    seen.read(&mut client, usize::MAX).await;
+    let end = &seen.terminals[0];
+    assert_eq!(
+        (end["type"].as_str(), end["reason"].as_str()),
+        (Some("run_cancelled"), Some("detached_timeout"))
+    );
+    assert!(
+        seen.text.len() < 1000 * 16,
+        "the run did not go on to its end"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_connection_of_the_user_cancels_the_run_and_the_follower_hears_it() {
+    let agent = Streamer {
+        deltas: 1000,
+        size: 16,
+        pause: Duration::from_millis(20),
+    };
+    let (services, gateway) = gateway_with(agent, |_| {}).await;
+    let pair = services.register().await;
+    let (mut follower, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, started) = start_run(&mut follower).await;
+    let (mut remote, _) = gateway.connected(&pair.access_token).await;
+    remote
+        .send_json(json!({"type": "cancel_run", "id": "c", "run_id": run_id}))
+        .await;
+
+    let mut seen = Seen::default();
+    seen.take(started);
+    seen.read(&mut follower, usize::MAX).await;
+    let end = &seen.terminals[0];
+    assert_eq!(end["type"], "run_cancelled");
+    assert!(
+        end.get("reason").is_none(),
+        "a user's cancel carries no reason: {end}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_run_is_forgotten_after_the_history_ttl() {
+    let agent = Streamer {
+        deltas: 2,
+        size: 16,
+        pause: Duration::ZERO,
+    };
+    let (services, gateway) = gateway_with(agent, |config| {
+        config.run_history_ttl = Duration::from_millis(200);
+        config.detached_run_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let pair = services.register().await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, started) = start_run(&mut client).await;
+    let mut seen = Seen::default();
+    seen.take(started);
+    seen.read(&mut client, usize::MAX).await;
+    assert_eq!(
+        resume(&mut client, &run_id, 0).await["recovered"],
+        true,
+        "kept for now"
+    );
+    let forgotten = eventually(PATIENCE, || async {
+        let (mut probe, _) = gateway.connected(&pair.access_token).await;
+        probe
+            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 0}))
+            .await;
+        let Received::Json(answer) = probe.recv().await else {
+            return false;
+        };
+        answer["type"] == "error" && answer["code"] == "unknown_run"
+    })
+    .await;
+    assert!(forgotten, "the run's history outlived its TTL");
+}
