@@ -6,6 +6,12 @@
 //! subscribers directly, so a replica always sees its own revocations at once. The subscriber
 //! task reconnects on its own when Redis returns.
 //!
+//! Redis is one node, or a Redis Cluster (`redis+cluster://…`, `engine_redis.rs`). Every key
+//! and channel that a script, transaction or subscription batch touches together carries one
+//! hash tag, so the cluster keeps them on one shard. Broadcasts (`publish`) use classic
+//! `PUBLISH`, which a cluster forwards to every node; per-user traffic uses `publish_to` and
+//! dynamic, interest-based subscriptions (`engine_interest.rs`), sharded on a cluster.
+//!
 //! Whatever arrives from Redis is untrusted input: the relay (`engine_relay.rs`) drops and
 //! counts messages over a size limit before any subscriber sees them.
 
@@ -20,14 +26,31 @@ use crate::{events, shutdown::Shutdown};
 use deadpool_redis::{Pool, Runtime};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use tokio::{sync::broadcast, time::Instant};
 use uuid::Uuid;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
+#[path = "engine_interest.rs"]
+mod interest;
+#[path = "engine_redis.rs"]
+mod redis_conn;
 #[path = "engine_relay.rs"]
 mod relay;
+#[path = "engine_topology.rs"]
+mod topology;
+pub use interest::{Interest, InterestError, InterestStatus, MAX_CHANNEL_BYTES};
+pub use redis_conn::{RedisConnection, SLOTS, cluster_seeds, slot, slot_groups};
 pub use relay::{MAX_RELAYED_BYTES, RelayLimit};
+
+/// A deployment prefix with a brace would become the cluster hash tag of every key, putting
+/// them all on one shard (or none where the tag is left open), so it is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("must not contain '{{' or '}}': keys carry their own cluster hash tags")]
+struct PrefixError;
 
 /// A message on one of the bus channels (channel names without the deployment prefix).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,42 +88,43 @@ struct Inner {
     bus: broadcast::Sender<BusMessage>,
 }
 
-struct Redis {
-    pool: Pool,
-    /// One multiplexed, self-reconnecting connection for hot paths: concurrent commands share
-    /// its socket and are written together, where a pooled connection costs a round trip and
-    /// a system call per command.
-    multiplexed: ConnectionManager,
-    client: redis::Client,
+/// Where the engine's Redis lives: one node, or a Redis Cluster (`redis+cluster://…`).
+enum Redis {
+    Single {
+        pool: Pool,
+        /// One multiplexed, self-reconnecting connection for hot paths: concurrent commands
+        /// share its socket and are written together, where a pooled connection costs a round
+        /// trip and a system call per command.
+        multiplexed: ConnectionManager,
+        client: redis::Client,
+    },
+    Cluster {
+        /// Routes every command to its slot's owner, pipelining per node, and follows the
+        /// cluster when slots move.
+        conn: ClusterConnection,
+        /// The nodes the URL names, for the broadcast relay and the dynamic subscriptions'
+        /// credentials and TLS settings.
+        seeds: Vec<redis::ConnectionInfo>,
+    },
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
+        match self {
+            Self::Single { pool, .. } => f
+                .debug_struct("Single")
+                .field("pool", pool)
+                .finish_non_exhaustive(),
+            Self::Cluster { seeds, .. } => f
+                .debug_struct("Cluster")
+                .field("seeds", &seeds.len())
+                .finish_non_exhaustive(),
+        }
     }
 }
 
-impl Engine {
-    /// The in-process engine.
-    pub fn local() -> Self {
-        Self::with_redis(None, "tollgate")
-    }
-
-    /// The engine a service's configuration asks for: Redis when `url` is set (failing with one
-    /// line naming `REDIS_URL`), the in-process engine otherwise.
-    pub async fn from_url(url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
-        match url {
-            Some(url) => Self::redis(url, prefix)
-                .await
-                .map_err(|err| anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}")),
-            None => Ok(Self::local()),
-        }
-    }
-
-    /// A Redis-backed engine; fails fast if Redis does not answer.
-    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+impl Redis {
+    async fn single(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let mut config = deadpool_redis::Config::from_url(url);
         config.pool = Some(deadpool_redis::PoolConfig {
@@ -114,7 +138,7 @@ impl Engine {
         });
         let pool = config.create_pool(Some(Runtime::Tokio1))?;
         let mut conn = pool.get().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         let multiplexed = ConnectionManager::new_with_config(
             client.clone(),
             ConnectionManagerConfig::new()
@@ -124,14 +148,114 @@ impl Engine {
                 .set_max_delay(1_000),
         )
         .await?;
-        Ok(Self::with_redis(
-            Some(Redis {
-                pool,
-                multiplexed,
-                client,
+        Ok(Self::Single {
+            pool,
+            multiplexed,
+            client,
+        })
+    }
+
+    /// Connects to the cluster through its seeds and checks that it runs Redis 7 or later,
+    /// which sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`) needs.
+    async fn cluster(seeds: Vec<redis::ConnectionInfo>) -> anyhow::Result<Self> {
+        let client = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(redis_conn::CONNECT_TIMEOUT)
+            .response_timeout(REDIS_TIMEOUT)
+            .retries(3)
+            .max_retry_wait(200)
+            .build()?;
+        let mut conn = tokio::time::timeout(
+            redis_conn::CONNECT_TIMEOUT * 2,
+            client.get_async_connection(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the cluster did not answer in time"))??;
+        let info = conn
+            .route_command(
+                redis::cmd("INFO").arg("server"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let info: String = redis::from_owned_redis_value(info)?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("unknown");
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            anyhow::bail!(
+                "a Redis Cluster needs Redis 7 or later for sharded pub/sub, found {version}"
+            );
+        }
+        Ok(Self::Cluster { conn, seeds })
+    }
+
+    /// A connection for one short operation.
+    async fn connection(&self) -> anyhow::Result<RedisConnection> {
+        Ok(match self {
+            Self::Single { pool, .. } => RedisConnection::Pooled(pool.get().await?),
+            Self::Cluster { conn, .. } => RedisConnection::Cluster(conn.clone()),
+        })
+    }
+
+    /// The shared multiplexed connection.
+    fn shared(&self) -> RedisConnection {
+        match self {
+            Self::Single { multiplexed, .. } => RedisConnection::Single(multiplexed.clone()),
+            Self::Cluster { conn, .. } => RedisConnection::Cluster(conn.clone()),
+        }
+    }
+
+    /// A client for classic (broadcast) pub/sub: the node itself, or on a cluster one of the
+    /// seeds, a different one each `attempt`, since a cluster forwards every `PUBLISH` to all
+    /// of its nodes.
+    fn broadcast_client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
+        match self {
+            Self::Single { client, .. } => Ok(client.clone()),
+            Self::Cluster { seeds, .. } => {
+                redis::Client::open(seeds[attempt % seeds.len()].clone())
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// The in-process engine.
+    pub fn local() -> Self {
+        Self::with_redis(None, "tollgate")
+    }
+
+    /// The engine a service's configuration asks for: Redis when `url` is set (failing with one
+    /// line naming `REDIS_URL`), the in-process engine otherwise. `redis+cluster://h:p,h:p,…`
+    /// selects a Redis Cluster.
+    pub async fn from_url(url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+        match url {
+            Some(url) => Self::redis(url, prefix).await.map_err(|err| {
+                if err.is::<PrefixError>() {
+                    anyhow::anyhow!("REDIS_PREFIX: {err}")
+                } else {
+                    anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}")
+                }
             }),
-            prefix,
-        ))
+            None => Ok(Self::local()),
+        }
+    }
+
+    /// A Redis-backed engine, on one node or (`redis+cluster://…`) a cluster; fails fast if
+    /// Redis does not answer.
+    pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        if prefix.contains(['{', '}']) {
+            return Err(PrefixError.into());
+        }
+        let redis = match redis_conn::cluster_seeds(url) {
+            Some(seeds) => Redis::cluster(seeds?).await?,
+            None => Redis::single(url).await?,
+        };
+        Ok(Self::with_redis(Some(redis), prefix))
     }
 
     fn with_redis(redis: Option<Redis>, prefix: &str) -> Self {
@@ -151,19 +275,26 @@ impl Engine {
         self.inner.redis.is_some()
     }
 
-    /// The Redis pool, for callers with atomic operations of their own (Lua scripts).
-    pub fn redis_pool(&self) -> Option<&Pool> {
-        self.inner.redis.as_ref().map(|redis| &redis.pool)
+    /// Whether the engine stands on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.redis, Some(Redis::Cluster { .. }))
     }
 
-    /// The shared multiplexed Redis connection (cheap to clone), for hot paths where many
-    /// concurrent callers each send one command: they are pipelined on one socket. It
-    /// reconnects by itself after a failure.
-    pub fn redis_multiplexed(&self) -> Option<ConnectionManager> {
-        self.inner
-            .redis
-            .as_ref()
-            .map(|redis| redis.multiplexed.clone())
+    /// The single node's Redis pool, for callers with atomic operations of their own (Lua
+    /// scripts); `None` without Redis and on a cluster (use [`Engine::redis_multiplexed`]).
+    pub fn redis_pool(&self) -> Option<&Pool> {
+        match &self.inner.redis {
+            Some(Redis::Single { pool, .. }) => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// The shared multiplexed Redis connection (cheap to [`RedisConnection::try_clone`]), for
+    /// hot paths where many concurrent callers each send one command: they are pipelined on
+    /// one socket per node. It reconnects by itself after a failure. On a cluster, each
+    /// command, script or pipeline must keep its keys in one slot (see [`slot_groups`]).
+    pub fn redis_multiplexed(&self) -> Option<RedisConnection> {
+        self.inner.redis.as_ref().map(Redis::shared)
     }
 
     /// `key` under this deployment's prefix.
@@ -177,7 +308,7 @@ impl Engine {
             let full = self.key(key);
             let window_ms = window.as_millis() as u64;
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let (value, ttl): (u64, i64) = redis::pipe()
                     .atomic()
                     .incr(&full, 1u64)
@@ -188,7 +319,7 @@ impl Engine {
                     .ignore()
                     .cmd("PTTL")
                     .arg(&full)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 anyhow::Ok(Count {
                     value,
@@ -212,12 +343,12 @@ impl Engine {
         if let Some(redis) = &self.inner.redis {
             let full = self.key(key);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let (value, ttl): (Option<u64>, i64) = redis::pipe()
                     .get(&full)
                     .cmd("PTTL")
                     .arg(&full)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 anyhow::Ok(Count {
                     value: value.unwrap_or(0),
@@ -238,7 +369,7 @@ impl Engine {
         if let Some(redis) = &self.inner.redis {
             let full = self.key(key);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let _: () = conn.del(&full).await?;
                 anyhow::Ok(())
             })
@@ -275,8 +406,26 @@ impl Engine {
     }
 
     /// Delivers `payload` on `channel` to this process's subscribers and, with Redis, to every
-    /// other process's.
+    /// other process's relay: a broadcast (`PUBLISH`), which a cluster forwards to all of its
+    /// nodes. For revocations and key changes that every process must hear.
     pub async fn publish(&self, channel: &str, payload: String) {
+        self.publish_with("PUBLISH", channel, payload).await;
+    }
+
+    /// Delivers `payload` on `channel` to this process's subscribers and, with Redis, to the
+    /// processes that asked for `channel` through an [`Interest`]: `SPUBLISH` on a cluster, to
+    /// the one shard that owns the channel's slot, `PUBLISH` on a single node. Put a hash tag
+    /// in `channel` (`user:{id}`) to keep it on the shard of the keys it belongs with.
+    pub async fn publish_to(&self, channel: &str, payload: String) {
+        let command = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.publish_with(command, channel, payload).await;
+    }
+
+    async fn publish_with(&self, command: &str, channel: &str, payload: String) {
         let _ = self.inner.bus.send(BusMessage {
             channel: channel.to_owned(),
             payload: payload.clone(),
@@ -285,8 +434,12 @@ impl Engine {
             let envelope = events::seal(&self.inner.node, &payload);
             let full = self.key(channel);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
-                let _: i64 = conn.publish(&full, envelope).await?;
+                let mut conn = redis.connection().await?;
+                let _: i64 = redis::cmd(command)
+                    .arg(&full)
+                    .arg(envelope)
+                    .query_async(&mut conn)
+                    .await?;
                 anyhow::Ok(())
             })
             .await;
@@ -331,6 +484,10 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "engine_redis_tests.rs"]
+mod redis_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,204 @@
+//! A real Redis Cluster for tests: three masters, each a `redis-server` process on a free
+//! loopback port, in a temp dir of its own, with nothing saved to disk but the cluster's own
+//! configuration (so a restarted node rejoins with its slots). The processes are killed when
+//! the [`RedisCluster`] is dropped.
+//!
+//! The cluster is formed from the client side (`CLUSTER ADDSLOTSRANGE`, `CLUSTER MEET`), so
+//! nothing but `redis-server` is needed. A missing `redis-server` fails the test loudly: the
+//! cluster suite never skips.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::engine::SLOTS;
+use crate::testing::eventually;
+
+const MASTERS: usize = 3;
+
+/// A running three-master cluster on loopback ports.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    processes: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three masters, splits the slots evenly between them, joins them and waits until
+    /// every node reports `cluster_state:ok`.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir for the cluster");
+        let ports = free_ports(MASTERS);
+        let processes = ports
+            .iter()
+            .map(|&port| Some(spawn_node(dir.path(), port)))
+            .collect();
+        let cluster = Self {
+            ports,
+            processes,
+            dir,
+        };
+        for &port in &cluster.ports {
+            cluster.wait_for_node(port).await;
+        }
+        let per_node = SLOTS / MASTERS as u16;
+        for (index, &port) in cluster.ports.iter().enumerate() {
+            let first = per_node * index as u16;
+            let last = if index == MASTERS - 1 {
+                SLOTS - 1
+            } else {
+                first + per_node - 1
+            };
+            let mut conn = node(port).await;
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query_async(&mut conn)
+                .await
+                .expect("CLUSTER ADDSLOTSRANGE");
+        }
+        let mut first = node(cluster.ports[0]).await;
+        for &port in &cluster.ports[1..] {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(port)
+                .query_async(&mut first)
+                .await
+                .expect("CLUSTER MEET");
+        }
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// `redis+cluster://` with every node, for `REDIS_URL`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The nodes' ports, in the order of their slot ranges (the first owns slot 0).
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// Kills node `index` (as a crash would: no chance to say goodbye).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.processes[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `index` again on its port; it rejoins with its slots (kept in its cluster
+    /// config file) and the cluster is ok again.
+    pub async fn restart(&mut self, index: usize) {
+        self.kill(index);
+        let port = self.ports[index];
+        self.processes[index] = Some(spawn_node(self.dir.path(), port));
+        self.wait_for_node(port).await;
+        self.wait_until_ok().await;
+    }
+
+    async fn wait_for_node(&self, port: u16) {
+        let up = eventually(Duration::from_secs(10), || async move {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                return false;
+            };
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => redis::cmd("PING").exec_async(&mut conn).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(up, "redis-server on port {port} did not start");
+    }
+
+    async fn wait_until_ok(&self) {
+        let ports = self.ports.clone();
+        let ok = eventually(Duration::from_secs(20), || {
+            let ports = ports.clone();
+            async move {
+                for port in ports {
+                    let mut conn = node(port).await;
+                    let info: String = match redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                    {
+                        Ok(info) => info,
+                        Err(_) => return false,
+                    };
+                    let nodes_known = info.contains(&format!("cluster_known_nodes:{MASTERS}"));
+                    if !info.contains("cluster_state:ok") || !nodes_known {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        assert!(ok, "the Redis Cluster did not reach cluster_state:ok");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for index in 0..self.processes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("a node URL")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|err| panic!("cluster node on port {port}: {err}"))
+}
+
+fn spawn_node(dir: &Path, port: u16) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).expect("a node dir");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+        .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&node_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("the cluster tests need redis-server 7 or later on the PATH: {err}")
+        })
+}
+
+/// `count` loopback ports that are free, each with its cluster bus port (+10000) free too.
+fn free_ports(count: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(count);
+    let mut held = Vec::new();
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let Some(bus) = port.checked_add(10_000) else {
+            continue;
+        };
+        if let Ok(bus_listener) = TcpListener::bind(("127.0.0.1", bus)) {
+            ports.push(port);
+            held.push((listener, bus_listener));
+        }
+    }
+    ports
+}
