@@ -13,8 +13,11 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use deadpool_redis::{Pool, Runtime};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
 };
@@ -102,6 +105,141 @@ impl ConnectionLike for RedisConnection {
             Self::Single(conn) => conn.get_db(),
             Self::Pooled(conn) => conn.get_db(),
             Self::Cluster(_) => 0,
+        }
+    }
+}
+
+/// Where the engine's Redis lives: one node, or a Redis Cluster (`redis+cluster://…`).
+pub(super) enum Redis {
+    Single {
+        pool: Pool,
+        /// One multiplexed, self-reconnecting connection for hot paths: concurrent commands
+        /// share its socket and are written together, where a pooled connection costs a round
+        /// trip and a system call per command.
+        multiplexed: ConnectionManager,
+        client: redis::Client,
+    },
+    Cluster {
+        /// Routes every command to its slot's owner, pipelining per node, and follows the
+        /// cluster when slots move.
+        conn: ClusterConnection,
+        /// The nodes the URL names, for the broadcast relay and the dynamic subscriptions'
+        /// credentials and TLS settings.
+        seeds: Vec<redis::ConnectionInfo>,
+    },
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single { pool, .. } => f
+                .debug_struct("Single")
+                .field("pool", pool)
+                .finish_non_exhaustive(),
+            Self::Cluster { seeds, .. } => f
+                .debug_struct("Cluster")
+                .field("seeds", &seeds.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Redis {
+    pub(super) async fn single(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 32,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(timeout),
+                create: Some(Duration::from_secs(2)),
+                recycle: Some(timeout),
+            },
+            ..Default::default()
+        });
+        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        let mut conn = pool.get().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let multiplexed = ConnectionManager::new_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(timeout)
+                .set_number_of_retries(1)
+                .set_max_delay(1_000),
+        )
+        .await?;
+        Ok(Self::Single {
+            pool,
+            multiplexed,
+            client,
+        })
+    }
+
+    /// Connects to the cluster through its seeds and checks that it runs Redis 7 or later,
+    /// which sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`) needs.
+    pub(super) async fn cluster(
+        seeds: Vec<redis::ConnectionInfo>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(timeout)
+            .retries(3)
+            .max_retry_wait(200)
+            .build()?;
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster did not answer in time"))??;
+        let info = conn
+            .route_command(
+                redis::cmd("INFO").arg("server"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let info: String = redis::from_owned_redis_value(info)?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("unknown");
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            anyhow::bail!(
+                "a Redis Cluster needs Redis 7 or later for sharded pub/sub, found {version}"
+            );
+        }
+        Ok(Self::Cluster { conn, seeds })
+    }
+
+    /// A connection for one short operation.
+    pub(super) async fn connection(&self) -> anyhow::Result<RedisConnection> {
+        Ok(match self {
+            Self::Single { pool, .. } => RedisConnection::Pooled(pool.get().await?),
+            Self::Cluster { conn, .. } => RedisConnection::Cluster(conn.clone()),
+        })
+    }
+
+    /// The shared multiplexed connection.
+    pub(super) fn shared(&self) -> RedisConnection {
+        match self {
+            Self::Single { multiplexed, .. } => RedisConnection::Single(multiplexed.clone()),
+            Self::Cluster { conn, .. } => RedisConnection::Cluster(conn.clone()),
+        }
+    }
+
+    /// A client for classic (broadcast) pub/sub: the node itself, or on a cluster one of the
+    /// seeds, a different one each `attempt`, since a cluster forwards every `PUBLISH` to all
+    /// of its nodes.
+    pub(super) fn broadcast_client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
+        match self {
+            Self::Single { client, .. } => Ok(client.clone()),
+            Self::Cluster { seeds, .. } => {
+                redis::Client::open(seeds[attempt % seeds.len()].clone())
+            }
         }
     }
 }
