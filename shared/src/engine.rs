@@ -39,7 +39,7 @@ mod relay;
 #[path = "engine_subscriber.rs"]
 mod subscriber;
 #[path = "engine_topology.rs"]
-mod topology;
+pub(crate) mod topology;
 pub use interest::{Interest, InterestError, InterestStatus, MAX_CHANNEL_BYTES};
 use redis_conn::Redis;
 pub use redis_conn::{RedisConnection, SLOTS, cluster_seeds, slot, slot_groups};

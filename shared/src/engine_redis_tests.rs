@@ -235,6 +235,42 @@ async fn cluster_subscriptions_come_back_after_a_shard_restarts() {
     task.unwrap().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_subscriptions_follow_a_slot_to_its_new_master() {
+    let cluster = RedisCluster::start().await;
+    let (publisher, subscriber) = pair(&cluster.url()).await;
+    let shutdown = Shutdown::new();
+    let (interest, task) = subscriber.interest(RelayLimit::default(), shutdown.clone());
+    let mut bus = subscriber.subscribe();
+    let channel = &channels_on_every_shard(1)[0][0];
+    interest.subscribe(channel).await.unwrap();
+    assert_eq!(interest.status().await.unwrap().subscribed, 1);
+    let slot = slot(channel.as_bytes());
+    assert_eq!(cluster.owner_index(slot).await, 0);
+
+    cluster.move_slot(slot, 2).await;
+    let delivered = publish_until_heard(&mut bus, Duration::from_secs(20), "moved", || {
+        publisher.publish_to(channel, "moved".into())
+    })
+    .await;
+    assert!(
+        delivered,
+        "the subscription followed its slot to the new master"
+    );
+    assert_eq!(interest.status().await.unwrap().subscribed, 1);
+    shutdown.trigger();
+    task.unwrap().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_redis_an_interest_checks_names_and_needs_no_task() {
+    let (interest, task) = Engine::local().interest(RelayLimit::default(), Shutdown::new());
+    assert!(task.is_none());
+    assert_eq!(interest.subscribe("user:{1}").await, Ok(()));
+    assert_eq!(interest.subscribe("").await, Err(InterestError::BadChannel));
+    assert_eq!(interest.status().await, Ok(InterestStatus::default()));
+}
+
 #[tokio::test]
 async fn a_bad_prefix_or_cluster_url_is_refused_before_connecting() {
     let err = Engine::from_url(Some(&redis_url()), "bad{prefix}")

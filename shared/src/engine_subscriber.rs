@@ -406,15 +406,20 @@ impl Subscriber {
 
     /// The periodic check: every connection still answers, and the slot map is unchanged.
     async fn check(&mut self) {
-        let mut lost = Vec::new();
-        for (addr, node) in &mut self.nodes {
-            let ping = redis::cmd("PING");
-            let answered =
-                tokio::time::timeout(COMMAND_TIMEOUT, ping.exec_async(&mut node.conn)).await;
-            if !node.alive.load(Ordering::Acquire) || !matches!(answered, Ok(Ok(()))) {
-                lost.push(addr.clone());
+        let pings = self.nodes.iter().map(|(addr, node)| {
+            let (mut conn, alive) = (node.conn.clone(), node.alive.clone());
+            async move {
+                let ping = redis::cmd("PING");
+                let answered = tokio::time::timeout(COMMAND_TIMEOUT, ping.exec_async(&mut conn));
+                let answered = matches!(answered.await, Ok(Ok(())));
+                (!answered || !alive.load(Ordering::Acquire)).then(|| addr.clone())
             }
-        }
+        });
+        let lost: Vec<NodeAddr> = futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         for addr in lost {
             tracing::warn!(node = %addr, "a redis subscription connection stopped answering");
             self.nodes.remove(&addr);

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::engine::SLOTS;
+use crate::engine::{SLOTS, topology::SlotMap};
 use crate::testing::eventually;
 
 const MASTERS: usize = 3;
@@ -109,6 +109,63 @@ impl RedisCluster {
         self.wait_until_ok().await;
     }
 
+    /// Hands the (keyless) `slot` from its owner to node `to`, the way a resharding does:
+    /// `IMPORTING` on the target, `MIGRATING` on the source, then `NODE` everywhere, and waits
+    /// until every node says `to` owns it.
+    pub async fn move_slot(&self, slot: u16, to: usize) {
+        let mut ids = Vec::new();
+        for &port in &self.ports {
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut node(port).await)
+                .await
+                .expect("CLUSTER MYID");
+            ids.push(id);
+        }
+        let from = self.owner_index(slot).await;
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let set = async |index: usize, state: &str, id: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id)
+                .query_async(&mut node(self.ports[index]).await)
+                .await
+                .unwrap_or_else(|err| panic!("CLUSTER SETSLOT {slot} {state}: {err}"));
+        };
+        set(to, "IMPORTING", &ids[from]).await;
+        set(from, "MIGRATING", &ids[to]).await;
+        set(to, "NODE", &ids[to]).await;
+        set(from, "NODE", &ids[to]).await;
+        for index in (0..self.ports.len()).filter(|&index| index != from && index != to) {
+            set(index, "NODE", &ids[to]).await;
+        }
+        let target = self.ports[to];
+        let moved = eventually(Duration::from_secs(20), || async move {
+            for &port in &self.ports {
+                if slot_owner(port, slot).await != Some(target) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(
+            moved,
+            "the cluster never agreed that node {to} owns slot {slot}"
+        );
+    }
+
+    /// The index of the node that owns `slot`, as the first node sees it.
+    pub async fn owner_index(&self, slot: u16) -> usize {
+        let owner = slot_owner(self.ports[0], slot).await;
+        self.ports
+            .iter()
+            .position(|&port| Some(port) == owner)
+            .unwrap_or_else(|| panic!("no node owns slot {slot}"))
+    }
+
     async fn wait_for_node(&self, port: u16) {
         let up = eventually(Duration::from_secs(10), || async move {
             let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
@@ -165,6 +222,17 @@ async fn node(port: u16) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|err| panic!("cluster node on port {port}: {err}"))
+}
+
+/// The port of the master that owns `slot`, as the node on `port` sees it.
+async fn slot_owner(port: u16, slot: u16) -> Option<u16> {
+    let reply = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node(port).await)
+        .await
+        .ok()?;
+    let map = SlotMap::parse(reply).ok()?;
+    map.owner(slot).map(|owner| owner.port)
 }
 
 fn spawn_node(dir: &Path, port: u16) -> Child {

@@ -41,4 +41,15 @@ async fn rate_limits_hold_on_a_redis_cluster() {
         allowed, 30,
         "the free plan's 30 messages a minute, counted on the cluster"
     );
+
+    // The bucket lives on the cluster, under the user's hash tag.
+    let engine = Engine::redis(&redis.url(), &cluster.prefix).await.unwrap();
+    let mut conn = engine.redis_multiplexed().unwrap();
+    let bucket = engine.key(&format!("usage:gcra:{{{}}}:messages", user.user_id));
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&bucket)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists, "{bucket} is on the cluster");
 }
