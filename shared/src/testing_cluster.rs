@@ -31,20 +31,7 @@ impl RedisCluster {
     /// Starts three masters, splits the slots evenly between them, joins them and waits until
     /// every node reports `cluster_state:ok`.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir for the cluster");
-        let ports = free_ports(MASTERS);
-        let processes = ports
-            .iter()
-            .map(|&port| Some(spawn_node(dir.path(), port)))
-            .collect();
-        let cluster = Self {
-            ports,
-            processes,
-            dir,
-        };
-        for &port in &cluster.ports {
-            cluster.wait_for_node(port).await;
-        }
+        let cluster = Self::spawn_nodes().await;
         let per_node = SLOTS / MASTERS as u16;
         for (index, &port) in cluster.ports.iter().enumerate() {
             let first = per_node * index as u16;
@@ -76,6 +63,33 @@ impl RedisCluster {
         cluster
     }
 
+    /// Three cluster-enabled nodes that answer, on free ports. A port can be taken by another
+    /// test between choosing it and the server binding it; then the nodes start again
+    /// elsewhere.
+    async fn spawn_nodes() -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a temp dir for the cluster");
+            let ports = free_ports(MASTERS);
+            let processes = ports
+                .iter()
+                .map(|&port| Some(spawn_node(dir.path(), port)))
+                .collect();
+            let mut cluster = Self {
+                ports,
+                processes,
+                dir,
+            };
+            let mut started = true;
+            for index in 0..MASTERS {
+                started &= cluster.node_started(index).await;
+            }
+            if started {
+                return cluster;
+            }
+        }
+        panic!("redis-server did not start on free loopback ports five times over");
+    }
+
     /// `redis+cluster://` with every node, for `REDIS_URL`.
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self
@@ -105,7 +119,10 @@ impl RedisCluster {
         self.kill(index);
         let port = self.ports[index];
         self.processes[index] = Some(spawn_node(self.dir.path(), port));
-        self.wait_for_node(port).await;
+        assert!(
+            self.node_started(index).await,
+            "redis-server did not start again on port {port}"
+        );
         self.wait_until_ok().await;
     }
 
@@ -166,18 +183,26 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no node owns slot {slot}"))
     }
 
-    async fn wait_for_node(&self, port: u16) {
-        let up = eventually(Duration::from_secs(10), || async move {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+    /// Waits until node `index` answers as our own process (not a server of another test that
+    /// took the port); false if it exited or never answered.
+    async fn node_started(&mut self, index: usize) -> bool {
+        let port = self.ports[index];
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let Some(child) = self.processes[index].as_mut() else {
                 return false;
             };
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut conn) => redis::cmd("PING").exec_async(&mut conn).await.is_ok(),
-                Err(_) => false,
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
             }
-        })
-        .await;
-        assert!(up, "redis-server on port {port} did not start");
+            if server_pid(port).await == Some(child.id()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_until_ok(&self) {
@@ -222,6 +247,22 @@ async fn node(port: u16) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|err| panic!("cluster node on port {port}: {err}"))
+}
+
+/// The process id of the server on `port`, if one answers.
+async fn server_pid(port: u16) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut conn)
+            .await
+    });
+    let info = info.await.ok()?.ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// The port of the master that owns `slot`, as the node on `port` sees it.
