@@ -262,6 +262,57 @@ async fn cluster_subscriptions_follow_a_slot_to_its_new_master() {
     task.unwrap().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_subscriptions_are_batched_into_few_commands() {
+    let cluster = RedisCluster::start().await;
+    let (_, subscriber) = pair(&cluster.url()).await;
+    let shutdown = Shutdown::new();
+    let (interest, task) = subscriber.interest(RelayLimit::default(), shutdown.clone());
+    // A hundred channels on each shard, each shard's sharing one hash tag (one slot).
+    let tags: Vec<String> = channels_on_every_shard(1)
+        .into_iter()
+        .map(|shard| shard[0].clone())
+        .collect();
+    let channels: Vec<String> = tags
+        .iter()
+        .flat_map(|tag| (0..100).map(move |n| format!("{tag}:room-{n}")))
+        .collect();
+    let requests = channels.iter().map(|channel| interest.subscribe(channel));
+    for answer in futures::future::join_all(requests).await {
+        answer.unwrap();
+    }
+    let status = interest.status().await.unwrap();
+    assert_eq!(
+        status,
+        InterestStatus {
+            wanted: 300,
+            subscribed: 300
+        }
+    );
+
+    let mut commands = 0;
+    for &port in cluster.ports() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        commands += stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_ssubscribe:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse::<u64>().unwrap());
+    }
+    assert!(
+        (3..=30).contains(&commands),
+        "300 channels in {commands} SSUBSCRIBE commands"
+    );
+    shutdown.trigger();
+    task.unwrap().await.unwrap();
+}
+
 #[tokio::test]
 async fn without_redis_an_interest_checks_names_and_needs_no_task() {
     let (interest, task) = Engine::local().interest(RelayLimit::default(), Shutdown::new());
