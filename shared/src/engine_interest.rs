@@ -12,7 +12,11 @@
 //! - **Cluster:** sharded pub/sub (`SSUBSCRIBE`/`SUNSUBSCRIBE`, Redis 7): one connection per
 //!   master, each command naming channels of one slot (the server requires it) and sent to the
 //!   slot's owner. A publication (`SPUBLISH`) then reaches only the shard that owns the channel
-//!   and the processes subscribed there, not every node of the cluster.
+//!   and the processes subscribed there, not every node of the cluster. Channels that share a
+//!   hash tag share a slot and go into one command; every command for one master goes into one
+//!   pipeline, so a round costs one round trip per master however many slots it touches.
+//!   (The redis crate's own cluster pub/sub is not used: after a topology change it sends every
+//!   sharded channel in one `SSUBSCRIBE`, which a cluster refuses across slots.)
 //!
 //! The subscriptions are rebuilt where they belong whenever that may have changed: a node's
 //! connection dropped (a `Disconnection` from the client, or a failed command or health
