@@ -6,6 +6,12 @@
 //! subscribers directly, so a replica always sees its own revocations at once. The subscriber
 //! task reconnects on its own when Redis returns.
 //!
+//! Redis is one node, or a Redis Cluster (`redis+cluster://…`, `engine_redis.rs`). Every key
+//! and channel that a script, transaction or subscription batch touches together carries one
+//! hash tag, so the cluster keeps them on one shard. Broadcasts (`publish`) use classic
+//! `PUBLISH`, which a cluster forwards to every node; per-user traffic uses `publish_to` and
+//! dynamic, interest-based subscriptions (`engine_interest.rs`), sharded on a cluster.
+//!
 //! Whatever arrives from Redis is untrusted input: the relay (`engine_relay.rs`) drops and
 //! counts messages over a size limit before any subscriber sees them.
 
@@ -17,17 +23,33 @@ use std::{
 };
 
 use crate::{events, shutdown::Shutdown};
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Pool;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::{sync::broadcast, time::Instant};
 use uuid::Uuid;
 
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
+#[path = "engine_interest.rs"]
+mod interest;
+#[path = "engine_redis.rs"]
+mod redis_conn;
 #[path = "engine_relay.rs"]
 mod relay;
+#[path = "engine_subscriber.rs"]
+mod subscriber;
+#[path = "engine_topology.rs"]
+pub(crate) mod topology;
+pub use interest::{Interest, InterestError, InterestStatus, MAX_CHANNEL_BYTES};
+use redis_conn::Redis;
+pub use redis_conn::{RedisConnection, SLOTS, cluster_seeds, slot, slot_groups};
 pub use relay::{MAX_RELAYED_BYTES, RelayLimit};
+
+/// A deployment prefix with a brace would become the cluster hash tag of every key, putting
+/// them all on one shard (or none where the tag is left open), so it is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("must not contain '{{' or '}}': keys carry their own cluster hash tags")]
+struct PrefixError;
 
 /// A message on one of the bus channels (channel names without the deployment prefix).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,23 +87,6 @@ struct Inner {
     bus: broadcast::Sender<BusMessage>,
 }
 
-struct Redis {
-    pool: Pool,
-    /// One multiplexed, self-reconnecting connection for hot paths: concurrent commands share
-    /// its socket and are written together, where a pooled connection costs a round trip and
-    /// a system call per command.
-    multiplexed: ConnectionManager,
-    client: redis::Client,
-}
-
-impl std::fmt::Debug for Redis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Engine {
     /// The in-process engine.
     pub fn local() -> Self {
@@ -89,49 +94,32 @@ impl Engine {
     }
 
     /// The engine a service's configuration asks for: Redis when `url` is set (failing with one
-    /// line naming `REDIS_URL`), the in-process engine otherwise.
+    /// line naming `REDIS_URL`), the in-process engine otherwise. `redis+cluster://h:p,h:p,…`
+    /// selects a Redis Cluster.
     pub async fn from_url(url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
         match url {
-            Some(url) => Self::redis(url, prefix)
-                .await
-                .map_err(|err| anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}")),
+            Some(url) => Self::redis(url, prefix).await.map_err(|err| {
+                if err.is::<PrefixError>() {
+                    anyhow::anyhow!("REDIS_PREFIX: {err}")
+                } else {
+                    anyhow::anyhow!("REDIS_URL: cannot connect to Redis: {err}")
+                }
+            }),
             None => Ok(Self::local()),
         }
     }
 
-    /// A Redis-backed engine; fails fast if Redis does not answer.
+    /// A Redis-backed engine, on one node or (`redis+cluster://…`) a cluster; fails fast if
+    /// Redis does not answer.
     pub async fn redis(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 32,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(REDIS_TIMEOUT),
-                create: Some(Duration::from_secs(2)),
-                recycle: Some(REDIS_TIMEOUT),
-            },
-            ..Default::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1))?;
-        let mut conn = pool.get().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
-        let multiplexed = ConnectionManager::new_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Duration::from_secs(2))
-                .set_response_timeout(REDIS_TIMEOUT)
-                .set_number_of_retries(1)
-                .set_max_delay(1_000),
-        )
-        .await?;
-        Ok(Self::with_redis(
-            Some(Redis {
-                pool,
-                multiplexed,
-                client,
-            }),
-            prefix,
-        ))
+        if prefix.contains(['{', '}']) {
+            return Err(PrefixError.into());
+        }
+        let redis = match redis_conn::cluster_seeds(url) {
+            Some(seeds) => Redis::cluster(seeds?, REDIS_TIMEOUT).await?,
+            None => Redis::single(url, REDIS_TIMEOUT).await?,
+        };
+        Ok(Self::with_redis(Some(redis), prefix))
     }
 
     fn with_redis(redis: Option<Redis>, prefix: &str) -> Self {
@@ -151,19 +139,26 @@ impl Engine {
         self.inner.redis.is_some()
     }
 
-    /// The Redis pool, for callers with atomic operations of their own (Lua scripts).
-    pub fn redis_pool(&self) -> Option<&Pool> {
-        self.inner.redis.as_ref().map(|redis| &redis.pool)
+    /// Whether the engine stands on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.redis, Some(Redis::Cluster { .. }))
     }
 
-    /// The shared multiplexed Redis connection (cheap to clone), for hot paths where many
-    /// concurrent callers each send one command: they are pipelined on one socket. It
-    /// reconnects by itself after a failure.
-    pub fn redis_multiplexed(&self) -> Option<ConnectionManager> {
-        self.inner
-            .redis
-            .as_ref()
-            .map(|redis| redis.multiplexed.clone())
+    /// The single node's Redis pool, for callers with atomic operations of their own (Lua
+    /// scripts); `None` without Redis and on a cluster (use [`Engine::redis_multiplexed`]).
+    pub fn redis_pool(&self) -> Option<&Pool> {
+        match &self.inner.redis {
+            Some(Redis::Single { pool, .. }) => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// The shared multiplexed Redis connection (cheap to [`RedisConnection::try_clone`]), for
+    /// hot paths where many concurrent callers each send one command: they are pipelined on
+    /// one socket per node. It reconnects by itself after a failure. On a cluster, each
+    /// command, script or pipeline must keep its keys in one slot (see [`slot_groups`]).
+    pub fn redis_multiplexed(&self) -> Option<RedisConnection> {
+        self.inner.redis.as_ref().map(Redis::shared)
     }
 
     /// `key` under this deployment's prefix.
@@ -177,7 +172,7 @@ impl Engine {
             let full = self.key(key);
             let window_ms = window.as_millis() as u64;
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let (value, ttl): (u64, i64) = redis::pipe()
                     .atomic()
                     .incr(&full, 1u64)
@@ -188,7 +183,7 @@ impl Engine {
                     .ignore()
                     .cmd("PTTL")
                     .arg(&full)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 anyhow::Ok(Count {
                     value,
@@ -212,12 +207,12 @@ impl Engine {
         if let Some(redis) = &self.inner.redis {
             let full = self.key(key);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let (value, ttl): (Option<u64>, i64) = redis::pipe()
                     .get(&full)
                     .cmd("PTTL")
                     .arg(&full)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 anyhow::Ok(Count {
                     value: value.unwrap_or(0),
@@ -238,7 +233,7 @@ impl Engine {
         if let Some(redis) = &self.inner.redis {
             let full = self.key(key);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
+                let mut conn = redis.connection().await?;
                 let _: () = conn.del(&full).await?;
                 anyhow::Ok(())
             })
@@ -275,8 +270,26 @@ impl Engine {
     }
 
     /// Delivers `payload` on `channel` to this process's subscribers and, with Redis, to every
-    /// other process's.
+    /// other process's relay: a broadcast (`PUBLISH`), which a cluster forwards to all of its
+    /// nodes. For revocations and key changes that every process must hear.
     pub async fn publish(&self, channel: &str, payload: String) {
+        self.publish_with("PUBLISH", channel, payload).await;
+    }
+
+    /// Delivers `payload` on `channel` to this process's subscribers and, with Redis, to the
+    /// processes that asked for `channel` through an [`Interest`]: `SPUBLISH` on a cluster, to
+    /// the one shard that owns the channel's slot, `PUBLISH` on a single node. Put a hash tag
+    /// in `channel` (`user:{id}`) to keep it on the shard of the keys it belongs with.
+    pub async fn publish_to(&self, channel: &str, payload: String) {
+        let command = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.publish_with(command, channel, payload).await;
+    }
+
+    async fn publish_with(&self, command: &str, channel: &str, payload: String) {
         let _ = self.inner.bus.send(BusMessage {
             channel: channel.to_owned(),
             payload: payload.clone(),
@@ -285,8 +298,12 @@ impl Engine {
             let envelope = events::seal(&self.inner.node, &payload);
             let full = self.key(channel);
             let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = redis.pool.get().await.map_err(anyhow::Error::from)?;
-                let _: i64 = conn.publish(&full, envelope).await?;
+                let mut conn = redis.connection().await?;
+                let _: i64 = redis::cmd(command)
+                    .arg(&full)
+                    .arg(envelope)
+                    .query_async(&mut conn)
+                    .await?;
                 anyhow::Ok(())
             })
             .await;
@@ -331,6 +348,10 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "engine_redis_tests.rs"]
+mod redis_tests;
 
 #[cfg(test)]
 mod tests {

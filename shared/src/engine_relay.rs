@@ -44,9 +44,10 @@ impl Default for RelayLimit {
 }
 
 impl Engine {
-    /// With Redis: relays `channels` from Redis to local subscribers until shutdown,
-    /// reconnecting with backoff, within the default [`RelayLimit`]. Without Redis there is
-    /// nothing to relay.
+    /// With Redis: relays the broadcast `channels` from Redis to local subscribers until
+    /// shutdown, reconnecting with backoff, within the default [`RelayLimit`]. On a cluster it
+    /// listens on one seed node (another after a failure), since a cluster forwards every
+    /// `PUBLISH` to all of its nodes. Without Redis there is nothing to relay.
     pub fn spawn_relay(
         &self,
         channels: &[&str],
@@ -62,15 +63,17 @@ impl Engine {
         limit: RelayLimit,
         shutdown: Shutdown,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let redis = self.inner.redis.as_ref()?;
-        let client = redis.client.clone();
+        self.inner.redis.as_ref()?;
         let channels: Vec<String> = channels.iter().map(|channel| self.key(channel)).collect();
         let this = self.clone();
         Some(tokio::spawn(async move {
             let mut backoff = relay_backoff();
-            loop {
-                match tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await
-                {
+            for attempt in 0.. {
+                let Some(redis) = this.inner.redis.as_ref() else {
+                    return;
+                };
+                let pubsub = async { redis.broadcast_client(attempt)?.get_async_pubsub().await };
+                match tokio::time::timeout(Duration::from_secs(2), pubsub).await {
                     Ok(Ok(mut pubsub)) => {
                         if pubsub.subscribe(&channels).await.is_ok() {
                             backoff.reset();
@@ -103,7 +106,7 @@ impl Engine {
 
     /// Hands one envelope from Redis to this process's subscribers, unless it is too large,
     /// cannot be opened, or is this process's own echo.
-    fn relay(&self, full_channel: &str, envelope: &[u8], limit: &RelayLimit) {
+    pub(super) fn relay(&self, full_channel: &str, envelope: &[u8], limit: &RelayLimit) {
         if envelope.len() > limit.max_bytes {
             limit.dropped.inc();
             tracing::warn!(

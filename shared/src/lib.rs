@@ -32,7 +32,9 @@ pub mod service_auth;
 pub mod shutdown;
 pub mod span_fields;
 pub mod telemetry;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing_cluster;
 pub mod time;
 pub mod tokens;

@@ -35,6 +35,7 @@ const CLIENTS: [(&str, &str); 5] = [
 pub struct ClusterBuilder {
     gateways: usize,
     redis_proxy: bool,
+    redis_url: Option<String>,
     postgres_proxy: bool,
     auth_proxy: bool,
     one_database: Option<Backend>,
@@ -47,6 +48,13 @@ impl ClusterBuilder {
     /// How many gateways (default 1).
     pub fn gateways(mut self, count: usize) -> Self {
         self.gateways = count;
+        self
+    }
+
+    /// Every service uses the Redis at `url` (a `redis+cluster://` URL, say) instead of
+    /// `TEST_REDIS_URL`.
+    pub fn redis_url(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.to_owned());
         self
     }
 
@@ -139,13 +147,14 @@ impl ClusterBuilder {
         } else {
             (None, auth_db.url.clone(), usage_db.url.clone())
         };
+        let redis = self.redis_url.clone().unwrap_or_else(redis_url);
         let (redis_proxy, redis) = if self.redis_proxy {
-            let (proxy, url) = FaultProxy::in_front_of(&redis_url())
+            let (proxy, url) = FaultProxy::in_front_of(&redis)
                 .await
                 .expect("a proxy in front of Redis");
             (Some(proxy), url)
         } else {
-            (None, redis_url())
+            (None, redis)
         };
         let common = |database: &str| {
             vars(&[

@@ -15,6 +15,7 @@ mod nodes;
 mod partitions;
 mod python_agent;
 mod redis_acl;
+mod redis_cluster;
 mod seed_auth;
 mod seed_business;
 mod seed_cross_service;

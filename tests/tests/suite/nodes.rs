@@ -21,6 +21,12 @@ const RENEWAL: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_deliver_everywhere_and_logout_closes_both_within_a_second() {
     let cluster = Cluster::builder().gateways(2).start().await;
+    deliver_everywhere_and_close_both_at_logout(&cluster).await;
+}
+
+/// Events published on either of two gateways reach every connection of their user, nobody
+/// else's; connections are counted across nodes; a logout closes the session everywhere.
+pub(crate) async fn deliver_everywhere_and_close_both_at_logout(cluster: &Cluster) {
     let (node_a, node_b) = (&cluster.gateways[0], &cluster.gateways[1]);
     let (alice, bob) = (cluster.register().await, cluster.register().await);
     let (mut alice_a, _) = WsClient::connected(node_a, &alice.access_token).await;
@@ -58,7 +64,7 @@ async fn two_gateways_deliver_everywhere_and_logout_closes_both_within_a_second(
         elapsed <= Duration::from_secs(2),
         "closed after {elapsed:?}"
     );
-    assert_session_revoked(&cluster, &alice).await;
+    assert_session_revoked(cluster, &alice).await;
     assert_eq!(bob_b.ping("bob-after").await["type"], "pong");
 }
 

@@ -7,6 +7,7 @@
 use serde_json::json;
 use tollgate_integration::*;
 use tollgate_shared::testing::{redis_prefix, redis_url};
+use tollgate_shared::testing_cluster::RedisCluster;
 use uuid::Uuid;
 
 /// The services' ACL lines of the README (`user tollgate-… on …`), for the default prefix.
@@ -31,16 +32,32 @@ fn documented_users() -> Vec<(String, Vec<String>)> {
     users
 }
 
+/// What a cluster adds to each user (docs/redis-cluster.md): the client reads the slot map,
+/// the start-up check the server version.
+const CLUSTER_RULES: [&str; 2] = ["+cluster|slots", "+info"];
+
+/// Where the users are created: the shared test Redis, or every node of a cluster of the
+/// test's own.
+enum Target<'a> {
+    Single,
+    Cluster(&'a RedisCluster),
+}
+
 /// The documented users, created under fresh names and passwords for `prefix`, with each
-/// service's `REDIS_URL`. Dropping them removes them from Redis, even when the test fails.
+/// service's `REDIS_URL`. Dropping them removes them from the shared Redis, even when the test
+/// fails (a cluster of the test's own goes away with its users).
 struct RedisUsers {
-    admin: redis::aio::MultiplexedConnection,
+    admins: Vec<redis::aio::MultiplexedConnection>,
     created: Vec<String>,
     urls: Vec<String>,
+    shared: bool,
 }
 
 impl Drop for RedisUsers {
     fn drop(&mut self) {
+        if !self.shared {
+            return;
+        }
         let created = std::mem::take(&mut self.created);
         // Drop cannot await: a synchronous connection, on a thread of its own.
         let _ = std::thread::spawn(move || {
@@ -57,10 +74,32 @@ impl Drop for RedisUsers {
 }
 
 impl RedisUsers {
-    async fn create(prefix: &str) -> Self {
-        let base = url::Url::parse(&redis_url()).unwrap();
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    async fn create(prefix: &str, target: Target<'_>) -> Self {
+        let (nodes, extra): (Vec<String>, &[&str]) = match target {
+            Target::Single => (vec![redis_url()], &[]),
+            Target::Cluster(cluster) => {
+                let docs = std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../docs/redis-cluster.md"
+                ))
+                .expect("docs/redis-cluster.md");
+                assert!(
+                    docs.contains(&CLUSTER_RULES.join(" ")),
+                    "the documented cluster rules"
+                );
+                let nodes = cluster
+                    .ports()
+                    .iter()
+                    .map(|port| format!("redis://127.0.0.1:{port}"))
+                    .collect();
+                (nodes, &CLUSTER_RULES)
+            }
+        };
+        let mut admins = Vec::new();
+        for node in &nodes {
+            let client = redis::Client::open(node.as_str()).unwrap();
+            admins.push(client.get_multiplexed_async_connection().await.unwrap());
+        }
         let (mut created, mut urls) = (Vec::new(), Vec::new());
         for (name, rules) in documented_users() {
             let user = format!("{name}-{}", Uuid::new_v4().simple());
@@ -76,39 +115,74 @@ impl RedisUsers {
                 };
                 command.arg(rule);
             }
-            let () = command.query_async(&mut admin).await.unwrap();
-            let mut url = base.clone();
-            url.set_username(&user).unwrap();
-            url.set_password(Some(&password)).unwrap();
-            urls.push(url.to_string());
+            command.arg(extra);
+            for admin in &mut admins {
+                let () = command.query_async(admin).await.unwrap();
+            }
+            urls.push(match target {
+                Target::Single => {
+                    let mut url = url::Url::parse(&redis_url()).unwrap();
+                    url.set_username(&user).unwrap();
+                    url.set_password(Some(&password)).unwrap();
+                    url.to_string()
+                }
+                Target::Cluster(cluster) => {
+                    let nodes: Vec<String> = cluster
+                        .ports()
+                        .iter()
+                        .map(|port| format!("127.0.0.1:{port}"))
+                        .collect();
+                    format!("redis+cluster://{user}:{password}@{}", nodes.join(","))
+                }
+            });
             created.push(user);
         }
         Self {
-            admin,
+            admins,
             created,
             urls,
+            shared: matches!(target, Target::Single),
         }
     }
 
+    /// The keys matching `pattern` on every node.
     async fn keys(&mut self, pattern: &str) -> Vec<String> {
-        redis::cmd("KEYS")
-            .arg(pattern)
-            .query_async(&mut self.admin)
-            .await
-            .unwrap()
+        let mut found = Vec::new();
+        for admin in &mut self.admins {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(admin)
+                .await
+                .unwrap();
+            found.extend(keys);
+        }
+        found
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_redis_users_are_enough_for_every_service() {
     let prefix = redis_prefix();
-    let mut users = RedisUsers::create(&prefix).await;
+    let users = RedisUsers::create(&prefix, Target::Single).await;
+    every_service_works_as_its_user(&prefix, users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_redis_users_are_enough_on_a_redis_cluster() {
+    let redis = RedisCluster::start().await;
+    let prefix = redis_prefix();
+    let users = RedisUsers::create(&prefix, Target::Cluster(&redis)).await;
+    every_service_works_as_its_user(&prefix, users).await;
+}
+
+/// A scenario that touches every Redis path, each service as its own user: nothing refused.
+async fn every_service_works_as_its_user(prefix: &str, mut users: RedisUsers) {
     let cluster = Cluster::builder()
-        .auth_env("REDIS_PREFIX", &prefix)
+        .auth_env("REDIS_PREFIX", prefix)
         .auth_env("REDIS_URL", &users.urls[0])
-        .usage_env("REDIS_PREFIX", &prefix)
+        .usage_env("REDIS_PREFIX", prefix)
         .usage_env("REDIS_URL", &users.urls[1])
-        .gateway_env("REDIS_PREFIX", &prefix)
+        .gateway_env("REDIS_PREFIX", prefix)
         .gateway_env("REDIS_URL", &users.urls[2])
         .start()
         .await;

@@ -77,8 +77,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
-use tollgate_shared::engine::Engine;
+use tollgate_shared::engine::{Engine, RedisConnection};
 
 use crate::clock::Clock;
 use uuid::Uuid;
@@ -364,7 +363,7 @@ impl Limiter {
             Counter::Local => self.inner.local.refund(&plan),
             Counter::Redis => {
                 let keys = plan.redis_keys(&self.inner.engine);
-                let refund = async |conn: &mut ConnectionManager| {
+                let refund = async |conn: &mut RedisConnection| {
                     redis_store::refund(conn, &plan, &keys).await
                 };
                 match self.call_redis(refund).await {
@@ -410,7 +409,7 @@ impl Limiter {
     /// Runs `op` on Redis within the timeout, or says where to go instead.
     async fn on_redis<T>(
         &self,
-        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        op: impl AsyncFnOnce(&mut RedisConnection) -> redis::RedisResult<T>,
     ) -> Route<T> {
         if !self.inner.engine.is_redis() {
             return Route::Local;
@@ -428,7 +427,7 @@ impl Limiter {
     /// gate how it went; None if it failed (or there is no Redis).
     async fn call_redis<T>(
         &self,
-        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        op: impl AsyncFnOnce(&mut RedisConnection) -> redis::RedisResult<T>,
     ) -> Option<T> {
         let mut conn = self.inner.engine.redis_multiplexed()?;
         let attempt = tokio::time::timeout(health::REDIS_TIMEOUT, async {

@@ -5,7 +5,8 @@
 //! restarted or failed-over Redis needs no warm-up. Every script reads the clock with Redis
 //! `TIME`: replicas whose own clocks are skewed still agree on when a bucket refills, a lease
 //! expires or a record lapses. All keys of one call carry the user id as a Redis Cluster hash
-//! tag (`{user}`), so they share a slot.
+//! tag (`{user}`), so they share a slot. A batch of leases spans users, so on a cluster it is
+//! split into one pipeline per slot, sent concurrently.
 //!
 //! The GCRA state is kept as a pair, the time of the last update (`at`, integer µs) and the
 //! debt then (`debt`, `tat - at` in µs), rather than an absolute theoretical arrival time: the
@@ -14,8 +15,8 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager as Connection;
-use redis::{RedisResult, Script};
+use redis::{FromRedisValue, RedisResult, Script};
+use tollgate_shared::engine::{RedisConnection as Connection, slot_groups};
 
 use super::{
     Counter, Decision, IDEMPOTENCY_TTL, LimitError, Plan,
@@ -300,48 +301,111 @@ pub(super) async fn refund(
     Ok(refunded == 1)
 }
 
-/// Runs the acquire script for each `(keys, connection id, limit, TTL in ms)`, all in one round
-/// trip, in order: (granted, active leases after) each.
+/// Runs the acquire script for each `(keys, connection id, limit, TTL in ms)`, in as few round
+/// trips as the keys' slots allow: (granted, active leases after) each, in order.
 pub(super) async fn acquire_leases(
     conn: &mut Connection,
     leases: &[(LeaseKeys, &str, u32, u64)],
 ) -> RedisResult<Vec<(bool, u32)>> {
-    let mut pipe = redis::pipe();
-    pipe.load_script(&ACQUIRE_SCRIPT).ignore();
-    for (keys, connection_id, limit, ttl_ms) in leases {
-        pipe.invoke_script(
-            ACQUIRE_SCRIPT
-                .key(&keys.expiries)
-                .key(&keys.order)
-                .arg(*connection_id)
-                .arg(*limit)
-                .arg(*ttl_ms),
-        );
-    }
-    let answers: Vec<(i64, i64)> = pipe.query_async(conn).await?;
+    let keys: Vec<&str> = leases
+        .iter()
+        .map(|(keys, ..)| keys.expiries.as_str())
+        .collect();
+    let answers: Vec<(i64, i64)> = per_slot(conn, &keys, |group| {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&ACQUIRE_SCRIPT).ignore();
+        for &index in group {
+            let (keys, connection_id, limit, ttl_ms) = &leases[index];
+            pipe.invoke_script(
+                ACQUIRE_SCRIPT
+                    .key(&keys.expiries)
+                    .key(&keys.order)
+                    .arg(*connection_id)
+                    .arg(*limit)
+                    .arg(*ttl_ms),
+            );
+        }
+        pipe
+    })
+    .await?;
     Ok(answers
         .into_iter()
         .map(|(granted, active)| (granted == 1, u32::try_from(active).unwrap_or(u32::MAX)))
         .collect())
 }
 
-/// Runs the release script for each `(keys, connection id)`, all in one round trip.
+/// Runs the release script for each `(keys, connection id)`, in as few round trips as the
+/// keys' slots allow.
 pub(super) async fn release_leases(
     conn: &mut Connection,
     leases: &[(LeaseKeys, &str)],
 ) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.load_script(&RELEASE_SCRIPT).ignore();
-    for (keys, connection_id) in leases {
-        pipe.invoke_script(
-            RELEASE_SCRIPT
-                .key(&keys.expiries)
-                .key(&keys.order)
-                .arg(*connection_id),
-        )
-        .ignore();
+    let keys: Vec<&str> = leases
+        .iter()
+        .map(|(keys, _)| keys.expiries.as_str())
+        .collect();
+    let _: Vec<i64> = per_slot(conn, &keys, |group| {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&RELEASE_SCRIPT).ignore();
+        for &index in group {
+            let (keys, connection_id) = &leases[index];
+            pipe.invoke_script(
+                RELEASE_SCRIPT
+                    .key(&keys.expiries)
+                    .key(&keys.order)
+                    .arg(*connection_id),
+            );
+        }
+        pipe
+    })
+    .await?;
+    Ok(())
+}
+
+/// One pipeline (built by `build` from item indices) per group of `keys` sharing a slot, all
+/// at once; the answers in the order of `keys`. On one node it is one pipeline. The script is
+/// loaded in each pipeline, so the node it lands on always knows it.
+async fn per_slot<T: FromRedisValue>(
+    conn: &mut Connection,
+    keys: &[&str],
+    build: impl Fn(&[usize]) -> redis::Pipeline,
+) -> RedisResult<Vec<T>> {
+    let groups = slot_groups(conn.is_cluster(), keys);
+    if let [group] = &groups[..] {
+        return build(group).query_async(conn).await;
     }
-    pipe.query_async(conn).await
+    let runs = groups.iter().map(|group| {
+        let pipe = build(group);
+        let conn = conn.try_clone();
+        async move {
+            let mut conn = conn.ok_or_else(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::ClientError,
+                    "a pooled connection cannot run pipelines side by side",
+                ))
+            })?;
+            pipe.query_async::<Vec<T>>(&mut conn).await
+        }
+    });
+    let answers = futures::future::try_join_all(runs).await?;
+    let mut ordered: Vec<Option<T>> = keys.iter().map(|_| None).collect();
+    for (group, answers) in groups.iter().zip(answers) {
+        for (&index, answer) in group.iter().zip(answers) {
+            ordered[index] = Some(answer);
+        }
+    }
+    ordered
+        .into_iter()
+        .map(|answer| {
+            answer.ok_or_else(|| {
+                (
+                    redis::ErrorKind::TypeError,
+                    "a pipeline answered too few values",
+                )
+                    .into()
+            })
+        })
+        .collect()
 }
 
 /// ARGV 3 to 7: has rate, rate limit, period µs, has quota, quota limit.

@@ -6,12 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::both_stores;
+use super::every_store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_capped_renewed_released_and_expire() {
     let long = Duration::from_secs(60);
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         // A third id is refused, renewing never counts twice, a release frees a slot.
         for (id, answer) in [
@@ -51,7 +51,7 @@ async fn leases_are_capped_renewed_released_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lowered_limit_refuses_renewals_of_the_newest_leases() {
     let long = Duration::from_secs(60);
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         for id in ["first", "second", "third", "fourth"] {
             assert!(limiter.acquire_lease(user, id, 4, long).await.unwrap().0);

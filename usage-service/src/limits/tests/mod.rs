@@ -1,14 +1,16 @@
-//! The limiter against real Redis (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) and
-//! in-process, with real concurrency, and through a fault proxy for outages: consumes here,
-//! connection leases in `leases`, Redis outages in `outages`.
+//! The limiter against real Redis (`TEST_REDIS_URL`, default `redis://127.0.0.1:6379`), a
+//! three-master Redis Cluster started per test, and in-process, with real concurrency, and
+//! through a fault proxy for outages: consumes here, connection leases in `leases`, what only
+//! a cluster needs in `cluster`, Redis outages in `outages`.
 
+mod cluster;
 mod leases;
 mod outages;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{sync::Barrier, task::JoinSet};
-use tollgate_shared::{engine::Engine, time::unix_now_ms};
+use tollgate_shared::{engine::Engine, testing_cluster::RedisCluster, time::unix_now_ms};
 use uuid::Uuid;
 
 use super::*;
@@ -39,11 +41,35 @@ async fn redis_limiter(prefix: &str, mode: RedisDownMode) -> Limiter {
     )
 }
 
-/// The same semantics must hold on both stores.
-async fn both_stores() -> Vec<(&'static str, Limiter)> {
+/// The same semantics must hold on every store: in-process, one Redis node, a Redis Cluster.
+async fn every_store() -> Stores {
+    let cluster = RedisCluster::start().await;
     let local = Limiter::new(Engine::local(), RedisDownMode::Closed, Clock::system());
     let redis = redis_limiter(&fresh_prefix(), RedisDownMode::Closed).await;
-    vec![("local", local), ("redis", redis)]
+    let on_cluster = cluster_limiter(&cluster, &fresh_prefix()).await;
+    Stores {
+        limiters: vec![("local", local), ("redis", redis), ("cluster", on_cluster)].into_iter(),
+        _cluster: cluster,
+    }
+}
+
+/// The limiters of [`every_store`], and the cluster they need while the test runs.
+struct Stores {
+    limiters: std::vec::IntoIter<(&'static str, Limiter)>,
+    _cluster: RedisCluster,
+}
+
+impl Iterator for Stores {
+    type Item = (&'static str, Limiter);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.limiters.next()
+    }
+}
+
+async fn cluster_limiter(cluster: &RedisCluster, prefix: &str) -> Limiter {
+    let engine = Engine::redis(&cluster.url(), prefix).await.unwrap();
+    Limiter::new(engine, RedisDownMode::Closed, Clock::system())
 }
 
 fn per_minute(limit: u64) -> Rate {
@@ -136,7 +162,7 @@ async fn two_processes_sharing_redis_allow_the_limit_in_total() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcra_reports_remaining_reset_and_retry() {
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         let call = |amount, key: &str| request(user, amount, key, Some(per_minute(30)), None);
         let before = unix_now_ms();
@@ -182,7 +208,7 @@ async fn gcra_reports_remaining_reset_and_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retries_are_replayed_and_conflicts_refused() {
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         let call =
             |amount, key: &str| request(user, amount, key, Some(per_minute(30)), Some(today(10)));
@@ -219,7 +245,7 @@ async fn idempotent_retries_are_replayed_and_conflicts_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_exhaustion_is_reported_and_counts_nothing() {
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         let quota = today(5);
         let call =
@@ -291,7 +317,7 @@ async fn the_limiter_learns_redis_s_clock_however_wrong_the_host_s_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_give_units_back_once() {
-    for (store, limiter) in both_stores().await {
+    for (store, limiter) in every_store().await {
         let user = Uuid::new_v4();
         let call = |key: &str| request(user, 1, key, Some(per_minute(2)), Some(today(2)));
         let mut counter = Counter::Local;
