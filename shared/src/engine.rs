@@ -139,6 +139,12 @@ impl Engine {
         self.inner.redis.is_some()
     }
 
+    /// This process's id on the bus: what [`crate::events::seal`] stamps on what it publishes,
+    /// so that its own echo is ignored.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
     /// Whether the engine stands on a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.redis, Some(Redis::Cluster { .. }))

@@ -218,13 +218,6 @@ impl Client {
         }
     }
 
-    /// Cancels one of the user's runs on this node; false when there is no such run in
-    /// progress.
-    pub fn cancel_run(&mut self, run_id: &str) -> bool {
-        self.find_run(run_id)
-            .is_some_and(|journal| journal.stop(journal::StopReason::Cancelled))
-    }
-
     /// One of the user's runs on this node.
     pub fn find_run(&self, run_id: &str) -> Option<Arc<RunJournal>> {
         let run_id = run_id.parse::<RunId>().ok()?;

@@ -349,6 +349,14 @@ impl ErrorReply {
         Self::fixed(ErrorCode::UnknownRun, "no such run")
     }
 
+    /// Redis, where other nodes' runs are read, did not answer.
+    pub fn history_unavailable() -> Self {
+        Self::fixed(
+            ErrorCode::DependencyUnavailable,
+            "run history is unavailable, try again later",
+        )
+    }
+
     /// A run refused because this gateway is shutting down.
     pub fn shutting_down() -> Self {
         Self::fixed(

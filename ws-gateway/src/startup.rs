@@ -46,11 +46,13 @@ use crate::{
     connection,
     delivery::{Delivery, EVENTS_CHANNEL},
     hub::Hub,
+    journal::{RunStore, Sources},
     leases::{self, LeaseQueues},
     limits::Limits,
     metrics::GatewayMetrics,
     publish,
     revocations::{RevocationList, Revocations},
+    runs::RunRegistry,
     state::Shared,
     usage::UsageClient,
     validation::TokenValidator,
@@ -74,6 +76,8 @@ pub struct Application {
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
     lease_queues: LeaseQueues,
+    /// The task behind the node's dynamic subscriptions (with Redis).
+    interest_task: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -176,6 +180,19 @@ impl Application {
             metrics.clone(),
             config.publish_max_bytes,
         );
+        let (interest, interest_task) = engine.interest(delivery.bus_limit(), shutdown.clone());
+        let remote = RunStore::new(
+            &engine,
+            config.run_history_max_bytes,
+            config.run_history_ttl + config.detached_run_timeout,
+            config.run_history_ttl,
+        )
+        .map(|store| Sources {
+            store,
+            engine: engine.clone(),
+            interest,
+        });
+        let runs = RunRegistry::new(config.retention(), metrics.clone(), remote);
         let listener = serve::bind(config.addr, "GATEWAY_ADDR").await?;
         let admin_listener = match config.admin_addr {
             Some(addr) => Some(serve::bind(addr, "GATEWAY_ADMIN_ADDR").await?),
@@ -190,6 +207,7 @@ impl Application {
             revoked,
             delivery,
             Arc::new(backends),
+            runs,
             metrics,
             Readiness::new(),
             shutdown,
@@ -205,6 +223,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            interest_task,
         })
     }
 
@@ -241,6 +260,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            interest_task,
         } = self;
         let shutdown = shared.shutdown.clone();
         let jwks = shared.validator.jwks().clone();
@@ -252,6 +272,8 @@ impl Application {
             spawn_readiness(&shared, auth_tokens, usage_tokens),
             shared.runs.spawn_sweeper(shutdown.clone()),
         ];
+        tasks.extend(interest_task);
+        tasks.extend(shared.runs.spawn_control_listener(shutdown.clone()));
         tasks.extend(engine.spawn_relay_within(
             &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
             shared.delivery.bus_limit(),

@@ -47,11 +47,11 @@ impl Shared {
         revoked: Arc<RevocationList>,
         delivery: Delivery,
         backends: Arc<Backends>,
+        runs: Arc<RunRegistry>,
         metrics: GatewayMetrics,
         readiness: Readiness,
         shutdown: Shutdown,
     ) -> Self {
-        let runs = RunRegistry::new(config.retention(), metrics.clone());
         Self {
             runs,
             config,

@@ -1,12 +1,14 @@
-//! `cancel_run`: stops one of the user's runs on this node, from any of its connections (the
+//! `cancel_run`: stops one of the user's runs, from any of its connections on any node (the
 //! run answers `run_cancelled` itself, to whoever follows it).
 //! Metered as a message, like any request that makes the gateway work.
+
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Next, fields_of, metered};
-use crate::{client::Client, error::ErrorReply, protocol::RequestId};
+use crate::{agent::RunId, client::Client, error::ErrorReply, protocol::RequestId};
 
 #[derive(Debug, PartialEq)]
 pub struct CancelRun {
@@ -29,9 +31,15 @@ impl CancelRun {
     pub(super) fn apply(self, client: &mut Client) -> Next {
         let Self { id, run_id } = self;
         let reply_to = id.clone();
+        let runs = Arc::clone(&client.shared().runs);
+        let user = client.identity().user_id;
         metered(client, id, async move {
+            let cancelled = match run_id.parse::<RunId>() {
+                Ok(run_id) => runs.cancel(run_id, user).await,
+                Err(_) => false,
+            };
             move |client: &mut Client| {
-                if !client.cancel_run(&run_id) {
+                if !cancelled {
                     client.reply(reply_to.as_ref(), &ErrorReply::unknown_run());
                 }
                 None

@@ -79,6 +79,9 @@ impl RunAgent {
 
 /// The request, or the reply that refuses it.
 fn validate(client: &mut Client, fields: RunFields) -> Result<RunRequest, ErrorReply> {
+    if !client.shared().runs.is_accepting() {
+        return Err(ErrorReply::shutting_down());
+    }
     if client.runs_full() {
         return Err(ErrorReply::too_many_runs());
     }

@@ -17,7 +17,9 @@
 //! `.await`.
 
 mod follow;
+mod mirror;
 mod record;
+mod store;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -31,7 +33,9 @@ use uuid::Uuid;
 
 pub use self::{
     follow::follow,
+    mirror::{Mirrored, Sources, mirror},
     record::{Entry, Outcome, Record, Snapshot},
+    store::{Meta, RunStore, StoreError, channel},
 };
 use crate::agent::RunId;
 
@@ -55,6 +59,11 @@ pub struct RunJournal {
     run_id: RunId,
     owner: Uuid,
     max_bytes: usize,
+    /// Where each record is written before it is delivered, for the run's own journal on
+    /// Redis.
+    store: Option<RunStore>,
+    /// For a copy of another node's journal: that node's bus id (a cancel goes there).
+    remote: Option<String>,
     state: Mutex<State>,
     /// New records, or the end.
     appended: Notify,
@@ -112,11 +121,21 @@ pub enum Attach {
 }
 
 impl RunJournal {
-    pub fn new(run_id: RunId, owner: Uuid, max_bytes: usize, cancel: CancellationToken) -> Self {
+    /// The journal of a run this node runs; with a `store`, each record is also written there
+    /// (before any follower sees it).
+    pub fn new(
+        run_id: RunId,
+        owner: Uuid,
+        max_bytes: usize,
+        cancel: CancellationToken,
+        store: Option<RunStore>,
+    ) -> Self {
         Self {
             run_id,
             owner,
             max_bytes: max_bytes.max(1),
+            store,
+            remote: None,
             state: Mutex::new(State {
                 detached_since: Some(Instant::now()),
                 ..State::default()
@@ -125,6 +144,33 @@ impl RunJournal {
             progress: Notify::new(),
             cancel,
         }
+    }
+
+    /// A local copy of the journal of a run that `node` runs, holding the records after
+    /// `after_seq` as they are read from Redis.
+    pub fn remote(
+        run_id: RunId,
+        owner: Uuid,
+        max_bytes: usize,
+        after_seq: u64,
+        node: String,
+    ) -> Self {
+        let journal = Self::new(run_id, owner, max_bytes, CancellationToken::new(), None);
+        journal.lock().last_seq = after_seq;
+        Self {
+            remote: Some(node),
+            ..journal
+        }
+    }
+
+    /// For a copy of another node's journal: that node's bus id.
+    pub fn remote_node(&self) -> Option<&str> {
+        self.remote.as_deref()
+    }
+
+    /// The seq of the latest record.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().last_seq
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -147,11 +193,12 @@ impl RunJournal {
     }
 
     /// Adds a record, waiting while the log is full of records an attached follower has not
-    /// read. A terminal record never waits (it may overrun the cap by itself). Returns its seq.
+    /// read. A terminal record never waits (it may overrun the cap by itself). With a store,
+    /// the record is written there first. Returns its seq.
     pub async fn append(&self, entry: Entry) -> u64 {
         let size = entry.size();
         let terminal = entry.is_terminal();
-        loop {
+        let (record, snapshot) = loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
@@ -160,22 +207,32 @@ impl RunJournal {
                 state.trim(self.max_bytes, size);
                 let fits = state.bytes + size <= self.max_bytes || state.records.is_empty();
                 if fits || terminal || self.cancel.is_cancelled() {
-                    return self.push(&mut state, entry, size);
+                    let seq = state.last_seq + 1;
+                    let mut snapshot = state.snapshot.clone();
+                    snapshot.record(&entry, seq);
+                    break (Record { seq, entry }, snapshot);
                 }
             }
             tokio::select! {
                 () = &mut progress => {}
                 () = self.cancel.cancelled() => {}
             }
+        };
+        if let Some(store) = &self.store
+            && let Err(err) = store
+                .append(self.run_id, self.owner, &record, &snapshot)
+                .await
+        {
+            // Followers on this node are still served; a resume elsewhere may find a gap.
+            tracing::warn!(error = %err, "writing a run's record to redis failed");
         }
-    }
-
-    fn push(&self, state: &mut MutexGuard<'_, State>, entry: Entry, size: usize) -> u64 {
-        state.last_seq += 1;
-        let seq = state.last_seq;
-        state.snapshot.record(&entry, seq);
+        let seq = record.seq;
+        let mut state = self.lock();
+        state.last_seq = seq;
+        state.snapshot = snapshot;
         state.bytes += size;
-        state.records.push_back(Arc::new(Record { seq, entry }));
+        state.records.push_back(Arc::new(record));
+        drop(state);
         self.appended.notify_waiters();
         seq
     }
@@ -215,6 +272,12 @@ impl RunJournal {
             id,
             cursor: after_seq,
         })
+    }
+
+    /// Whether a follower from `after_seq` would get every record after it.
+    pub fn covers(&self, after_seq: u64) -> bool {
+        let state = self.lock();
+        after_seq <= state.last_seq && after_seq + 1 >= state.first_seq()
     }
 
     /// For a reader that already follows the run: whether `after_seq` is a seq of the run.

@@ -1,7 +1,7 @@
 //! What a journal holds: each record is one frame of the run for the client, numbered, and
 //! the running summary a resume gets when the records it asks for are gone.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     agent::{AgentEvent, RunId},
@@ -21,6 +21,12 @@ pub enum Entry {
     },
     /// `error {agent_unavailable}`: the backend could not be reached.
     Unavailable,
+    /// A frame read back from another node's journal that none of the above describes (a tool
+    /// refusal's `error`), as the client gets it but for `id`.
+    Wire(serde_json::Map<String, serde_json::Value>),
+    /// A copy of another node's journal could not get every record (they were trimmed before
+    /// it read them): `run_resumed {recovered: false, snapshot}` ends what it delivers.
+    Lost(Snapshot),
 }
 
 /// Bytes a record is charged for besides its text.
@@ -40,9 +46,37 @@ impl Entry {
                 AgentEvent::AgentFailed { reason, .. } => reason.len(),
             },
             Entry::Denied(reply) => reply.message.len(),
-            Entry::Cancelled { .. } | Entry::Unavailable => 0,
+            Entry::Cancelled { .. } | Entry::Unavailable | Entry::Lost(_) => 0,
+            Entry::Wire(frame) => frame.values().map(|value| value.to_string().len()).sum(),
         };
         text + RECORD_OVERHEAD
+    }
+
+    /// The entry a client frame of a run stands for (a record of another node's journal), and
+    /// its `seq`; `None` for what is not a run's frame.
+    pub fn from_wire(frame: &str) -> Option<(u64, Entry)> {
+        let serde_json::Value::Object(mut fields) = serde_json::from_str(frame).ok()? else {
+            return None;
+        };
+        let seq = fields.remove("seq")?.as_u64()?;
+        let kind = fields.get("type")?.as_str()?.to_owned();
+        let entry = match kind.as_str() {
+            "run_cancelled" => Entry::Cancelled {
+                reason: match fields.get("reason").and_then(|reason| reason.as_str()) {
+                    Some("detached_timeout") => Some("detached_timeout"),
+                    _ => None,
+                },
+            },
+            "error"
+                if fields.get("code").and_then(|code| code.as_str())
+                    == Some("agent_unavailable") =>
+            {
+                Entry::Unavailable
+            }
+            "error" => Entry::Wire(fields),
+            _ => Entry::Event(serde_json::from_value(serde_json::Value::Object(fields)).ok()?),
+        };
+        Some((seq, entry))
     }
 
     /// Whether this is the run's last record.
@@ -52,6 +86,7 @@ impl Entry {
             Entry::Event(AgentEvent::AgentCompleted { .. } | AgentEvent::AgentFailed { .. })
                 | Entry::Cancelled { .. }
                 | Entry::Unavailable
+                | Entry::Lost(_)
         )
     }
 }
@@ -93,12 +128,29 @@ impl Record {
                 &ErrorReply::agent_unavailable(),
                 seq,
             )),
+            Entry::Lost(snapshot) => Outbound::Text(
+                ServerMessage::RunResumed {
+                    id,
+                    run_id: &run_id.to_string(),
+                    recovered: false,
+                    snapshot: Some(snapshot),
+                }
+                .encode(),
+            ),
+            Entry::Wire(frame) => {
+                let mut frame = frame.clone();
+                if let Some(id) = id.and_then(|id| serde_json::to_value(id).ok()) {
+                    frame.insert("id".into(), id);
+                }
+                frame.insert("seq".into(), self.seq.into());
+                Outbound::Text(serde_json::Value::Object(frame).to_string().into())
+            }
         }
     }
 }
 
 /// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Completed,
@@ -108,14 +160,14 @@ pub enum Outcome {
 }
 
 /// What the run has used so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tool calls admitted (and counted) for the run.
     pub tool_calls: u64,
 }
 
 /// A run as it stands, for a resume that cannot be served from the log.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The seq of the run's latest record.
     pub last_seq: u64,
@@ -149,7 +201,7 @@ impl Snapshot {
             }
             Entry::Cancelled { .. } => Outcome::Cancelled,
             Entry::Unavailable => Outcome::Unavailable,
-            Entry::Event(_) | Entry::Denied(_) => return,
+            Entry::Event(_) | Entry::Denied(_) | Entry::Wire(_) | Entry::Lost(_) => return,
         };
         self.ended = true;
         self.outcome = Some(outcome);

@@ -12,6 +12,7 @@ fn journal(max_bytes: usize) -> Arc<RunJournal> {
         Uuid::new_v4(),
         max_bytes,
         CancellationToken::new(),
+        None,
     ))
 }
 

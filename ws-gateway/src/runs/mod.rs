@@ -9,6 +9,7 @@
 //! held for a lookup or an insert, never across an `.await`.
 
 mod gate;
+mod remote;
 mod sink;
 
 use std::{
@@ -24,11 +25,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use self::gate::UsageToolGate;
 use self::sink::JournalSink;
+pub use self::{
+    gate::UsageToolGate,
+    remote::{Resumed, serves},
+};
 use crate::{
     agent::{self, AgentEvent, Backends, Caller, RunEnd, RunId, RunRequest, RunSettings},
-    journal::{Entry, RunJournal, StopReason},
+    journal::{Entry, RunJournal, Sources, StopReason},
     metrics::GatewayMetrics,
 };
 use tollgate_shared::shutdown::Shutdown;
@@ -65,16 +69,23 @@ pub struct RunRegistry {
     abort: CancellationToken,
     retention: RetentionSettings,
     metrics: GatewayMetrics,
+    /// With Redis: where journals are written, and read from by other nodes.
+    remote: Option<Sources>,
 }
 
 impl RunRegistry {
-    pub fn new(retention: RetentionSettings, metrics: GatewayMetrics) -> Arc<Self> {
+    pub fn new(
+        retention: RetentionSettings,
+        metrics: GatewayMetrics,
+        remote: Option<Sources>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runs: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             abort: CancellationToken::new(),
             retention,
             metrics,
+            remote,
         })
     }
 
@@ -102,23 +113,31 @@ impl RunRegistry {
                 context.caller.user_id,
                 self.retention.history_max_bytes,
                 CancellationToken::new(),
+                self.remote.as_ref().map(|remote| remote.store.clone()),
             ));
             runs.insert(run_id, Arc::clone(&journal));
             journal
         };
         let span = tracing::info_span!("agent.run", %run_id, agent = %request.agent);
         let task = run(Arc::clone(&journal), context, request, self.metrics.clone());
-        let abort = self.abort.clone();
-        self.tasks.spawn(
-            async move {
-                tokio::select! {
-                    () = task => {}
-                    () = abort.cancelled() => tracing::warn!("the run did not stop in time; dropped"),
-                }
-            }
-            .instrument(span),
-        );
+        self.spawn(task.instrument(span));
         Ok(journal)
+    }
+
+    /// Runs `task` until it ends, or until the shutdown's grace is over.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let abort = self.abort.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = abort.cancelled() => tracing::warn!("a run task did not stop in time; dropped"),
+            }
+        });
+    }
+
+    /// Whether new runs are taken (not once shutdown has begun).
+    pub fn is_accepting(&self) -> bool {
+        !self.tasks.is_closed()
     }
 
     /// `user`'s run `run_id` on this node; another user's run is no run at all.
@@ -151,8 +170,17 @@ impl RunRegistry {
         } = self.retention;
         let abandoned: Vec<_> = {
             let mut runs = self.lock();
-            runs.retain(|_, journal| !journal.expired(history_ttl, now));
+            runs.retain(|_, journal| {
+                // A copy of another node's run nobody reads any more stops reading it.
+                let idle_copy = journal.remote_node().is_some()
+                    && journal.abandoned_for(remote::IDLE_COPY, now);
+                if idle_copy {
+                    journal.cancel_token().cancel();
+                }
+                !idle_copy && !journal.expired(history_ttl, now)
+            });
             runs.values()
+                .filter(|journal| journal.remote_node().is_none())
                 .filter(|journal| journal.abandoned_for(detached_timeout, now))
                 .cloned()
                 .collect()

@@ -20,5 +20,6 @@ mod nodes;
 mod proxies;
 mod publish;
 mod resume;
+mod resume_nodes;
 mod runs;
 mod shutdown;

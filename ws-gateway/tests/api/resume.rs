@@ -17,10 +17,10 @@ use crate::helpers::*;
 /// An agent that streams `deltas` numbered fragments, `pause` apart, then completes with
 /// their concatenation; a cancel ends it at once.
 #[derive(Debug)]
-struct Streamer {
-    deltas: usize,
-    size: usize,
-    pause: Duration,
+pub struct Streamer {
+    pub deltas: usize,
+    pub size: usize,
+    pub pause: Duration,
 }
 
 impl Streamer {
@@ -28,7 +28,7 @@ impl Streamer {
         format!("{i:04}{}|", "x".repeat(self.size.saturating_sub(5)))
     }
 
-    fn answer(&self) -> String {
+    pub fn answer(&self) -> String {
         (0..self.deltas).map(|i| self.fragment(i)).collect()
     }
 }
@@ -69,18 +69,18 @@ fn is_terminal(frame: &Value) -> bool {
 
 /// What a client has of one run: the last seq, the streamed text, the terminal events.
 #[derive(Debug, Default)]
-struct Seen {
-    last_seq: u64,
-    text: String,
-    terminals: Vec<Value>,
-    frames: usize,
+pub struct Seen {
+    pub last_seq: u64,
+    pub text: String,
+    pub terminals: Vec<Value>,
+    pub frames: usize,
 }
 
 impl Seen {
     /// Takes one frame of the run, checking that it follows what came before: a delta frame
     /// may stand for several deltas merged (its seq is the last of them); any other frame is
     /// exactly the next record.
-    fn take(&mut self, frame: Value) {
+    pub fn take(&mut self, frame: Value) {
         let seq = frame["seq"]
             .as_u64()
             .unwrap_or_else(|| panic!("no seq: {frame}"));
@@ -102,7 +102,7 @@ impl Seen {
     }
 
     /// Reads frames of the run until its terminal event, or until `limit` frames.
-    async fn read(&mut self, client: &mut WsClient, limit: usize) {
+    pub async fn read(&mut self, client: &mut WsClient, limit: usize) {
         let mut read = 0;
         while self.terminals.is_empty() && read < limit {
             let Received::Json(frame) = client.recv().await else {
@@ -125,7 +125,7 @@ async fn gateway_with(
     (services, gateway)
 }
 
-async fn start_run(client: &mut WsClient) -> (String, Value) {
+pub async fn start_run(client: &mut WsClient) -> (String, Value) {
     client
         .send_json(json!({"type": "run_agent", "id": "r1", "agent": "demo", "input": "go"}))
         .await;
@@ -133,7 +133,7 @@ async fn start_run(client: &mut WsClient) -> (String, Value) {
     (started["run_id"].as_str().unwrap().to_owned(), started)
 }
 
-async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Value {
+pub async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Value {
     client
         .send_json(
             json!({"type": "resume_run", "id": "again", "run_id": run_id, "after_seq": after_seq}),

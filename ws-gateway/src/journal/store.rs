@@ -1,0 +1,232 @@
+//! Run journals on Redis, so that a run can be resumed on any gateway node.
+//!
+//! The node that runs a run writes each record to the run's Redis Stream before any client
+//! sees it, with one Lua script that appends the record, keeps the run's summary, trims the
+//! stream to its byte cap, renews the keys' lifetime and publishes the record on the run's
+//! channel, atomically: a node following the run remotely never hears a live record that is
+//! missing from the stream, and reads the stream for anything it missed. Keys and channel carry
+//! the run id as a hash tag, so on a Redis Cluster they live on one shard (and the script may
+//! touch them all).
+//!
+//! Stream entries have the id `<seq>-0`, so a read "after seq N" is a range from `N+1`. Each
+//! entry holds the record as the client frame it becomes, without the request `id` (each
+//! follower adds its own).
+
+use std::time::Duration;
+
+use redis::Script;
+use tollgate_shared::{engine::Engine, events};
+use uuid::Uuid;
+
+use super::{Record, Snapshot};
+use crate::{agent::RunId, protocol::Outbound};
+
+/// The longest a journal call may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Most records one read returns.
+pub(super) const READ_BATCH: usize = 512;
+
+static APPEND: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local log, meta = KEYS[1], KEYS[2]
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', meta, 'last_seq') or '0')
+if seq <= last then return last end
+if redis.call('HGET', meta, 'ended') == '1' then return -1 end
+redis.call('XADD', log, ARGV[1] .. '-0', 'r', ARGV[2], 'n', ARGV[9])
+redis.call('HSET', meta, 'last_seq', seq, 'user', ARGV[7], 'node', ARGV[8], 'snapshot', ARGV[11])
+local bytes = redis.call('HINCRBY', meta, 'bytes', tonumber(ARGV[9]))
+while bytes > tonumber(ARGV[6]) do
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  if #first == 0 or first[1][1] == ARGV[1] .. '-0' then break end
+  redis.call('XDEL', log, first[1][1])
+  bytes = redis.call('HINCRBY', meta, 'bytes', -tonumber(first[1][2][4]))
+end
+if ARGV[10] == '1' then redis.call('HSET', meta, 'ended', '1') end
+redis.call('PEXPIRE', log, ARGV[5])
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call(ARGV[12], ARGV[4], ARGV[3])
+return seq
+"#,
+    )
+});
+
+/// What Redis says about a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Meta {
+    pub user: Uuid,
+    /// The bus id of the node that runs it.
+    pub node: String,
+    pub last_seq: u64,
+    pub ended: bool,
+    pub snapshot: Snapshot,
+}
+
+/// A journal call that did not work; the run goes on (its local followers are served).
+#[derive(Debug, thiserror::Error)]
+#[error("run journal on redis: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    pub fn new(message: &str) -> Self {
+        Self(message.to_owned())
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(err: redis::RedisError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    engine: Engine,
+    max_bytes: usize,
+    /// How long a running run's keys live without a record (renewed by each).
+    running_ttl: Duration,
+    /// How long an ended run's keys live.
+    ended_ttl: Duration,
+}
+
+/// The channel a run's records are published on (without the deployment prefix).
+pub fn channel(run_id: RunId) -> String {
+    format!("run:{{{run_id}}}")
+}
+
+impl RunStore {
+    /// The store of `engine`, or `None` when it has no Redis (journals are then in memory only).
+    pub fn new(
+        engine: &Engine,
+        max_bytes: usize,
+        running_ttl: Duration,
+        ended_ttl: Duration,
+    ) -> Option<Self> {
+        engine.is_redis().then(|| Self {
+            engine: engine.clone(),
+            max_bytes,
+            running_ttl,
+            ended_ttl,
+        })
+    }
+
+    fn keys(&self, run_id: RunId) -> (String, String) {
+        (
+            self.engine.key(&format!("run:{{{run_id}}}:log")),
+            self.engine.key(&format!("run:{{{run_id}}}:meta")),
+        )
+    }
+
+    async fn connection(&self) -> Result<tollgate_shared::engine::RedisConnection, StoreError> {
+        self.engine
+            .redis_multiplexed()
+            .ok_or_else(|| StoreError("no redis".into()))
+    }
+
+    /// Writes `record` of `user`'s run, with the run's summary after it, and publishes it.
+    pub async fn append(
+        &self,
+        run_id: RunId,
+        user: Uuid,
+        record: &Record,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let frame = wire(record, run_id);
+        let terminal = record.entry.is_terminal();
+        let ttl = if terminal {
+            self.ended_ttl
+        } else {
+            self.running_ttl
+        };
+        let (log, meta) = self.keys(run_id);
+        let envelope = events::seal(self.engine.node(), &frame);
+        let publish = if self.engine.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let snapshot =
+            serde_json::to_string(snapshot).map_err(|err| StoreError(err.to_string()))?;
+        let mut call = APPEND.prepare_invoke();
+        call.key(&log)
+            .key(&meta)
+            .arg(record.seq)
+            .arg(&frame)
+            .arg(envelope)
+            .arg(self.engine.key(&channel(run_id)))
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(self.max_bytes)
+            .arg(user.to_string())
+            .arg(self.engine.node())
+            .arg(record.entry.size())
+            .arg(if terminal { "1" } else { "0" })
+            .arg(snapshot)
+            .arg(publish);
+        let mut conn = self.connection().await?;
+        let _: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// The run's summary, if Redis knows the run.
+    pub async fn meta(&self, run_id: RunId) -> Result<Option<Meta>, StoreError> {
+        let (_, meta) = self.keys(run_id);
+        let mut conn = self.connection().await?;
+        let fields: std::collections::HashMap<String, String> =
+            timed(redis::cmd("HGETALL").arg(&meta).query_async(&mut conn)).await?;
+        let read = || -> Option<Meta> {
+            Some(Meta {
+                user: fields.get("user")?.parse().ok()?,
+                node: fields.get("node")?.clone(),
+                last_seq: fields.get("last_seq")?.parse().ok()?,
+                ended: fields.get("ended").is_some_and(|ended| ended == "1"),
+                snapshot: serde_json::from_str(fields.get("snapshot")?).ok()?,
+            })
+        };
+        Ok(read())
+    }
+
+    /// The records from `from_seq` on (at most a batch), as `(seq, frame)`.
+    pub async fn range(
+        &self,
+        run_id: RunId,
+        from_seq: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let (log, _) = self.keys(run_id);
+        let mut conn = self.connection().await?;
+        let entries: Vec<(String, Vec<String>)> = timed(
+            redis::cmd("XRANGE")
+                .arg(&log)
+                .arg(format!("{from_seq}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(READ_BATCH)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let seq = id.split('-').next()?.parse().ok()?;
+                let frame = fields.get(1)?.clone();
+                Some((seq, frame))
+            })
+            .collect())
+    }
+}
+
+async fn timed<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError("timed out".into())),
+    }
+}
+
+/// The record as its client frame without a request id.
+fn wire(record: &Record, run_id: RunId) -> String {
+    match record.outbound(run_id, None) {
+        Outbound::Text(text) => text.as_str().to_owned(),
+        Outbound::Delta(delta) => delta.encode().as_str().to_owned(),
+        Outbound::Ping | Outbound::Close(_) => String::new(),
+    }
+}

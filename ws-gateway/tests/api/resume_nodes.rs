@@ -1,0 +1,128 @@
+//! Resuming and cancelling a run on another gateway node than the one that runs it, through
+//! the run's journal on Redis: the rest of the run arrives exactly once, and the run's end
+//! (its own, a cancel sent from the other node, or its node shutting down) reaches the client.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::json;
+
+use crate::{
+    helpers::*,
+    resume::{Seen, Streamer, resume, start_run},
+};
+
+async fn two_nodes(agent: Streamer) -> (Arc<Services>, Gateway, Gateway) {
+    let services = Services::spawn(Backend::PostgresRedis).await;
+    let agent = Arc::new(agent);
+    let node_a = Gateway::start_with_agent(services.gateway_config(), agent.clone()).await;
+    let node_b = Gateway::start_with_agent(services.gateway_config(), agent).await;
+    (services, node_a, node_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_resumed_on_another_node_after_a_drop_at_any_event_exactly_once() {
+    let agent = Streamer {
+        deltas: 6,
+        size: 16,
+        pause: Duration::from_millis(40),
+    };
+    let answer = agent.answer();
+    let (services, node_a, node_b) = two_nodes(agent).await;
+    let pair = services.register().await;
+    for frames_before_drop in 1..=7 {
+        let (mut on_a, _) = node_a.connected(&pair.access_token).await;
+        let (run_id, started) = start_run(&mut on_a).await;
+        let mut seen = Seen::default();
+        seen.take(started);
+        seen.read(&mut on_a, frames_before_drop - 1).await;
+        drop(on_a);
+
+        let (mut on_b, _) = node_b.connected(&pair.access_token).await;
+        let resumed = resume(&mut on_b, &run_id, seen.last_seq).await;
+        assert_eq!(resumed["recovered"], true, "{resumed}");
+        seen.read(&mut on_b, usize::MAX).await;
+        assert_eq!(
+            seen.text, answer,
+            "dropped after {frames_before_drop} frames"
+        );
+        assert_eq!(seen.terminals.len(), 1);
+        assert_eq!(seen.terminals[0]["type"], "agent_completed");
+        assert_eq!(seen.terminals[0]["id"], "again");
+        // The same resume again on that connection repeats nothing.
+        let again = resume(&mut on_b, &run_id, seen.last_seq).await;
+        assert_eq!(again["recovered"], true);
+        on_b.send_json(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(on_b.expect("pong").await["id"], "p");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_from_another_node_and_another_user_cannot() {
+    let agent = Streamer {
+        deltas: 1000,
+        size: 16,
+        pause: Duration::from_millis(20),
+    };
+    let (services, node_a, node_b) = two_nodes(agent).await;
+    let (pair, stranger) = (services.register().await, services.register().await);
+    let (mut on_a, _) = node_a.connected(&pair.access_token).await;
+    let (run_id, started) = start_run(&mut on_a).await;
+
+    let (mut intruder, _) = node_b.connected(&stranger.access_token).await;
+    intruder
+        .send_json(json!({"type": "cancel_run", "id": "c", "run_id": run_id}))
+        .await;
+    assert_eq!(intruder.expect("error").await["code"], "unknown_run");
+    intruder
+        .send_json(json!({"type": "resume_run", "id": "r", "run_id": run_id, "after_seq": 0}))
+        .await;
+    assert_eq!(intruder.expect("error").await["code"], "unknown_run");
+
+    let (mut on_b, _) = node_b.connected(&pair.access_token).await;
+    on_b.send_json(json!({"type": "cancel_run", "id": "c", "run_id": run_id}))
+        .await;
+    let mut seen = Seen::default();
+    seen.take(started);
+    seen.read(&mut on_a, usize::MAX).await;
+    assert_eq!(seen.terminals[0]["type"], "run_cancelled");
+
+    // From the other node too, the run ends with that one terminal event.
+    let resumed = resume(&mut on_b, &run_id, seen.last_seq - 1).await;
+    assert_eq!(resumed["recovered"], true);
+    let mut tail = Seen {
+        last_seq: seen.last_seq - 1,
+        ..Seen::default()
+    };
+    tail.read(&mut on_b, usize::MAX).await;
+    assert_eq!(tail.terminals[0]["type"], "run_cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_another_node_hears_the_run_end_when_its_node_shuts_down() {
+    let agent = Streamer {
+        deltas: 1000,
+        size: 16,
+        pause: Duration::from_millis(20),
+    };
+    let (services, mut node_a, node_b) = two_nodes(agent).await;
+    let pair = services.register().await;
+    let (mut on_a, _) = node_a.connected(&pair.access_token).await;
+    let (run_id, _) = start_run(&mut on_a).await;
+    drop(on_a);
+
+    let (mut on_b, _) = node_b.connected(&pair.access_token).await;
+    assert_eq!(resume(&mut on_b, &run_id, 1).await["recovered"], true);
+    let mut seen = Seen {
+        last_seq: 1,
+        ..Seen::default()
+    };
+    seen.read(&mut on_b, 3).await;
+    node_a.trigger_shutdown();
+    node_a.stopped().await.unwrap();
+    seen.read(&mut on_b, usize::MAX).await;
+    let end = &seen.terminals[0];
+    assert_eq!(
+        (end["type"].as_str(), end["reason"].as_str()),
+        (Some("agent_failed"), Some("gateway_shutdown"))
+    );
+}
