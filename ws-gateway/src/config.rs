@@ -183,6 +183,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_RUN_HISTORY_TTL", default_value = "15m", value_parser = parse_duration)]
     pub run_history_ttl: Duration,
 
+    /// How long this node's lease lives in Redis without a renewal (renewed every third of
+    /// it); another node finding a run's node without a lease ends the run with `node_lost`.
+    #[arg(long, env = "GATEWAY_NODE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub node_lease_ttl: Duration,
+
     /// The most bytes of events one run keeps for `resume_run`; older events that every
     /// follower has read are dropped first.
     #[arg(
@@ -282,6 +287,7 @@ impl Config {
             detached_timeout: self.detached_run_timeout,
             history_ttl: self.run_history_ttl,
             history_max_bytes: self.run_history_max_bytes,
+            node_lease_ttl: self.node_lease_ttl,
         }
     }
 
@@ -330,6 +336,7 @@ impl Config {
             detached_run_timeout: Duration::from_secs(600),
             run_history_ttl: Duration::from_secs(900),
             run_history_max_bytes: 1_048_576,
+            node_lease_ttl: Duration::from_secs(15),
             agent_max_message_bytes: 262_144,
             agent_max_messages_per_second: 1000,
             lease_ttl: Duration::from_secs(60),

@@ -274,6 +274,7 @@ impl Application {
         ];
         tasks.extend(interest_task);
         tasks.extend(shared.runs.spawn_control_listener(shutdown.clone()));
+        tasks.extend(shared.runs.spawn_node_lease(shutdown.clone()));
         tasks.extend(engine.spawn_relay_within(
             &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
             shared.delivery.bus_limit(),
@@ -434,6 +435,10 @@ fn check(config: &Config) -> anyhow::Result<()> {
         (
             !config.detached_run_timeout.is_zero(),
             "GATEWAY_DETACHED_RUN_TIMEOUT: must be more than 0",
+        ),
+        (
+            config.node_lease_ttl >= Duration::from_secs(1),
+            "GATEWAY_NODE_LEASE_TTL: must be at least 1s",
         ),
         (
             config.run_history_max_bytes >= 1024,

@@ -16,6 +16,7 @@ mod partitions;
 mod python_agent;
 mod redis_acl;
 mod redis_cluster;
+mod resume;
 mod seed_auth;
 mod seed_business;
 mod seed_cross_service;

@@ -215,7 +215,12 @@ async fn every_service_works_as_its_user(prefix: &str, mut users: RedisUsers) {
     cluster.logout(&again).await;
 
     // Every service used Redis, as its own user, and nothing was refused.
-    for pattern in ["throttle:*", "usage:*", "gateway:connect:*"] {
+    for pattern in [
+        "throttle:*",
+        "usage:*",
+        "gateway:connect:*",
+        "gateway:run:*",
+    ] {
         let found = users.keys(&format!("{prefix}:{pattern}")).await;
         assert!(!found.is_empty(), "nothing under {pattern} in Redis");
     }

@@ -64,11 +64,15 @@ pub async fn mirror(
     after_seq: u64,
     max_bytes: usize,
 ) -> Result<Mirrored, StoreError> {
-    let Some(meta) = sources.store.meta(run_id).await? else {
+    let Some(mut meta) = sources.store.meta(run_id).await? else {
         return Ok(Mirrored::Unknown);
     };
     if meta.user != user {
         return Ok(Mirrored::Unknown);
+    }
+    if !meta.ended && !sources.store.is_alive(&meta.node).await? {
+        sources.store.close_lost(run_id, &meta).await?;
+        meta = sources.store.meta(run_id).await?.unwrap_or(meta);
     }
     if after_seq > meta.last_seq {
         return Ok(Mirrored::Ahead {
@@ -146,7 +150,7 @@ impl Feeder {
                     Err(RecvError::Lagged(_)) => self.fill().await,
                     Err(RecvError::Closed) => true,
                 },
-                () = tokio::time::sleep(POLL) => self.fill().await,
+                () = tokio::time::sleep(POLL) => self.fill().await || self.owner_lost().await,
                 () = cancel.cancelled() => true,
             };
         }
@@ -162,6 +166,26 @@ impl Feeder {
             Some((seq, _)) if seq > self.next => self.fill().await,
             _ => false,
         }
+    }
+
+    /// Ends the run with `node_lost` when the node that runs it has stopped renewing its lease
+    /// (whichever node notices first writes it, once), and reads that end.
+    async fn owner_lost(&mut self) -> Done {
+        let store = &self.sources.store;
+        let Some(node) = self.journal.remote_node() else {
+            return false;
+        };
+        if !matches!(store.is_alive(node).await, Ok(false)) {
+            return false;
+        }
+        let run_id = self.journal.run_id();
+        if let Ok(Some(meta)) = store.meta(run_id).await
+            && !meta.ended
+            && let Err(err) = store.close_lost(run_id, &meta).await
+        {
+            tracing::warn!(error = %err, "ending a run whose node is gone failed");
+        }
+        self.fill().await
     }
 
     /// Reads the stream from the next record on.

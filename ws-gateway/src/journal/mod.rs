@@ -218,13 +218,20 @@ impl RunJournal {
                 () = self.cancel.cancelled() => {}
             }
         };
-        if let Some(store) = &self.store
-            && let Err(err) = store
+        if let Some(store) = &self.store {
+            match store
                 .append(self.run_id, self.owner, &record, &snapshot)
                 .await
-        {
-            // Followers on this node are still served; a resume elsewhere may find a gap.
-            tracing::warn!(error = %err, "writing a run's record to redis failed");
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another node found this node's lease lapsed and ended the run there.
+                    tracing::warn!("the run was ended as node_lost by another node; stopping it");
+                    self.cancel.cancel();
+                }
+                // Followers on this node are still served; a resume elsewhere may find a gap.
+                Err(err) => tracing::warn!(error = %err, "writing a run's record to redis failed"),
+            }
         }
         let seq = record.seq;
         let mut state = self.lock();

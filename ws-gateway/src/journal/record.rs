@@ -184,7 +184,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(super) fn record(&mut self, entry: &Entry, seq: u64) {
+    pub fn record(&mut self, entry: &Entry, seq: u64) {
         self.last_seq = seq;
         let outcome = match entry {
             Entry::Event(AgentEvent::ToolExecuting { .. }) => {

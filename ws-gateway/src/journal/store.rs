@@ -18,8 +18,11 @@ use redis::Script;
 use tollgate_shared::{engine::Engine, events};
 use uuid::Uuid;
 
-use super::{Record, Snapshot};
-use crate::{agent::RunId, protocol::Outbound};
+use super::{Entry, Record, Snapshot};
+use crate::{
+    agent::{AgentEvent, RunId},
+    protocol::Outbound,
+};
 
 /// The longest a journal call may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +51,24 @@ redis.call('PEXPIRE', log, ARGV[5])
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call(ARGV[12], ARGV[4], ARGV[3])
 return seq
+"#,
+    )
+});
+
+static NODE_LOST: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local log, meta = KEYS[1], KEYS[2]
+if redis.call('HGET', meta, 'ended') == '1' then return 0 end
+local last = tonumber(redis.call('HGET', meta, 'last_seq') or '-1')
+if last + 1 ~= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', log, ARGV[1] .. '-0', 'r', ARGV[2], 'n', ARGV[8])
+redis.call('HSET', meta, 'last_seq', ARGV[1], 'ended', '1', 'snapshot', ARGV[6])
+redis.call('HINCRBY', meta, 'bytes', tonumber(ARGV[8]))
+redis.call('PEXPIRE', log, ARGV[5])
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call(ARGV[7], ARGV[4], ARGV[3])
+return 1
 "#,
     )
 });
@@ -90,9 +111,14 @@ pub struct RunStore {
     ended_ttl: Duration,
 }
 
+/// The key of a node's lease: it exists while the node renews it.
+fn lease_key(engine: &Engine, node: &str) -> String {
+    engine.key(&format!("gateway:node:{{{node}}}:alive"))
+}
+
 /// The channel a run's records are published on (without the deployment prefix).
 pub fn channel(run_id: RunId) -> String {
-    format!("run:{{{run_id}}}")
+    format!("gateway:run:{{{run_id}}}")
 }
 
 impl RunStore {
@@ -113,8 +139,8 @@ impl RunStore {
 
     fn keys(&self, run_id: RunId) -> (String, String) {
         (
-            self.engine.key(&format!("run:{{{run_id}}}:log")),
-            self.engine.key(&format!("run:{{{run_id}}}:meta")),
+            self.engine.key(&format!("gateway:run:{{{run_id}}}:log")),
+            self.engine.key(&format!("gateway:run:{{{run_id}}}:meta")),
         )
     }
 
@@ -124,14 +150,15 @@ impl RunStore {
             .ok_or_else(|| StoreError("no redis".into()))
     }
 
-    /// Writes `record` of `user`'s run, with the run's summary after it, and publishes it.
+    /// Writes `record` of `user`'s run, with the run's summary after it, and publishes it;
+    /// false when the run was ended meanwhile by another node (its lease had lapsed).
     pub async fn append(
         &self,
         run_id: RunId,
         user: Uuid,
         record: &Record,
         snapshot: &Snapshot,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let frame = wire(record, run_id);
         let terminal = record.entry.is_terminal();
         let ttl = if terminal {
@@ -141,11 +168,7 @@ impl RunStore {
         };
         let (log, meta) = self.keys(run_id);
         let envelope = events::seal(self.engine.node(), &frame);
-        let publish = if self.engine.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
+        let publish = self.publish_command();
         let snapshot =
             serde_json::to_string(snapshot).map_err(|err| StoreError(err.to_string()))?;
         let mut call = APPEND.prepare_invoke();
@@ -164,8 +187,71 @@ impl RunStore {
             .arg(snapshot)
             .arg(publish);
         let mut conn = self.connection().await?;
-        let _: i64 = timed(call.invoke_async(&mut conn)).await?;
-        Ok(())
+        let written: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(written >= 0)
+    }
+
+    /// Says that this node is alive for `ttl` (its runs are not lost).
+    pub async fn renew_lease(&self, ttl: Duration) -> Result<(), StoreError> {
+        let key = lease_key(&self.engine, self.engine.node());
+        let mut conn = self.connection().await?;
+        timed(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Whether `node` has renewed its lease within its lifetime.
+    pub async fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
+        let key = lease_key(&self.engine, node);
+        let mut conn = self.connection().await?;
+        timed(redis::cmd("EXISTS").arg(&key).query_async(&mut conn)).await
+    }
+
+    /// Ends a run whose node is gone with `agent_failed {reason: "node_lost"}`, once: false
+    /// when the run has ended, or another node has just written to it.
+    pub async fn close_lost(&self, run_id: RunId, meta: &Meta) -> Result<bool, StoreError> {
+        let seq = meta.last_seq + 1;
+        let record = Record {
+            seq,
+            entry: Entry::Event(AgentEvent::AgentFailed {
+                run_id,
+                reason: "node_lost".into(),
+            }),
+        };
+        let mut snapshot = meta.snapshot.clone();
+        snapshot.record(&record.entry, seq);
+        let snapshot =
+            serde_json::to_string(&snapshot).map_err(|err| StoreError(err.to_string()))?;
+        let frame = wire(&record, run_id);
+        let (log, meta_key) = self.keys(run_id);
+        let mut call = NODE_LOST.prepare_invoke();
+        call.key(&log)
+            .key(&meta_key)
+            .arg(seq)
+            .arg(&frame)
+            .arg(events::seal(self.engine.node(), &frame))
+            .arg(self.engine.key(&channel(run_id)))
+            .arg(self.ended_ttl.as_millis().max(1) as u64)
+            .arg(snapshot)
+            .arg(self.publish_command())
+            .arg(record.entry.size());
+        let mut conn = self.connection().await?;
+        let written: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(written == 1)
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.engine.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// The run's summary, if Redis knows the run.

@@ -46,6 +46,8 @@ pub struct RetentionSettings {
     pub history_ttl: Duration,
     /// `GATEWAY_RUN_HISTORY_MAX_BYTES`.
     pub history_max_bytes: usize,
+    /// `GATEWAY_NODE_LEASE_TTL`.
+    pub node_lease_ttl: Duration,
 }
 
 /// What a run needs from the user who started it.

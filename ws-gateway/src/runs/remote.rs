@@ -26,7 +26,7 @@ struct Control {
 }
 
 fn control_channel(node: &str) -> String {
-    format!("node:{{{node}}}")
+    format!("gateway:node:{{{node}}}")
 }
 
 /// What a resume of a run not on this node found.
@@ -113,6 +113,23 @@ impl RunRegistry {
             .publish_to(&control_channel(&meta.node), payload)
             .await;
         true
+    }
+
+    /// Renews this node's lease (a third of its lifetime apart) until shutdown, so that other
+    /// nodes can tell its runs from those of a node that died; nothing to do without Redis.
+    pub fn spawn_node_lease(self: &Arc<Self>, shutdown: Shutdown) -> Option<JoinHandle<()>> {
+        let store = self.remote.as_ref()?.store.clone();
+        let ttl = self.retention.node_lease_ttl;
+        Some(tokio::spawn(async move {
+            loop {
+                if let Err(err) = store.renew_lease(ttl).await {
+                    tracing::warn!(error = %err, "renewing this node's lease failed");
+                }
+                if !shutdown.sleep(ttl / 3).await {
+                    return;
+                }
+            }
+        }))
     }
 
     /// Follows this node's control channel (cancels of its runs sent from other nodes) until
