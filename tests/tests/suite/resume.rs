@@ -15,6 +15,10 @@ async fn rest_of_run(client: &mut WsClient, mut last_seq: u64) -> Vec<Value> {
             Received::Json(frame) => frame,
             other => panic!("the connection ended mid-run: {other:?}"),
         };
+        assert_ne!(
+            frame["type"], "run_resumed",
+            "the run was cut short: {frame}"
+        );
         let Some(seq) = frame["seq"].as_u64() else {
             continue;
         };
@@ -112,4 +116,61 @@ async fn on_a_redis_cluster_too() {
     let redis = RedisCluster::start().await;
     let cluster = three_gateways().redis_url(&redis.url()).start().await;
     a_killed_gateway_s_run_ends_once_with_node_lost(cluster).await;
+}
+
+/// A resume that comes while Redis is unreachable is refused with an error the client can
+/// retry, never answered with a part of the run; retried once Redis is back, it gets the rest
+/// of the run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_during_a_redis_outage_is_retried_and_then_complete() {
+    let cluster = Cluster::builder()
+        .gateways(2)
+        .redis_behind_proxy()
+        .gateway_env("GATEWAY_AGENT_THINK_DELAY", "4s")
+        .start()
+        .await;
+    let user = cluster.register().await;
+    let (mut owner, _) = WsClient::connected(&cluster.gateways[0], &user.access_token).await;
+    owner
+        .run_agent("run-outage", "What is 6 * 7?", &["calculator"])
+        .await;
+    let run_id = owner.expect("agent_started").await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    owner.expect("agent_thinking").await;
+    let seen = owner.expect("tool_executing").await["seq"]
+        .as_u64()
+        .unwrap();
+    drop(owner);
+    let (mut client, _) = WsClient::connected(&cluster.gateways[1], &user.access_token).await;
+
+    // While the tool works (4 s), Redis goes away for a moment.
+    cluster.redis_proxy().cut();
+    let resume = json!({"type": "resume_run", "id": "r", "run_id": run_id, "after_seq": seen});
+    client.send_json(resume.clone()).await;
+    let refused = client.recv().await;
+    let Received::Json(refused) = refused else {
+        panic!("the connection ended: {refused:?}")
+    };
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("dependency_unavailable")),
+        "{refused}"
+    );
+    cluster.redis_proxy().restore();
+
+    let resumed = loop {
+        client.send_json(resume.clone()).await;
+        let Received::Json(answer) = client.recv().await else {
+            panic!("the connection ended")
+        };
+        if answer["type"] == "run_resumed" {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let rest = rest_of_run(&mut client, seen).await;
+    assert_eq!(rest.last().unwrap()["type"], "agent_completed", "{rest:?}");
 }

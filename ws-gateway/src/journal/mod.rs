@@ -29,6 +29,7 @@ use std::{
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tollgate_shared::backoff::ExponentialBackoff;
 use uuid::Uuid;
 
 pub use self::{
@@ -38,6 +39,9 @@ pub use self::{
     store::{Meta, RunStore, StoreError, channel},
 };
 use crate::agent::RunId;
+
+/// Tries of one record's write to the store before its delivery goes ahead without it.
+const STORE_ATTEMPTS: u32 = 3;
 
 /// Most records one read hands a follower.
 const READ_BATCH: usize = 256;
@@ -80,6 +84,8 @@ struct State {
     /// Each attached follower's cursor: the last `seq` it has taken.
     followers: HashMap<u64, u64>,
     next_follower: u64,
+    /// The last seq written to the store, for a journal with one.
+    stored_seq: u64,
     /// Since when nobody follows the run (`None` while someone does).
     detached_since: Option<Instant>,
     snapshot: Snapshot,
@@ -219,19 +225,7 @@ impl RunJournal {
             }
         };
         if let Some(store) = &self.store {
-            match store
-                .append(self.run_id, self.owner, &record, &snapshot)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Another node found this node's lease lapsed and ended the run there.
-                    tracing::warn!("the run was ended as node_lost by another node; stopping it");
-                    self.cancel.cancel();
-                }
-                // Followers on this node are still served; a resume elsewhere may find a gap.
-                Err(err) => tracing::warn!(error = %err, "writing a run's record to redis failed"),
-            }
+            self.store_through(store, &record, &snapshot).await;
         }
         let seq = record.seq;
         let mut state = self.lock();
@@ -242,6 +236,95 @@ impl RunJournal {
         drop(state);
         self.appended.notify_waiters();
         seq
+    }
+
+    /// Writes to Redis every record it lacks, up to `record`, in order (a record whose write
+    /// failed is written again before the next one, so Redis never skips one it can still
+    /// get), retrying a failed write briefly. Followers on this node are served either way.
+    async fn store_through(&self, store: &RunStore, record: &Record, snapshot: &Snapshot) {
+        let behind: Vec<Arc<Record>> = {
+            let state = self.lock();
+            state
+                .records
+                .iter()
+                .filter(|earlier| earlier.seq > state.stored_seq)
+                .cloned()
+                .collect()
+        };
+        let mut backoff =
+            ExponentialBackoff::new(Duration::from_millis(20), Duration::from_millis(200), 0.5)
+                .start();
+        for attempt in 0..STORE_ATTEMPTS {
+            let mut written = Ok(true);
+            for earlier in &behind {
+                let (stored, current) = {
+                    let state = self.lock();
+                    (state.stored_seq, state.snapshot.clone())
+                };
+                if earlier.seq <= stored {
+                    continue;
+                }
+                written = store
+                    .append(self.run_id, self.owner, earlier, &current)
+                    .await;
+                if !matches!(written, Ok(true)) {
+                    break;
+                }
+                self.lock().stored_seq = earlier.seq;
+            }
+            if matches!(written, Ok(true)) {
+                written = store
+                    .append(self.run_id, self.owner, record, snapshot)
+                    .await;
+            }
+            match written {
+                Ok(true) => {
+                    self.lock().stored_seq = record.seq;
+                    return;
+                }
+                Ok(false) => {
+                    // Another node found this node's lease lapsed and ended the run there.
+                    tracing::warn!("the run was ended as node_lost by another node; stopping it");
+                    self.cancel.cancel();
+                    return;
+                }
+                Err(err) if attempt + 1 == STORE_ATTEMPTS => {
+                    // A resume elsewhere may find the stream short until a later write
+                    // catches it up.
+                    tracing::warn!(error = %err, "writing a run's record to redis failed");
+                }
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+            }
+        }
+    }
+
+    /// For a run's own journal with a store: keeps writing the records Redis lacks (after
+    /// failed writes) for at most `within`, so that a resume on another node gets the run's
+    /// end. Called once the run has ended.
+    pub async fn flush(&self, within: Duration) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let deadline = Instant::now() + within;
+        let mut backoff =
+            ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.5)
+                .start();
+        loop {
+            let last = {
+                let state = self.lock();
+                if state.stored_seq >= state.last_seq {
+                    return;
+                }
+                state.records.back().cloned()
+            };
+            let Some(last) = last else { return };
+            let snapshot = self.lock().snapshot.clone();
+            self.store_through(store, &last, &snapshot).await;
+            if self.lock().stored_seq >= last.seq || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
     }
 
     /// The run is over: nothing more is appended, and followers stop once they have read all.

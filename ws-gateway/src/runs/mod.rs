@@ -37,6 +37,9 @@ use crate::{
 };
 use tollgate_shared::shutdown::Shutdown;
 
+/// How long an ended run goes on writing what Redis lacks of its journal.
+const FLUSH_WITHIN: Duration = Duration::from_secs(30);
+
 /// How long runs keep their journals, and how long a run may go unfollowed.
 #[derive(Clone, Copy, Debug)]
 pub struct RetentionSettings {
@@ -263,4 +266,5 @@ async fn run(
         journal.append(last).await;
     }
     journal.finish();
+    journal.flush(FLUSH_WITHIN).await;
 }
