@@ -15,15 +15,20 @@ use tollgate_shared::{
 
 use crate::{both_backends, helpers::*};
 
-async fn the_service_token_source_authenticates_outgoing_calls(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let shutdown = Shutdown::new();
-    let credentials = ClientCredentials {
+/// What the gateway presents to auth-service for its `ValidateToken` calls.
+fn gateway_credentials() -> ClientCredentials {
+    ClientCredentials {
         client_id: "gateway".into(),
         client_secret: CLIENT_SECRET.to_owned().into(),
         audience: "auth-service".into(),
         scopes: vec!["auth.validate".into()],
-    };
+    }
+}
+
+async fn the_service_token_source_authenticates_outgoing_calls(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let shutdown = Shutdown::new();
+    let credentials = gateway_credentials();
     let source = ServiceTokenSource::start(app.channel.clone(), credentials, shutdown.clone());
     assert!(
         source.ready(Duration::from_secs(10)).await,
@@ -134,12 +139,7 @@ async fn a_call_made_before_the_first_token_waits_for_it(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let user = app.new_user().await;
     let shutdown = Shutdown::new();
-    let credentials = ClientCredentials {
-        client_id: "gateway".into(),
-        client_secret: CLIENT_SECRET.to_owned().into(),
-        audience: "auth-service".into(),
-        scopes: vec!["auth.validate".into()],
-    };
+    let credentials = gateway_credentials();
     let source = ServiceTokenSource::start(app.channel.clone(), credentials, shutdown.clone());
     let interceptor = source.interceptor();
     assert!(

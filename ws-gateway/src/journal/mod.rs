@@ -40,9 +40,6 @@ pub use self::{
 };
 use crate::agent::RunId;
 
-/// Tries of one record's write to the store before its delivery goes ahead without it.
-const STORE_ATTEMPTS: u32 = 3;
-
 /// Most records one read hands a follower.
 const READ_BATCH: usize = 256;
 
@@ -240,7 +237,7 @@ impl RunJournal {
 
     /// Writes to Redis every record it lacks, up to `record`, in order (a record whose write
     /// failed is written again before the next one, so Redis never skips one it can still
-    /// get), retrying a failed write briefly. Followers on this node are served either way.
+    /// get). Followers on this node are served either way.
     async fn store_through(&self, store: &RunStore, record: &Record, snapshot: &Snapshot) {
         let behind: Vec<Arc<Record>> = {
             let state = self.lock();
@@ -251,49 +248,38 @@ impl RunJournal {
                 .cloned()
                 .collect()
         };
-        let mut backoff =
-            ExponentialBackoff::new(Duration::from_millis(20), Duration::from_millis(200), 0.5)
-                .start();
-        for attempt in 0..STORE_ATTEMPTS {
-            let mut written = Ok(true);
-            for earlier in &behind {
-                let (stored, current) = {
-                    let state = self.lock();
-                    (state.stored_seq, state.snapshot.clone())
-                };
-                if earlier.seq <= stored {
-                    continue;
-                }
-                written = store
-                    .append(self.run_id, self.owner, earlier, &current)
-                    .await;
-                if !matches!(written, Ok(true)) {
-                    break;
-                }
-                self.lock().stored_seq = earlier.seq;
+        for earlier in &behind {
+            let current = self.lock().snapshot.clone();
+            if !self.stored(store, earlier, &current).await {
+                return;
             }
-            if matches!(written, Ok(true)) {
-                written = store
-                    .append(self.run_id, self.owner, record, snapshot)
-                    .await;
+        }
+        if record.seq > self.lock().stored_seq {
+            self.stored(store, record, snapshot).await;
+        }
+    }
+
+    /// Writes one record to the store; whether it is there now.
+    async fn stored(&self, store: &RunStore, record: &Record, snapshot: &Snapshot) -> bool {
+        match store
+            .append(self.run_id, self.owner, record, snapshot)
+            .await
+        {
+            Ok(true) => {
+                self.lock().stored_seq = record.seq;
+                true
             }
-            match written {
-                Ok(true) => {
-                    self.lock().stored_seq = record.seq;
-                    return;
-                }
-                Ok(false) => {
-                    // Another node found this node's lease lapsed and ended the run there.
-                    tracing::warn!("the run was ended as node_lost by another node; stopping it");
-                    self.cancel.cancel();
-                    return;
-                }
-                Err(err) if attempt + 1 == STORE_ATTEMPTS => {
-                    // A resume elsewhere may find the stream short until a later write
-                    // catches it up.
-                    tracing::warn!(error = %err, "writing a run's record to redis failed");
-                }
-                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+            Ok(false) => {
+                // Another node found this node's lease lapsed and ended the run there.
+                tracing::warn!("the run was ended as node_lost by another node; stopping it");
+                self.cancel.cancel();
+                false
+            }
+            Err(err) => {
+                // Written after the next successful write, in order; a resume elsewhere may
+                // find the stream short meanwhile.
+                tracing::debug!(error = %err, "writing a run's record to redis failed");
+                false
             }
         }
     }

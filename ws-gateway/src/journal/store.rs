@@ -12,10 +12,10 @@
 //! entry holds the record as the client frame it becomes, without the request `id` (each
 //! follower adds its own).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::Script;
-use tollgate_shared::{engine::Engine, events};
+use tollgate_shared::{engine::Engine, events, probe_gate::ProbeGate};
 use uuid::Uuid;
 
 use super::{Entry, Record, Snapshot};
@@ -25,7 +25,10 @@ use crate::{
 };
 
 /// The longest a journal call may take.
-const TIMEOUT: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_millis(500);
+/// How long writes are skipped after one failed (Redis is down: runs must not pay for it
+/// record by record); what they miss is written after, in order.
+const WRITE_PAUSE: Duration = Duration::from_secs(1);
 /// Most records one read returns.
 pub(super) const READ_BATCH: usize = 512;
 
@@ -104,6 +107,8 @@ impl From<redis::RedisError> for StoreError {
 #[derive(Clone, Debug)]
 pub struct RunStore {
     engine: Engine,
+    /// Shut for [`WRITE_PAUSE`] after a failed write.
+    writes: Arc<ProbeGate>,
     max_bytes: usize,
     /// How long a running run's keys live without a record (renewed by each).
     running_ttl: Duration,
@@ -131,6 +136,7 @@ impl RunStore {
     ) -> Option<Self> {
         engine.is_redis().then(|| Self {
             engine: engine.clone(),
+            writes: Arc::new(ProbeGate::new(WRITE_PAUSE)),
             max_bytes,
             running_ttl,
             ended_ttl,
@@ -159,6 +165,9 @@ impl RunStore {
         record: &Record,
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
+        if !self.writes.is_open() {
+            return Err(StoreError::new("paused after a failed write"));
+        }
         let frame = wire(record, run_id);
         let terminal = record.entry.is_terminal();
         let ttl = if terminal {
@@ -186,9 +195,20 @@ impl RunStore {
             .arg(if terminal { "1" } else { "0" })
             .arg(snapshot)
             .arg(publish);
-        let mut conn = self.connection().await?;
-        let written: i64 = timed(call.invoke_async(&mut conn)).await?;
-        Ok(written >= 0)
+        let written: Result<i64, StoreError> = async {
+            let mut conn = self.connection().await?;
+            timed(call.invoke_async(&mut conn)).await
+        }
+        .await;
+        match written {
+            Ok(written) => Ok(written >= 0),
+            Err(err) => {
+                // At most once a pause: the writes after it wait for the pause to end.
+                tracing::warn!(error = %err, "writing run journals to redis failed; pausing writes");
+                self.writes.hold();
+                Err(err)
+            }
+        }
     }
 
     /// Says that this node is alive for `ttl` (its runs are not lost).

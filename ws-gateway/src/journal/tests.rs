@@ -150,14 +150,28 @@ async fn a_terminal_record_and_a_stopped_run_never_wait() {
     };
     let chunk = "x".repeat(900);
     journal.append(delta(&journal, &chunk)).await;
-    assert_eq!(journal.append(completed(&journal)).await, 2);
-    journal.stop(StopReason::Cancelled);
+    assert!(journal.stop(StopReason::Cancelled), "a running run stops");
     assert_eq!(
-        journal.append(Entry::Cancelled { reason: None }).await,
-        3,
-        "a stopped run writes its end whatever the readers do"
+        journal.append(delta(&journal, &chunk)).await,
+        2,
+        "a stopped run writes on whatever the readers do"
     );
+    assert_eq!(journal.append(Entry::Cancelled { reason: None }).await, 3);
     assert_eq!(journal.stop_reason(), Some(StopReason::Cancelled));
+    assert!(
+        !journal.stop(StopReason::Shutdown),
+        "an ended run is not stopped again"
+    );
+    let other = self::journal(1024);
+    let Attach::Follow(_other_reader) = other.attach(0) else {
+        panic!()
+    };
+    other.append(delta(&other, &chunk)).await;
+    assert_eq!(
+        other.append(completed(&other)).await,
+        2,
+        "a terminal record never waits"
+    );
 }
 
 #[tokio::test]

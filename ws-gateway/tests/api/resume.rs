@@ -142,33 +142,35 @@ pub async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Valu
     client.expect("run_resumed").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_drops_at_any_event_resumes_the_rest_exactly_once() {
-    let agent = Streamer {
+/// The streamer every drop test runs: agent_started, six deltas, agent_completed.
+pub fn six_deltas() -> Streamer {
+    Streamer {
         deltas: 6,
         size: 16,
         pause: Duration::from_millis(40),
-    };
-    let answer = agent.answer();
-    let (services, gateway) = gateway_with(agent, |_| {}).await;
-    let pair = services.register().await;
-    // agent_started, six deltas, agent_completed: drop after each of the first seven.
+    }
+}
+
+/// For a drop after each of the first seven frames of a run started on `first`: a resume on
+/// a new connection to `then` gets the rest of the run exactly once, and nothing after it.
+pub async fn drop_after_every_event_and_resume_on(first: &Gateway, then: &Gateway, token: &str) {
+    let answer = six_deltas().answer();
     for frames_before_drop in 1..=7 {
-        let (mut first, _) = gateway.connected(&pair.access_token).await;
-        let (run_id, started) = start_run(&mut first).await;
+        let (mut dropped, _) = first.connected(token).await;
+        let (run_id, started) = start_run(&mut dropped).await;
         let mut seen = Seen::default();
         seen.take(started);
-        seen.read(&mut first, frames_before_drop - 1).await;
-        drop(first);
+        seen.read(&mut dropped, frames_before_drop - 1).await;
+        drop(dropped);
 
-        let (mut second, _) = gateway.connected(&pair.access_token).await;
-        let resumed = resume(&mut second, &run_id, seen.last_seq).await;
+        let (mut client, _) = then.connected(token).await;
+        let resumed = resume(&mut client, &run_id, seen.last_seq).await;
         assert_eq!(resumed["recovered"], true, "{resumed}");
         assert_eq!(
             (resumed["run_id"].as_str(), resumed["id"].as_str()),
             (Some(&*run_id), Some("again"))
         );
-        seen.read(&mut second, usize::MAX).await;
+        seen.read(&mut client, usize::MAX).await;
         assert_eq!(
             seen.text, answer,
             "dropped after {frames_before_drop} frames"
@@ -179,10 +181,21 @@ async fn a_client_that_drops_at_any_event_resumes_the_rest_exactly_once() {
             seen.terminals[0]["id"], "again",
             "a resumed run answers the resume"
         );
-        // Nothing else of the run follows.
-        second.send_json(json!({"type": "ping", "id": "p"})).await;
-        assert_eq!(second.expect("pong").await["id"], "p");
+        // The same resume again repeats nothing, and nothing else of the run follows.
+        assert_eq!(
+            resume(&mut client, &run_id, seen.last_seq).await["recovered"],
+            true
+        );
+        client.send_json(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(client.expect("pong").await["id"], "p");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_at_any_event_resumes_the_rest_exactly_once() {
+    let (services, gateway) = gateway_with(six_deltas(), |_| {}).await;
+    let pair = services.register().await;
+    drop_after_every_event_and_resume_on(&gateway, &gateway, &pair.access_token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

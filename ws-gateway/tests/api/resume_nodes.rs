@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     helpers::*,
-    resume::{Seen, Streamer, resume, start_run},
+    resume::{Seen, Streamer, drop_after_every_event_and_resume_on, resume, six_deltas, start_run},
 };
 
 async fn two_nodes(agent: Streamer) -> (Arc<Services>, Gateway, Gateway) {
@@ -21,39 +21,9 @@ async fn two_nodes(agent: Streamer) -> (Arc<Services>, Gateway, Gateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_resumed_on_another_node_after_a_drop_at_any_event_exactly_once() {
-    let agent = Streamer {
-        deltas: 6,
-        size: 16,
-        pause: Duration::from_millis(40),
-    };
-    let answer = agent.answer();
-    let (services, node_a, node_b) = two_nodes(agent).await;
+    let (services, node_a, node_b) = two_nodes(six_deltas()).await;
     let pair = services.register().await;
-    for frames_before_drop in 1..=7 {
-        let (mut on_a, _) = node_a.connected(&pair.access_token).await;
-        let (run_id, started) = start_run(&mut on_a).await;
-        let mut seen = Seen::default();
-        seen.take(started);
-        seen.read(&mut on_a, frames_before_drop - 1).await;
-        drop(on_a);
-
-        let (mut on_b, _) = node_b.connected(&pair.access_token).await;
-        let resumed = resume(&mut on_b, &run_id, seen.last_seq).await;
-        assert_eq!(resumed["recovered"], true, "{resumed}");
-        seen.read(&mut on_b, usize::MAX).await;
-        assert_eq!(
-            seen.text, answer,
-            "dropped after {frames_before_drop} frames"
-        );
-        assert_eq!(seen.terminals.len(), 1);
-        assert_eq!(seen.terminals[0]["type"], "agent_completed");
-        assert_eq!(seen.terminals[0]["id"], "again");
-        // The same resume again on that connection repeats nothing.
-        let again = resume(&mut on_b, &run_id, seen.last_seq).await;
-        assert_eq!(again["recovered"], true);
-        on_b.send_json(json!({"type": "ping", "id": "p"})).await;
-        assert_eq!(on_b.expect("pong").await["id"], "p");
-    }
+    drop_after_every_event_and_resume_on(&node_a, &node_b, &pair.access_token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
