@@ -44,7 +44,8 @@ use crate::{
     breaker::Breaker,
     config::Config,
     connection,
-    delivery::{Delivery, EVENTS_CHANNEL},
+    delivery::Delivery,
+    history::EventHistory,
     hub::Hub,
     leases::{self, LeaseQueues},
     limits::Limits,
@@ -74,6 +75,8 @@ pub struct Application {
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
     lease_queues: LeaseQueues,
+    /// The task behind the per-user event subscriptions (with Redis).
+    interest_task: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -170,9 +173,13 @@ impl Application {
             config.emergency_limit,
             metrics.clone(),
         );
+        let history = Arc::new(EventHistory::new(engine.clone(), config.event_history()));
+        let bus_limit = Delivery::limit_for(config.publish_max_bytes, &metrics);
+        let (interest, interest_task) = engine.interest(bus_limit, shutdown.clone());
         let delivery = Delivery::new(
-            engine.clone(),
             hub.clone(),
+            history,
+            interest,
             metrics.clone(),
             config.publish_max_bytes,
         );
@@ -205,6 +212,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            interest_task,
         })
     }
 
@@ -241,6 +249,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            interest_task,
         } = self;
         let shutdown = shared.shutdown.clone();
         let jwks = shared.validator.jwks().clone();
@@ -248,15 +257,14 @@ impl Application {
             jwks.spawn_refresher(Duration::from_secs(60), shutdown.clone()),
             revocations.spawn_watcher(watch_channel, auth_tokens.interceptor(), shutdown.clone()),
             revocations.spawn_bus_listener(&engine, shutdown.clone()),
-            shared.delivery.spawn_listener(shutdown.clone()),
+            shared.delivery.spawn_listener(&engine, shutdown.clone()),
             spawn_readiness(&shared, auth_tokens, usage_tokens),
             shared.runs.spawn_sweeper(shutdown.clone()),
         ];
-        tasks.extend(engine.spawn_relay_within(
-            &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
-            shared.delivery.bus_limit(),
-            shutdown.clone(),
-        ));
+        // Revocations are broadcast to every node; published events reach only the nodes
+        // subscribed to their user (`interest_task`).
+        tasks.extend(engine.spawn_relay(&[REVOCATIONS_CHANNEL], shutdown.clone()));
+        tasks.extend(interest_task);
         // Lease calls outlive the shutdown signal: draining connections still give theirs back.
         let leases_done = CancellationToken::new();
         let lease_calls =
@@ -416,6 +424,10 @@ fn check(config: &Config) -> anyhow::Result<()> {
         (
             config.run_history_max_bytes >= 1024,
             "GATEWAY_RUN_HISTORY_MAX_BYTES: must be at least 1024",
+        ),
+        (
+            (1..=100_000).contains(&config.event_history_size),
+            "GATEWAY_EVENT_HISTORY_SIZE: must be between 1 and 100000",
         ),
         (
             !config.service_client_secret.expose_secret().is_empty(),
