@@ -19,6 +19,10 @@
 //! `connected` is never missed. Events arriving while the connection catches up from the
 //! history wait in its gate ([`crate::event_gate`]).
 //!
+//! Redis is not a single point of failure: when the script cannot run, the event still reaches
+//! the user's connections on the publishing node, unnumbered (`event {data}` without `seq`) and
+//! not kept, as before histories existed; the publisher learns it from the 202's missing `seq`.
+//!
 //! On the bus a payload is `<seq> <data>`; a receiving node builds the frame itself (no JSON
 //! parsing) and drops payloads over the publish limit (`gateway_bus_messages_dropped`), as
 //! anything that can PUBLISH on Redis can put a message on a channel.
@@ -52,8 +56,6 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum PublishError {
     #[error("the event is larger than the publish limit")]
     TooLarge,
-    #[error("the event history is unavailable")]
-    Unavailable,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +98,11 @@ pub fn event_frame(seq: u64, data: &str) -> Utf8Bytes {
     format!(r#"{{"type":"event","data":{data},"seq":{seq}}}"#).into()
 }
 
+/// The `event` frame of an event that could not be numbered.
+fn unnumbered_frame(data: &str) -> Utf8Bytes {
+    format!(r#"{{"type":"event","data":{data}}}"#).into()
+}
+
 impl Delivery {
     pub fn new(
         hub: Arc<Hub>,
@@ -114,25 +121,29 @@ impl Delivery {
     }
 
     /// Numbers `data`, keeps it in the user's history and sends it to every connection of
-    /// `user`; returns its seq. A frame over the publish limit (its data re-encoded, which
-    /// may grow it) is refused, since every node would drop it.
-    pub async fn publish(&self, user: Uuid, data: &Value) -> Result<u64, PublishError> {
+    /// `user`; returns its seq, or `None` when Redis could not be reached and only this node's
+    /// connections got it, unnumbered. A frame over the publish limit (its data re-encoded,
+    /// which may grow it) is refused, since every node would drop it.
+    pub async fn publish(&self, user: Uuid, data: &Value) -> Result<Option<u64>, PublishError> {
         let data = data.to_string();
         if event_frame(MAX_SEQ, &data).len() > self.max_frame_bytes {
             return Err(PublishError::TooLarge);
         }
-        let seq = if self.history.is_redis() {
-            self.history
-                .append_and_publish(user, &data)
-                .await
-                .map_err(|_| PublishError::Unavailable)?
-        } else {
-            self.history.append_local(user, &data, |seq| {
-                self.hub.deliver_event(user, seq, &event_frame(seq, &data));
-            })
-        };
         self.metrics.events_published.inc();
-        Ok(seq)
+        if !self.history.is_redis() {
+            let seq = self.history.append_local(user, &data, |seq| {
+                self.hub
+                    .deliver_event(user, Some(seq), &event_frame(seq, &data));
+            });
+            return Ok(Some(seq));
+        }
+        match self.history.append_and_publish(user, &data).await {
+            Ok(seq) => Ok(Some(seq)),
+            Err(_) => {
+                self.hub.deliver_event(user, None, &unnumbered_frame(&data));
+                Ok(None)
+            }
+        }
     }
 
     /// Makes this node hear `user`'s events, waiting (within a bound) until the subscription is
@@ -245,7 +256,7 @@ impl Delivery {
                         received.inc();
                         match parse(&message.payload) {
                             Some((seq, data)) => {
-                                hub.deliver_event(user, seq, &event_frame(seq, data));
+                                hub.deliver_event(user, Some(seq), &event_frame(seq, data));
                             }
                             None => {
                                 malformed.inc();

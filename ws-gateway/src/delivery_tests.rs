@@ -66,16 +66,19 @@ async fn published_events_are_numbered_and_reach_the_users_open_connections() {
     let (handle, mailbox) = ConnectionHandle::new("c1".into(), 8);
     let _registration = hub.register(user, Uuid::new_v4(), Arc::clone(&handle));
 
-    assert_eq!(delivery.publish(user, &json!({"n": 1})).await, Ok(1));
+    assert_eq!(delivery.publish(user, &json!({"n": 1})).await, Ok(Some(1)));
     assert!(mailbox.try_next().is_none(), "held until the gate opens");
     delivery.open(&handle, None);
     assert_eq!(
         next_json(&mailbox),
         json!({"type": "event", "data": {"n": 1}, "seq": 1})
     );
-    assert_eq!(delivery.publish(user, &json!({"n": 2})).await, Ok(2));
+    assert_eq!(delivery.publish(user, &json!({"n": 2})).await, Ok(Some(2)));
     assert_eq!(next_json(&mailbox)["seq"], 2);
-    assert_eq!(delivery.publish(Uuid::new_v4(), &json!(0)).await, Ok(1));
+    assert_eq!(
+        delivery.publish(Uuid::new_v4(), &json!(0)).await,
+        Ok(Some(1))
+    );
     assert!(mailbox.try_next().is_none(), "another user's event");
 }
 
@@ -111,6 +114,6 @@ async fn an_event_over_the_limit_is_refused() {
         delivery.publish(user, &data).await,
         Err(PublishError::TooLarge)
     );
-    assert_eq!(delivery.publish(user, &json!([1])).await, Ok(1));
+    assert_eq!(delivery.publish(user, &json!([1])).await, Ok(Some(1)));
     assert!(delivery.bus_limit().max_bytes > 64);
 }

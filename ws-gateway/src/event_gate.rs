@@ -10,6 +10,9 @@
 //! dropped; after that every live event passes (the user's events reach a node in seq order,
 //! and numbers restart only after the user's counter was forgotten).
 //!
+//! An event without a number (published while Redis was unreachable, see
+//! [`crate::delivery`]) is never taken for a duplicate and moves no watermark.
+//!
 //! The lock is a plain mutex, held while frames are offered to the send queue (which never
 //! waits), never across an `.await`.
 
@@ -39,7 +42,7 @@ pub struct EventGate {
 #[derive(Debug)]
 struct State {
     /// `Some` while holding.
-    held: Option<Vec<(u64, Utf8Bytes)>>,
+    held: Option<Vec<(Option<u64>, Utf8Bytes)>>,
     /// Live events up to here were sent by the replay.
     replayed_through: Option<u64>,
 }
@@ -62,10 +65,11 @@ impl EventGate {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// A live event: held, dropped as a duplicate, or handed to `send`.
+    /// A live event (`seq` `None`: unnumbered): held, dropped as a duplicate, or handed to
+    /// `send`.
     pub fn live(
         &self,
-        seq: u64,
+        seq: Option<u64>,
         frame: &Utf8Bytes,
         send: impl FnOnce(Utf8Bytes) -> bool,
     ) -> Passed {
@@ -77,10 +81,12 @@ impl EventGate {
             held.push((seq, frame.clone()));
             return Passed::Held;
         }
-        if state.replayed_through.is_some_and(|through| seq <= through) {
-            return Passed::Duplicate;
+        if let Some(seq) = seq {
+            if state.replayed_through.is_some_and(|through| seq <= through) {
+                return Passed::Duplicate;
+            }
+            state.replayed_through = None;
         }
-        state.replayed_through = None;
         Passed::Sent(send(frame.clone()))
     }
 
@@ -103,12 +109,15 @@ impl EventGate {
         {
             return;
         }
-        for (seq, frame) in replayed.into_iter().chain(held) {
-            if seq <= through {
-                continue;
+        let replayed = replayed.into_iter().map(|(seq, frame)| (Some(seq), frame));
+        for (seq, frame) in replayed.chain(held) {
+            if let Some(seq) = seq {
+                if seq <= through {
+                    continue;
+                }
+                through = seq;
+                state.replayed_through = Some(through);
             }
-            through = seq;
-            state.replayed_through = Some(through);
             if !send(frame) {
                 return;
             }
@@ -136,8 +145,14 @@ mod tests {
         let gate = EventGate::holding(8);
         let mut sent = Vec::new();
         // Live 4 and 5 arrive while the history is read; the history already holds 4.
-        assert_eq!(gate.live(4, &frame(4), collect(&mut sent)), Passed::Held);
-        assert_eq!(gate.live(5, &frame(5), collect(&mut sent)), Passed::Held);
+        assert_eq!(
+            gate.live(Some(4), &frame(4), collect(&mut sent)),
+            Passed::Held
+        );
+        assert_eq!(
+            gate.live(Some(5), &frame(5), collect(&mut sent)),
+            Passed::Held
+        );
         gate.open(
             Some("resumed".into()),
             2,
@@ -147,29 +162,44 @@ mod tests {
         assert_eq!(sent, ["resumed", "3", "4", "5"]);
         // A late live copy of a replayed event is dropped; the next one passes.
         assert_eq!(
-            gate.live(5, &frame(5), collect(&mut sent)),
+            gate.live(Some(5), &frame(5), collect(&mut sent)),
             Passed::Duplicate
         );
         assert_eq!(
-            gate.live(6, &frame(6), collect(&mut sent)),
+            gate.live(Some(6), &frame(6), collect(&mut sent)),
             Passed::Sent(true)
         );
         // From then on numbers are not second-guessed (a forgotten counter restarts at 1).
         assert_eq!(
-            gate.live(1, &frame(1), collect(&mut sent)),
+            gate.live(Some(1), &frame(1), collect(&mut sent)),
             Passed::Sent(true)
         );
         assert_eq!(sent, ["resumed", "3", "4", "5", "6", "1"]);
     }
 
     #[test]
+    fn unnumbered_events_always_pass_and_move_no_watermark() {
+        let gate = EventGate::holding(8);
+        let mut sent = Vec::new();
+        gate.live(None, &"local".into(), collect(&mut sent));
+        gate.live(Some(3), &frame(3), collect(&mut sent));
+        gate.open(None, 2, vec![(3, frame(3))], collect(&mut sent));
+        gate.live(None, &"again".into(), collect(&mut sent));
+        assert_eq!(
+            gate.live(Some(3), &frame(3), collect(&mut sent)),
+            Passed::Duplicate
+        );
+        assert_eq!(sent, ["3", "local", "again"]);
+    }
+
+    #[test]
     fn a_gate_holds_a_bounded_number_of_events() {
         let gate = EventGate::holding(2);
         let mut sent = Vec::new();
-        gate.live(1, &frame(1), collect(&mut sent));
-        gate.live(2, &frame(2), collect(&mut sent));
+        gate.live(Some(1), &frame(1), collect(&mut sent));
+        gate.live(Some(2), &frame(2), collect(&mut sent));
         assert_eq!(
-            gate.live(3, &frame(3), collect(&mut sent)),
+            gate.live(Some(3), &frame(3), collect(&mut sent)),
             Passed::Overflow
         );
         assert!(sent.is_empty());
@@ -179,9 +209,9 @@ mod tests {
     fn without_a_replay_every_held_event_goes_out_in_order() {
         let gate = EventGate::holding(8);
         let mut sent = Vec::new();
-        gate.live(7, &frame(7), collect(&mut sent));
+        gate.live(Some(7), &frame(7), collect(&mut sent));
         gate.open(None, 0, Vec::new(), collect(&mut sent));
-        gate.live(8, &frame(8), collect(&mut sent));
+        gate.live(Some(8), &frame(8), collect(&mut sent));
         assert_eq!(sent, ["7", "8"]);
     }
 }

@@ -87,9 +87,15 @@ impl ConnectionHandle {
         }
     }
 
-    /// Offers the user's published event `seq` through the connection's gate; a gate that
-    /// overflows closes the connection as a slow consumer. Returns whether it was queued.
-    pub fn offer_event(&self, seq: u64, frame: &Utf8Bytes, metrics: &GatewayMetrics) -> bool {
+    /// Offers the user's published event `seq` (`None`: unnumbered) through the connection's
+    /// gate; a gate that overflows closes the connection as a slow consumer. Returns whether
+    /// it was queued.
+    pub fn offer_event(
+        &self,
+        seq: Option<u64>,
+        frame: &Utf8Bytes,
+        metrics: &GatewayMetrics,
+    ) -> bool {
         let passed = self.events.live(seq, frame, |frame| {
             self.offer(Outbound::Text(frame), metrics)
         });
@@ -244,9 +250,9 @@ impl Hub {
         })
     }
 
-    /// Offers the user's published event `seq` to every connection of `user` on this node;
-    /// returns how many queued it.
-    pub fn deliver_event(&self, user: Uuid, seq: u64, frame: &Utf8Bytes) -> usize {
+    /// Offers the user's published event `seq` (`None`: unnumbered) to every connection of
+    /// `user` on this node; returns how many queued it.
+    pub fn deliver_event(&self, user: Uuid, seq: Option<u64>, frame: &Utf8Bytes) -> usize {
         let mut delivered = 0;
         for handle in self.handles(user, None) {
             if !handle.is_closing() && handle.offer_event(seq, frame, &self.metrics) {
@@ -290,7 +296,7 @@ mod tests {
         let (_a2, box_a2) = connect(&hub, alice, Uuid::new_v4(), 4);
         let (_b, box_b) = connect(&hub, bob, Uuid::new_v4(), 4);
         assert_eq!(
-            hub.deliver_event(alice, 1, &Utf8Bytes::from_static("hi")),
+            hub.deliver_event(alice, Some(1), &Utf8Bytes::from_static("hi")),
             2
         );
         assert!(box_a1.try_next().is_some());
@@ -305,7 +311,7 @@ mod tests {
         let (_slow, slow) = connect(&hub, user, Uuid::new_v4(), 1);
         let (_fast, fast) = connect(&hub, user, Uuid::new_v4(), 8);
         for seq in 1..=3 {
-            hub.deliver_event(user, seq, &Utf8Bytes::from_static("x"));
+            hub.deliver_event(user, Some(seq), &Utf8Bytes::from_static("x"));
             let _ = fast.try_next();
         }
         assert_eq!(*slow.close.borrow(), Some(CloseCode::SlowConsumer));

@@ -6,7 +6,8 @@
 //! the body is read. 202 (`{"status": "accepted", "seq": n}`) means the event was numbered,
 //! kept in the user's history for `GATEWAY_EVENT_HISTORY_TTL` and sent to every node where the
 //! user is connected; a user with no connection receives it on reconnecting with `since`, or
-//! not at all. 503 when the history (Redis) cannot be reached: nothing was sent, retry.
+//! not at all. While Redis cannot be reached the event still reaches the user's connections on
+//! this node, unnumbered and not kept, and the answer has no `seq`.
 
 use std::sync::Arc;
 
@@ -63,12 +64,10 @@ pub async fn publish(
         .delivery
         .publish(request.user_id, &request.data)
         .await
-        .map_err(|err| match err {
-            PublishError::TooLarge => GatewayError::PayloadTooLarge,
-            PublishError::Unavailable => GatewayError::DependencyUnavailable,
-        })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "seq": seq})),
-    ))
+        .map_err(|PublishError::TooLarge| GatewayError::PayloadTooLarge)?;
+    let body = match seq {
+        Some(seq) => json!({"status": "accepted", "seq": seq}),
+        None => json!({"status": "accepted"}),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
