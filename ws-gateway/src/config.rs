@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::{
     agent::{AgentRoutes, BackendSettings, RunSettings},
+    history::HistorySettings,
     runs::RetentionSettings,
 };
 use tollgate_shared::{
@@ -253,6 +254,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PUBLISH_MAX_BYTES", default_value_t = 65_536)]
     pub publish_max_bytes: usize,
 
+    /// How long a user's published events stay available to a client reconnecting with
+    /// `since`, after the user's last event; `0s` keeps none (events are still numbered).
+    #[arg(long, env = "GATEWAY_EVENT_HISTORY_TTL", default_value = "2m", value_parser = parse_duration)]
+    pub event_history_ttl: Duration,
+
+    /// The most published events kept per user for `since` (older ones are trimmed first).
+    #[arg(long, env = "GATEWAY_EVENT_HISTORY_SIZE", default_value_t = 1000)]
+    pub event_history_size: usize,
+
     /// How long connections get to close (1001) after SIGTERM before the process exits.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -288,6 +298,14 @@ impl Config {
             history_ttl: self.run_history_ttl,
             history_max_bytes: self.run_history_max_bytes,
             node_lease_ttl: self.node_lease_ttl,
+        }
+    }
+
+    /// How each user's published events are kept.
+    pub fn event_history(&self) -> HistorySettings {
+        HistorySettings {
+            ttl: self.event_history_ttl,
+            size: self.event_history_size,
         }
     }
 
@@ -348,6 +366,8 @@ impl Config {
             upstream_timeout: Duration::from_secs(2),
             request_timeout: RequestTimeout::default(),
             publish_max_bytes: 65_536,
+            event_history_ttl: Duration::from_secs(120),
+            event_history_size: 1000,
             shutdown_grace: Duration::from_secs(10),
             otlp_endpoint: None,
         }

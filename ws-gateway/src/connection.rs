@@ -46,11 +46,12 @@ use uuid::Uuid;
 use crate::{
     commands::Command,
     end::{End, frame_error},
-    error::{CloseCode, GatewayError},
+    error::{CloseCode, ErrorReply, GatewayError},
     handshake,
+    history::{RecoverError, Since},
     hub::{ConnectionHandle, Mailbox},
     live::Live,
-    protocol::Outbound,
+    protocol::{Outbound, ServerMessage},
     session::{Session, open_session},
     state::{Shared, Slot},
 };
@@ -95,7 +96,7 @@ pub async fn upgrade(
     let admitted = handshake::admit(&shared, client, headers, uri, &connection_id)
         .instrument(span.clone())
         .await;
-    let (slot, session) = match admitted {
+    let (slot, session, since) = match admitted {
         Ok(admitted) => admitted,
         Err(err) => return err.into_response(),
     };
@@ -119,22 +120,24 @@ pub async fn upgrade(
     handshake::configure(ws, &shared)
         .on_failed_upgrade(on_failure)
         .on_upgrade(move |socket| {
-            tracker
-                .track_future(serve(shared, socket, connection_id, slot, session).instrument(span))
+            tracker.track_future(
+                serve(shared, socket, connection_id, slot, session, since).instrument(span),
+            )
         })
 }
 
 /// Serves an upgraded connection; `session` is `None` when the client must authenticate
-/// in-band.
+/// in-band; `since` is the upgrade request's.
 pub async fn serve(
     shared: Arc<Shared>,
     socket: WebSocket,
     connection_id: Arc<str>,
     slot: Slot,
     session: Option<Session>,
+    since: Option<Since>,
 ) {
     let (sink, stream) = socket.split();
-    run(shared, sink, stream, connection_id, slot, session).await;
+    run(shared, sink, stream, connection_id, slot, session, since).await;
 }
 
 /// The connection logic, over any sink and stream of WebSocket messages.
@@ -145,6 +148,7 @@ pub async fn run<Si, St>(
     connection_id: Arc<str>,
     slot: Slot,
     session: Option<Session>,
+    since: Option<Since>,
 ) where
     Si: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
     St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
@@ -155,19 +159,24 @@ pub async fn run<Si, St>(
     let mut writer = Writer::Running(Box::pin(write_loop(sink, mailbox)));
 
     let authenticated = match session {
-        Some(session) => Ok(session),
+        Some(session) => Ok((session, since)),
         // Boxed, like every one-off step here, so the connection's long-lived state machine
         // stays small: an idle connection should cost a few KiB.
-        None => Box::pin(authenticate(&shared, &mut stream, &connection_id)).await,
+        None => Box::pin(authenticate(&shared, &mut stream, &handle, &connection_id))
+            .await
+            .map(|(session, asked)| (session, asked.or(since))),
     };
     let (end, lease) = match authenticated {
         Err(end) => (end, None),
-        Ok(session) => {
+        Ok((session, since)) => {
             let user = session.identity.user_id;
+            // Registered (events held by the connection's gate) and subscribed before
+            // `connected`: nothing published from then on is missed.
             let registration =
                 shared
                     .hub
                     .register(user, session.identity.session_id, Arc::clone(&handle));
+            let attachment = Box::pin(shared.delivery.attach(user)).await;
             // A revocation heard between validation and registration would have missed us.
             if shared.revoked.is_revoked(session.identity.session_id) {
                 handle.close_now(CloseCode::SessionRevoked);
@@ -177,6 +186,7 @@ pub async fn run<Si, St>(
                 Arc::clone(&handle),
                 connection_id.clone(),
                 session,
+                since,
             );
             let end = tokio::select! {
                 end = live.run(&mut stream) => end,
@@ -189,6 +199,7 @@ pub async fn run<Si, St>(
             };
             let lease_held = Box::pin(live.stop()).await;
             drop(registration);
+            Box::pin(attachment.detach()).await;
             (end, lease_held.then_some(user))
         }
     };
@@ -235,17 +246,19 @@ where
     }
 }
 
-/// Waits for `{"type":"auth"}` (at most `GATEWAY_AUTH_TIMEOUT`) and admits its token.
+/// Waits for `{"type":"auth"}` (at most `GATEWAY_AUTH_TIMEOUT`) and admits its token; also
+/// returns its `since`. A bad `since` is answered with a `bad_request` error and 1008.
 async fn authenticate<St>(
     shared: &Shared,
     stream: &mut St,
+    handle: &ConnectionHandle,
     connection_id: &Arc<str>,
-) -> Result<Session, End>
+) -> Result<(Session, Option<Since>), End>
 where
     St: Stream<Item = Result<Message, axum::Error>> + Send + Unpin,
 {
     let deadline = Instant::now() + shared.config.auth_timeout;
-    let token = loop {
+    let auth = loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
             () = tokio::time::sleep_until(deadline) => return Err(End::Close(CloseCode::AuthTimeout)),
@@ -255,7 +268,7 @@ where
             None => return Err(End::Gone),
             Some(Err(err)) => return Err(frame_error(err)),
             Some(Ok(Message::Text(text))) => match Command::parse(text.as_str()) {
-                Ok(Command::Auth(auth)) => break auth.into_token(),
+                Ok(Command::Auth(auth)) => break auth,
                 // Anything else first is not authentication.
                 _ => return Err(End::Close(CloseCode::AuthTimeout)),
             },
@@ -264,14 +277,30 @@ where
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
         }
     };
+    let bad_since = |message: String| {
+        let reply = ErrorReply::bad_request(message);
+        handle.offer(
+            Outbound::Text(ServerMessage::error(auth.id(), &reply)),
+            &shared.metrics,
+        );
+        End::Close(CloseCode::PolicyViolation)
+    };
+    let since = auth.since().map_err(|err| bad_since(err.to_string()))?;
     let identity = shared
         .validator
-        .validate(&token)
+        .validate(auth.token())
         .await
         .map_err(|failure| End::Close(failure.close_code()))?;
-    open_session(shared, identity, connection_id)
+    if let Some(since) = since
+        && let Err(RecoverError::Since(err)) =
+            shared.delivery.check_since(identity.user_id, since).await
+    {
+        return Err(bad_since(err.to_string()));
+    }
+    let session = open_session(shared, identity, connection_id)
         .await
-        .map_err(|refusal| End::Close(refusal.close_code()))
+        .map_err(|refusal| End::Close(refusal.close_code()))?;
+    Ok((session, since))
 }
 
 /// The writer: the send queue into the socket, a signalled close frame first.

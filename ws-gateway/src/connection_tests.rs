@@ -58,6 +58,7 @@ async fn start(session: Option<Session>, tweak: impl FnOnce(&mut Config)) -> Har
         "c1".into(),
         slot,
         session.clone(),
+        None,
     ));
     Harness {
         shared,
@@ -304,6 +305,7 @@ async fn the_connection_state_machine_stays_small() {
         "c1".into(),
         slot,
         Some(session(600)),
+        None,
     );
     let size = std::mem::size_of_val(&future);
     assert!(size < 4096, "the connection future takes {size} bytes");

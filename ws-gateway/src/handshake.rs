@@ -9,6 +9,10 @@
 //! unreachable) and the user's connection lease taken (429 at the plan's limit). Without a
 //! token the upgrade goes ahead and the connection expects `{"type":"auth"}` first.
 //!
+//! A `since=<seq>` query parameter asks for the user's published events after that seq once
+//! connected. One that is not a whole number, negative, or (with a token) ahead of the user's
+//! last event is refused with 400 before anything else is spent on the request.
+//!
 //! The route itself ([`crate::connection::upgrade`]) asks [`admit`], then serves the socket.
 
 use std::{net::IpAddr, sync::Arc};
@@ -21,6 +25,7 @@ use tollgate_shared::tokens::{TokenError, bearer};
 
 use crate::{
     error::GatewayError,
+    history::{RecoverError, Since},
     session::{Session, open_session},
     state::{Shared, Slot},
 };
@@ -33,18 +38,22 @@ const BEARER_PREFIX: &str = "bearer.";
 /// large frame.
 const READ_BUFFER: usize = 1024;
 
-/// Everything decided before the upgrade, in the order of the module documentation: the
-/// node's slot, and the session when a token was presented.
+/// What the upgrade request admits: the node's slot, the session when a token was presented,
+/// and the `since` asked for.
+pub type Admitted = (Slot, Option<Session>, Option<Since>);
+
+/// Everything decided before the upgrade, in the order of the module documentation.
 pub async fn admit(
     shared: &Arc<Shared>,
     client: IpAddr,
     headers: &HeaderMap,
     uri: &Uri,
     connection_id: &Arc<str>,
-) -> Result<(Slot, Option<Session>), GatewayError> {
+) -> Result<Admitted, GatewayError> {
     if shared.shutdown.is_triggered() {
         return Err(GatewayError::ShuttingDown);
     }
+    let since = requested_since(uri)?;
     let slot = shared.reserve_slot().ok_or(GatewayError::Overloaded)?;
     shared
         .limits
@@ -52,11 +61,39 @@ pub async fn admit(
         .await
         .map_err(|retry_after| GatewayError::ConnectRateLimited { retry_after })?;
     let Some(token) = presented_token(headers, uri, shared.config.allow_query_token)? else {
-        return Ok((slot, None));
+        return Ok((slot, None, since));
     };
     let identity = shared.validator.validate(&token).await?;
+    if let Some(since) = since {
+        match shared.delivery.check_since(identity.user_id, since).await {
+            Err(RecoverError::Since(err)) => return Err(GatewayError::BadRequest(err.to_string())),
+            // Answered after `connected` instead, when the history is back or not.
+            Err(RecoverError::Unavailable(_)) | Ok(()) => {}
+        }
+    }
     let session = open_session(shared, identity, connection_id).await?;
-    Ok((slot, Some(session)))
+    Ok((slot, Some(session), since))
+}
+
+/// The `since` query parameter, if any (at most once).
+pub fn requested_since(uri: &Uri) -> Result<Option<Since>, GatewayError> {
+    let mut values = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == "since").then_some(value)
+        });
+    let since = values.next();
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "`since` given more than once".into(),
+        ));
+    }
+    since
+        .map(|value| Since::parse(value).map_err(|err| GatewayError::BadRequest(err.to_string())))
+        .transpose()
 }
 
 /// The upgrade's subprotocol and frame limits.
@@ -167,6 +204,25 @@ mod tests {
             presented_token(&HeaderMap::new(), &uri(""), false).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn since_is_read_from_the_query_once() {
+        let since = |query: &str| requested_since(&uri(query)).map(|since| since.map(Since::get));
+        assert_eq!(since("").unwrap(), None);
+        assert_eq!(since("?since=12&x=1").unwrap(), Some(12));
+        for bad in [
+            "?since=-1",
+            "?since=abc",
+            "?since=",
+            "?since",
+            "?since=1&since=2",
+        ] {
+            assert!(
+                matches!(since(bad), Err(GatewayError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

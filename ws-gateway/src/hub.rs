@@ -4,6 +4,10 @@
 //! queues with `try_send`, and a full queue closes that connection as a slow consumer (4010)
 //! instead of growing memory or holding up the others. The map's lock is a plain mutex held
 //! only to copy a user's handles, never across an `.await`.
+//!
+//! Published events pass each connection's [`EventGate`], which holds them while the
+//! connection is catching up from the history (`since`) and keeps replayed and live events
+//! apart.
 
 use std::{
     collections::HashMap,
@@ -16,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     error::CloseCode,
+    event_gate::{EventGate, Passed},
     metrics::GatewayMetrics,
     protocol::Outbound,
     queue::{Refused, SendQueue},
@@ -27,6 +32,8 @@ pub struct ConnectionHandle {
     pub connection_id: Arc<str>,
     queue: SendQueue,
     close: watch::Sender<Option<CloseCode>>,
+    /// Published events, held until the connection has caught up.
+    events: EventGate,
 }
 
 /// The receiving end a connection's writer keeps.
@@ -57,6 +64,7 @@ impl ConnectionHandle {
             connection_id,
             queue: SendQueue::new(queue),
             close: close_tx,
+            events: EventGate::holding(queue),
         });
         let mailbox = Mailbox {
             handle: Arc::clone(&handle),
@@ -77,6 +85,43 @@ impl ConnectionHandle {
             }
             Err(Refused::Closed) => false,
         }
+    }
+
+    /// Offers the user's published event `seq` (`None`: unnumbered) through the connection's
+    /// gate; a gate that overflows closes the connection as a slow consumer. Returns whether
+    /// it was queued.
+    pub fn offer_event(
+        &self,
+        seq: Option<u64>,
+        frame: &Utf8Bytes,
+        metrics: &GatewayMetrics,
+    ) -> bool {
+        let passed = self.events.live(seq, frame, |frame| {
+            self.offer(Outbound::Text(frame), metrics)
+        });
+        match passed {
+            Passed::Sent(queued) => queued,
+            Passed::Held | Passed::Duplicate => false,
+            Passed::Overflow => {
+                metrics.send_queue_drops.inc();
+                self.close_now(CloseCode::SlowConsumer);
+                false
+            }
+        }
+    }
+
+    /// Lets published events through: `first` (the `events_resumed` frame), the `replayed`
+    /// events after `through`, then whatever was held (see [`EventGate::open`]).
+    pub fn open_events(
+        &self,
+        first: Option<Utf8Bytes>,
+        through: u64,
+        replayed: Vec<(u64, Utf8Bytes)>,
+        metrics: &GatewayMetrics,
+    ) {
+        self.events.open(first, through, replayed, |frame| {
+            self.offer(Outbound::Text(frame), metrics)
+        });
     }
 
     /// Queues a run's message, waiting while the queue is full (a run slows down with its
@@ -205,12 +250,12 @@ impl Hub {
         })
     }
 
-    /// Offers a text frame to every connection of `user` on this node; returns how many
-    /// queued it.
-    pub fn deliver(&self, user: Uuid, text: &Utf8Bytes) -> usize {
+    /// Offers the user's published event `seq` (`None`: unnumbered) to every connection of
+    /// `user` on this node; returns how many queued it.
+    pub fn deliver_event(&self, user: Uuid, seq: Option<u64>, frame: &Utf8Bytes) -> usize {
         let mut delivered = 0;
         for handle in self.handles(user, None) {
-            if !handle.is_closing() && handle.offer(Outbound::Text(text.clone()), &self.metrics) {
+            if !handle.is_closing() && handle.offer_event(seq, frame, &self.metrics) {
                 delivered += 1;
             }
         }
@@ -239,6 +284,7 @@ mod tests {
 
     fn connect(hub: &Arc<Hub>, user: Uuid, session: Uuid, queue: usize) -> (Registration, Mailbox) {
         let (handle, mailbox) = ConnectionHandle::new(Uuid::new_v4().to_string().into(), queue);
+        handle.open_events(None, 0, Vec::new(), &GatewayMetrics::default());
         (hub.register(user, session, handle), mailbox)
     }
 
@@ -249,7 +295,10 @@ mod tests {
         let (_a1, box_a1) = connect(&hub, alice, Uuid::new_v4(), 4);
         let (_a2, box_a2) = connect(&hub, alice, Uuid::new_v4(), 4);
         let (_b, box_b) = connect(&hub, bob, Uuid::new_v4(), 4);
-        assert_eq!(hub.deliver(alice, &Utf8Bytes::from_static("hi")), 2);
+        assert_eq!(
+            hub.deliver_event(alice, Some(1), &Utf8Bytes::from_static("hi")),
+            2
+        );
         assert!(box_a1.try_next().is_some());
         assert!(box_a2.try_next().is_some());
         assert!(box_b.try_next().is_none());
@@ -261,8 +310,8 @@ mod tests {
         let user = Uuid::new_v4();
         let (_slow, slow) = connect(&hub, user, Uuid::new_v4(), 1);
         let (_fast, fast) = connect(&hub, user, Uuid::new_v4(), 8);
-        for _ in 0..3 {
-            hub.deliver(user, &Utf8Bytes::from_static("x"));
+        for seq in 1..=3 {
+            hub.deliver_event(user, Some(seq), &Utf8Bytes::from_static("x"));
             let _ = fast.try_next();
         }
         assert_eq!(*slow.close.borrow(), Some(CloseCode::SlowConsumer));

@@ -22,6 +22,7 @@ use crate::{
     commands::{Answer, Command, Next},
     end::{End, frame_error},
     error::{CloseCode, ErrorReply},
+    history::Since,
     hub::ConnectionHandle,
     limits::Lease,
     protocol::{Outbound, ServerMessage},
@@ -50,6 +51,8 @@ pub struct Live {
     client: Client,
     closing: watch::Receiver<Option<CloseCode>>,
     last_seen: Instant,
+    /// The client's `since`, until its events are replayed.
+    since: Option<Since>,
 }
 
 impl Live {
@@ -58,12 +61,14 @@ impl Live {
         handle: Arc<ConnectionHandle>,
         connection_id: Arc<str>,
         session: Session,
+        since: Option<Since>,
     ) -> Self {
         Self {
             closing: handle.closing(),
             client: Client::new(Arc::clone(&shared), handle, connection_id, session),
             shared,
             last_seen: Instant::now(),
+            since,
         }
     }
 
@@ -79,7 +84,6 @@ impl Live {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut renew = interval_at(Instant::now() + renew_every, renew_every);
         renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut pending: Option<BoxFuture<'static, Answer>> = None;
         let mut renewal: Option<BoxFuture<'static, Lease>> = None;
 
         let session = self.client.session();
@@ -95,6 +99,8 @@ impl Live {
             }
             .encode(),
         );
+        // Like a request: no frame is read until the missed events are queued.
+        let mut pending = self.catch_up();
 
         loop {
             let (warn_at, expire_at) = self.deadlines();
@@ -166,6 +172,32 @@ impl Live {
                 Event::Shutdown => return End::Close(CloseCode::GoingAway),
             }
         }
+    }
+
+    /// Lets the user's published events through: at once without `since`; with it, once the
+    /// history is read (`events_resumed`, the missed events, then live ones). A `since` ahead
+    /// of the user's last event is answered with `bad_request` and 1008.
+    fn catch_up(&mut self) -> Option<BoxFuture<'static, Answer>> {
+        let Some(since) = self.since.take() else {
+            self.shared.delivery.open(self.client.handle(), None);
+            return None;
+        };
+        let shared = Arc::clone(&self.shared);
+        let user = self.client.identity().user_id;
+        Some(Box::pin(async move {
+            let resumed = shared.delivery.resume(user, since).await;
+            Answer::Done(Box::new(move |client: &mut Client| match resumed {
+                Ok(resumed) => {
+                    let delivery = &client.shared().delivery;
+                    delivery.open(client.handle(), Some(resumed));
+                    None
+                }
+                Err(err) => {
+                    client.reply(None, &ErrorReply::bad_request(err.to_string()));
+                    Some(End::Close(CloseCode::PolicyViolation))
+                }
+            }))
+        }))
     }
 
     /// Stops following runs (they go on); returns whether a lease is held (to release).

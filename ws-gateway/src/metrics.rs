@@ -69,6 +69,7 @@ pub struct GatewayMetrics {
     decisions: Family<DecisionLabels, Counter>,
     pub events_delivered: Counter,
     pub events_published: Counter,
+    pub bus_events_received: Counter,
     pub send_queue_drops: Counter,
     revocations: Family<SourceLabels, Counter>,
     runs: Family<RunLabels, Counter>,
@@ -87,6 +88,7 @@ impl Default for GatewayMetrics {
             decisions: Family::default(),
             events_delivered: Counter::default(),
             events_published: Counter::default(),
+            bus_events_received: Counter::default(),
             send_queue_drops: Counter::default(),
             revocations: Family::default(),
             runs: Family::default(),
@@ -150,6 +152,11 @@ impl GatewayMetrics {
             "gateway_events_published",
             "Events accepted by /v1/publish on this node",
             metrics.events_published.clone(),
+        );
+        registry.register(
+            "gateway_bus_events_received",
+            "Published events this node took from the bus (Redis): one per node that has a connection of the event's user",
+            metrics.bus_events_received.clone(),
         );
         registry.register(
             "gateway_send_queue_drops",

@@ -62,8 +62,17 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
+    /// A published event and its place among the user's events (from 1).
     Event {
         data: &'a Value,
+        seq: u64,
+    },
+    /// The answer to `since`: whether every event after it follows (`recovered`), and how
+    /// many are replayed before live events resume.
+    EventsResumed {
+        since: u64,
+        recovered: bool,
+        replayed: usize,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,8 +3,11 @@
 //! The caller presents a service token for audience `ws-gateway` with scope `publish` (401
 //! without a valid one, 403 without the scope); the body is `{"user_id", "data"}` (400 for
 //! anything else, 413 over `GATEWAY_PUBLISH_MAX_BYTES`). The credentials are checked before
-//! the body is read. 202 means the event went out on the bus to every node; a user with no
-//! connection simply receives nothing (delivery is at most once, without storage).
+//! the body is read. 202 (`{"status": "accepted", "seq": n}`) means the event was numbered,
+//! kept in the user's history for `GATEWAY_EVENT_HISTORY_TTL` and sent to every node where the
+//! user is connected; a user with no connection receives it on reconnecting with `since`, or
+//! not at all. While Redis cannot be reached the event still reaches the user's connections on
+//! this node, unnumbered and not kept, and the answer has no `seq`.
 
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use serde_json::{Value, json};
 use tollgate_shared::tokens::{TokenError, bearer};
 use uuid::Uuid;
 
-use crate::{error::GatewayError, protocol::clip, state::Shared};
+use crate::{delivery::PublishError, error::GatewayError, protocol::clip, state::Shared};
 
 /// The scope a publisher's service token must hold.
 pub const SCOPE_PUBLISH: &str = "publish";
@@ -57,10 +60,14 @@ pub async fn publish(
     if request.data.is_null() {
         return Err(GatewayError::BadRequest("`data` must not be null".into()));
     }
-    shared
+    let seq = shared
         .delivery
         .publish(request.user_id, &request.data)
         .await
-        .map_err(|_| GatewayError::PayloadTooLarge)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))))
+        .map_err(|PublishError::TooLarge| GatewayError::PayloadTooLarge)?;
+    let body = match seq {
+        Some(seq) => json!({"status": "accepted", "seq": seq}),
+        None => json!({"status": "accepted"}),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }

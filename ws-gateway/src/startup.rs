@@ -44,7 +44,8 @@ use crate::{
     breaker::Breaker,
     config::Config,
     connection,
-    delivery::{Delivery, EVENTS_CHANNEL},
+    delivery::Delivery,
+    history::EventHistory,
     hub::Hub,
     journal::{RunStore, Sources},
     leases::{self, LeaseQueues},
@@ -76,7 +77,8 @@ pub struct Application {
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
     lease_queues: LeaseQueues,
-    /// The task behind the node's dynamic subscriptions (with Redis).
+    /// The task behind the node's dynamic subscriptions (with Redis): users' event channels,
+    /// and the channels of runs followed from other nodes.
     interest_task: Option<JoinHandle<()>>,
 }
 
@@ -174,13 +176,16 @@ impl Application {
             config.emergency_limit,
             metrics.clone(),
         );
+        let history = Arc::new(EventHistory::new(engine.clone(), config.event_history()));
+        let bus_limit = Delivery::limit_for(config.publish_max_bytes, &metrics);
+        let (interest, interest_task) = engine.interest(bus_limit, shutdown.clone());
         let delivery = Delivery::new(
-            engine.clone(),
             hub.clone(),
+            history,
+            interest.clone(),
             metrics.clone(),
             config.publish_max_bytes,
         );
-        let (interest, interest_task) = engine.interest(delivery.bus_limit(), shutdown.clone());
         let remote = RunStore::new(
             &engine,
             config.run_history_max_bytes,
@@ -268,18 +273,17 @@ impl Application {
             jwks.spawn_refresher(Duration::from_secs(60), shutdown.clone()),
             revocations.spawn_watcher(watch_channel, auth_tokens.interceptor(), shutdown.clone()),
             revocations.spawn_bus_listener(&engine, shutdown.clone()),
-            shared.delivery.spawn_listener(shutdown.clone()),
+            shared.delivery.spawn_listener(&engine, shutdown.clone()),
             spawn_readiness(&shared, auth_tokens, usage_tokens),
             shared.runs.spawn_sweeper(shutdown.clone()),
         ];
+        // Revocations are broadcast to every node; published events reach only the nodes
+        // subscribed to their user, and a run's records only the nodes following it
+        // (`interest_task`).
+        tasks.extend(engine.spawn_relay(&[REVOCATIONS_CHANNEL], shutdown.clone()));
         tasks.extend(interest_task);
         tasks.extend(shared.runs.spawn_control_listener(shutdown.clone()));
         tasks.extend(shared.runs.spawn_node_lease(shutdown.clone()));
-        tasks.extend(engine.spawn_relay_within(
-            &[EVENTS_CHANNEL, REVOCATIONS_CHANNEL],
-            shared.delivery.bus_limit(),
-            shutdown.clone(),
-        ));
         // Lease calls outlive the shutdown signal: draining connections still give theirs back.
         let leases_done = CancellationToken::new();
         let lease_calls =
@@ -443,6 +447,10 @@ fn check(config: &Config) -> anyhow::Result<()> {
         (
             config.run_history_max_bytes >= 1024,
             "GATEWAY_RUN_HISTORY_MAX_BYTES: must be at least 1024",
+        ),
+        (
+            (1..=100_000).contains(&config.event_history_size),
+            "GATEWAY_EVENT_HISTORY_SIZE: must be between 1 and 100000",
         ),
         (
             !config.service_client_secret.expose_secret().is_empty(),

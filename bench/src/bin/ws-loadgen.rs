@@ -18,6 +18,11 @@
 //!    at a set rate from a backend served by this process ([`pacer`]), through the gateway;
 //!    latency per delta, lost deltas, merged frames ([`deltas`]).
 //!
+//! 5. **Events across gateway processes** (`--phases nodes`, needs Redis at `--redis-url`):
+//!    four gateway processes on one Redis, one connection per user spread over them, events
+//!    published through all of them; Redis deliveries per event (the gateways' own count) and
+//!    publish-to-client latency and CPU with the event history off, then on ([`nodes`]).
+//!
 //! Every phase lasts a fixed time and the run stops by itself; nothing is asserted.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -28,7 +33,7 @@ use tollgate_bench::{
     load::{Plan, Timing},
     report::millis,
     ws::{
-        client, connects, deltas, echo,
+        client, connects, deltas, echo, nodes,
         observe::{self, Counters, EVENTS_DELIVERED, QUEUE_DROPS},
         pace::Clock,
         pacer::DeltaBackend,
@@ -96,7 +101,19 @@ struct Args {
     /// Seconds from starting the delta runs to their measured window.
     #[arg(long, default_value_t = 2)]
     delta_warmup_seconds: u64,
-    /// Phases to run, comma separated (default: all).
+    /// Redis for the `nodes` phase (its keys go under a fresh prefix, deleted afterwards).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Gateway processes in the `nodes` phase.
+    #[arg(long, default_value_t = 4)]
+    node_gateways: usize,
+    /// Connections (one per user) in the `nodes` phase.
+    #[arg(long, default_value_t = 5000)]
+    node_connections: usize,
+    /// Events published per second in the `nodes` phase.
+    #[arg(long, default_value_t = 20_000)]
+    node_events_per_second: u64,
+    /// Phases to run, comma separated (default: all but `nodes`, which needs Redis).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::all())]
     phases: Vec<Phase>,
     /// The gateway's `RUST_LOG`.
@@ -117,6 +134,7 @@ enum Phase {
     Fanout,
     Runs,
     Deltas,
+    Nodes,
 }
 
 impl Phase {
@@ -179,6 +197,9 @@ impl Args {
         if self.runs(Phase::Deltas) {
             needed = needed.max(self.delta_runs);
         }
+        if self.runs(Phase::Nodes) {
+            needed = needed.max(self.node_connections);
+        }
         needed
     }
 }
@@ -218,7 +239,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     // Sockets on each side, plus upstream channels, publishers and spare.
-    let fleet = args.connections.max(args.delta_runs);
+    let fleet = args
+        .connections
+        .max(args.delta_runs)
+        .max(args.node_connections);
     let needed = (fleet + args.publishers + args.most_connecting()) as u64 + 256;
     observe::check_open_files(needed)?;
     let backend = if args.runs(Phase::Deltas) {
@@ -231,7 +255,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "starting auth-service and usage-service (SQLite), ws-gateway, the echo server and \
          demo-agent",
     );
-    let started = Stack::start(&stack::Settings {
+    let stack_settings = stack::Settings {
         gateway_bin: args.gateway_bin.clone(),
         rust_log: args.rust_log.clone(),
         gateway_log: args.gateway_log.clone(),
@@ -240,8 +264,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|backend| (deltas::AGENT.to_owned(), backend.addr))
             .collect(),
-    })
-    .await;
+    };
+    let started = Stack::start(&stack_settings).await;
     let stack = match started {
         Ok(stack) => stack,
         Err(err) => {
@@ -252,7 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let measured = tokio::select! {
-        measured = measure(&args, &stack, backend.as_ref()) => measured,
+        measured = measure(&args, &stack, &stack_settings, backend.as_ref()) => measured,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     // The gateway first: it holds the backends' streams.
@@ -273,6 +297,7 @@ fn progress(message: &str) {
 async fn measure(
     args: &Args,
     stack: &Stack,
+    stack_settings: &stack::Settings,
     backend: Option<&DeltaBackend>,
 ) -> anyhow::Result<String> {
     let count = args.users_needed();
@@ -303,8 +328,11 @@ async fn measure(
     }
     let publish_token = stack.publish_token().await?;
     let publish_settings = |users: &[User], rate: f64| publish::Settings {
-        ws_url: gateway.clone(),
-        http_addr: stack.gateway.addr,
+        gateways: vec![publish::Endpoint {
+            ws_url: gateway.clone(),
+            http_addr: stack.gateway.addr,
+            pid: stack.gateway.pid,
+        }],
         token: publish_token.clone(),
         users: users.to_vec(),
         connections: args.connections,
@@ -313,7 +341,6 @@ async fn measure(
         warmup: Duration::from_secs(args.warmup_seconds),
         measure: args.measure(),
         drain: Duration::from_secs(args.drain_seconds),
-        server_pid: stack.gateway.pid,
     };
     let events = args.events_per_second as f64;
     if args.runs(Phase::Publish) {
@@ -334,6 +361,23 @@ async fn measure(
         ));
         let settings = publish_settings(&users[..fanned], events / fanout as f64);
         publish_phase(stack, &settings, &mut rows, &mut notes).await?;
+    }
+    if args.runs(Phase::Nodes) {
+        let connections = args.node_connections.min(users.len());
+        progress(&format!(
+            "events across {} gateways on Redis: {connections} connections, {} events/s, \
+             history off then on",
+            args.node_gateways, args.node_events_per_second
+        ));
+        let mut publish =
+            publish_settings(&users[..connections], args.node_events_per_second as f64);
+        publish.connections = connections;
+        let settings = nodes::Settings {
+            redis_url: args.redis_url.clone(),
+            gateways: args.node_gateways.max(1),
+            publish,
+        };
+        nodes::run(stack, stack_settings, &settings, &mut rows, &mut notes).await?;
     }
     if args.runs(Phase::Runs) {
         progress("agent runs: in process and external, alternating; one client, then several");

@@ -1,7 +1,7 @@
 //! What `ws-loadgen` needs to load ws-gateway the way clients and backends do: the stack it runs
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
 //! ([`client`]), the connect phase ([`connects`]), the open-loop publisher and its receivers
-//! ([`publish`]), agent runs in process against external ([`runs`]), deltas streamed end to
+//! ([`publish`]), the same across several gateway processes on Redis ([`nodes`]), agent runs in process against external ([`runs`]), deltas streamed end to
 //! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), what the run observes besides latency: CPU per process and the gateway's own
 //! counters ([`observe`]), and the results table ([`table`]).
 //!
@@ -15,6 +15,7 @@ pub mod connects;
 pub mod deltas;
 pub mod echo;
 pub mod http;
+pub mod nodes;
 pub mod observe;
 pub mod pace;
 pub mod pacer;

@@ -50,11 +50,21 @@ use crate::{cpu::sample_window, load::new_histogram};
 /// Connections being opened at once while the fleet is set up.
 const OPENING_PARALLELISM: usize = 64;
 
+/// A gateway process of a publish phase.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ws_url: String,
+    pub http_addr: SocketAddr,
+    /// Its pid, for its CPU.
+    pub pid: u32,
+}
+
 /// One publish phase.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub ws_url: String,
-    pub http_addr: SocketAddr,
+    /// Connection `i` goes to `gateways[i % n]`, publishing connection `j` to
+    /// `gateways[j % n]`; the server CPU is theirs summed.
+    pub gateways: Vec<Endpoint>,
     /// The publisher's service token (scope `publish`).
     pub token: String,
     /// Connection `i` belongs to `users[i % users.len()]`; events go to these users in turn.
@@ -68,8 +78,6 @@ pub struct Settings {
     pub measure: Duration,
     /// How long after the last publish the receivers keep listening.
     pub drain: Duration,
-    /// The gateway's pid, for its CPU.
-    pub server_pid: u32,
 }
 
 /// What a publish phase measured.
@@ -157,6 +165,11 @@ fn micros(duration: Duration) -> u64 {
 /// Runs one phase: opens the fleet, publishes for `warmup + measure`, drains, closes.
 pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!settings.users.is_empty(), "no users to publish to");
+    anyhow::ensure!(
+        !settings.gateways.is_empty(),
+        "no gateway to publish through"
+    );
+    let gateways = &settings.gateways;
     let users = settings.users.len();
     let mut per_user = vec![0_u64; users];
     for index in 0..settings.connections {
@@ -168,7 +181,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let fleet: Vec<Ws> = stream::iter(0..settings.connections)
         .map(|index| {
             let token = settings.users[index % users].token.clone();
-            let url = settings.ws_url.clone();
+            let url = gateways[index % gateways.len()].ws_url.clone();
             async move {
                 client::open_connected(&url, &token)
                     .await
@@ -189,13 +202,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let mut publishers = Vec::with_capacity(settings.publishers);
     let user_ids: Arc<Vec<String>> =
         Arc::new(settings.users.iter().map(|user| user.id.clone()).collect());
-    for _ in 0..settings.publishers.max(1) {
-        let connection = HttpConnection::connect(settings.http_addr).await?;
+    for index in 0..settings.publishers.max(1) {
+        let addr = gateways[index % gateways.len()].http_addr;
+        let connection = HttpConnection::connect(addr).await?;
         let (sender, events) = mpsc::unbounded_channel();
         senders.push(sender);
         publishers.push(tokio::spawn(publish(
             connection,
-            settings.http_addr,
+            addr,
             authorization.clone(),
             Arc::clone(&user_ids),
             Arc::clone(&per_user),
@@ -209,11 +223,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
     let first_measured = (settings.rate * settings.warmup.as_secs_f64()).ceil() as u64;
     let start = Instant::now();
     let own_cpu = sample_window(start + settings.warmup, settings.measure);
-    let server_cpu = sample_process(
-        settings.server_pid,
-        start + settings.warmup,
-        settings.measure,
-    );
+    let server_cpu: Vec<_> = gateways
+        .iter()
+        .map(|gateway| sample_process(gateway.pid, start + settings.warmup, settings.measure))
+        .collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut emitted = 0_u64;
@@ -288,7 +301,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Outcome> {
         }
     }
     let own = tokio::task::spawn_blocking(move || own_cpu.join().ok().flatten()).await?;
-    let server = tokio::task::spawn_blocking(move || server_cpu.join().ok().flatten()).await?;
+    let server = tokio::task::spawn_blocking(move || {
+        server_cpu
+            .into_iter()
+            .map(|sampler| sampler.join().ok().flatten())
+            .sum::<Option<f64>>()
+    })
+    .await?;
     outcome.cpu = Split::new(own, server);
     Ok(outcome)
 }

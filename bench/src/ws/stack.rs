@@ -113,6 +113,7 @@ pub struct Stack {
     pub agent: Option<ChildServer>,
     auth: SocketAddr,
     publisher_secret: String,
+    gateway_secret: String,
     services: Services,
     _dir: tempfile::TempDir,
 }
@@ -139,7 +140,7 @@ impl Stack {
             routes.push(format!("{name}=http://{addr}"));
         }
         let gateway =
-            start_gateway(settings, &services, &gateway_secret, &routes.join(",")).await?;
+            start_gateway(settings, &services, &gateway_secret, &routes.join(","), &[]).await?;
         let echo = start_echo().await?;
         Ok(Self {
             gateway,
@@ -147,6 +148,7 @@ impl Stack {
             agent,
             auth: services.auth,
             publisher_secret,
+            gateway_secret,
             services,
             _dir: dir,
         })
@@ -200,6 +202,35 @@ impl Stack {
             .context("issuing the publisher's service token")?
             .into_inner()
             .access_token)
+    }
+
+    /// `count` more gateway processes on the same services, each with `env` on top of the
+    /// usual settings (the built-in agent only), started one after another.
+    pub async fn more_gateways(
+        &self,
+        settings: &Settings,
+        count: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Vec<ChildServer>> {
+        let mut gateways = Vec::with_capacity(count);
+        for _ in 0..count {
+            let started = start_gateway(
+                settings,
+                &self.services,
+                &self.gateway_secret,
+                "demo=builtin",
+                env,
+            )
+            .await;
+            match started {
+                Ok(gateway) => gateways.push(gateway),
+                Err(err) => {
+                    stop_gateways(gateways).await?;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(gateways)
     }
 
     /// Stops the gateway (SIGTERM, so it drains), the echo server and the services.
@@ -342,6 +373,7 @@ async fn start_gateway(
     services: &Services,
     secret: &str,
     agents: &str,
+    env: &[(&str, String)],
 ) -> anyhow::Result<ChildServer> {
     let addr = free_addr()?;
     let stdout = match &settings.gateway_log {
@@ -360,6 +392,7 @@ async fn start_gateway(
         .env("GATEWAY_SHUTDOWN_GRACE", "5s")
         .env("GATEWAY_AGENTS", agents)
         .env("RUST_LOG", &settings.rust_log)
+        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
         .stdin(Stdio::null())
         .stdout(stdout)
         .kill_on_drop(true)
@@ -421,6 +454,15 @@ async fn start_echo() -> anyhow::Result<ChildServer> {
         stdin: child.stdin.take(),
         child,
     })
+}
+
+/// Stops gateways started by [`Stack::more_gateways`], each as [`stop_gateway`] does.
+pub async fn stop_gateways(gateways: Vec<ChildServer>) -> anyhow::Result<()> {
+    let mut result = Ok(());
+    for gateway in gateways {
+        result = result.and(stop_gateway(gateway).await);
+    }
+    result
 }
 
 /// SIGTERM, so the gateway drains as in production; killed if it takes too long.

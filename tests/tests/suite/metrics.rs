@@ -236,6 +236,7 @@ const FAMILIES: [(Binary, &[(&str, &str)]); 3] = [
             ("tollgate_gateway_rate_limit_decisions", "counter"),
             ("tollgate_gateway_events_published", "counter"),
             ("tollgate_gateway_events_delivered", "counter"),
+            ("tollgate_gateway_bus_events_received", "counter"),
             ("tollgate_gateway_send_queue_drops", "counter"),
             ("tollgate_gateway_revocations", "counter"),
             ("tollgate_gateway_agent_runs", "counter"),

@@ -2,7 +2,8 @@
 //! node reaches every connection of its user on both, nobody else's; a logout at
 //! auth-service closes the session's connections on both nodes within the contract's second;
 //! a downgrade below the connections a user holds closes the newest beyond the new limit,
-//! whichever node they are on, within a lease renewal period.
+//! whichever node they are on, within a lease renewal period. With four gateway processes,
+//! an event costs one Redis delivery, to the node its user is connected to.
 
 use std::time::{Duration, Instant};
 
@@ -120,5 +121,37 @@ async fn a_downgrade_closes_the_newest_connections_beyond_the_new_limit_on_every
         refused.unwrap_err().status,
         429,
         "free's two connections are held"
+    );
+}
+
+/// Interest-based fan-out across processes: each gateway hears only the events of the users
+/// connected to it, so an event published anywhere is taken from Redis once, by its user's
+/// node, however many nodes there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_gateways_take_each_event_from_redis_once() {
+    const RECEIVED: &str = "tollgate_gateway_bus_events_received_total";
+    let cluster = Cluster::builder().gateways(4).start().await;
+    let alice = cluster.register().await;
+    let home = &cluster.gateways[2];
+    let (mut client, _) = WsClient::connected(home, &alice.access_token).await;
+    let token = cluster.publish_token().await;
+    const EVENTS: usize = 12;
+    for n in 0..EVENTS {
+        let event = json!({"user_id": alice.user_id, "data": {"n": n}});
+        let (status, answer) = publish(&cluster.gateways[n % 4], Some(&token), &event).await;
+        assert_eq!((status, answer["seq"].as_u64()), (202, Some(n as u64 + 1)));
+    }
+    for n in 0..EVENTS {
+        let event = client.expect("event").await;
+        assert_eq!(
+            (&event["data"]["n"], event["seq"].as_u64()),
+            (&json!(n), Some(n as u64 + 1))
+        );
+    }
+    let received = join_all(cluster.gateways.iter().map(|node| node.metric(RECEIVED))).await;
+    assert_eq!(
+        received,
+        [0.0, 0.0, EVENTS as f64, 0.0],
+        "one Redis delivery per event, to the user's node"
     );
 }

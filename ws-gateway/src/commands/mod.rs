@@ -207,7 +207,7 @@ where
     }))
 }
 
-/// The fields of `auth` and `refresh_token`.
+/// The fields of `refresh_token`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenFields {

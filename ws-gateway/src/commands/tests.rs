@@ -16,9 +16,24 @@ fn valid_messages_parse_with_their_ids() {
         Command::parse(r#"{"type":"auth","token":"t"}"#),
         Ok(Command::Auth(Auth {
             id: None,
-            token: "t".into()
+            token: "t".into(),
+            since: None,
         }))
     );
+    let Ok(Command::Auth(auth)) = Command::parse(r#"{"type":"auth","token":"t","since":4}"#) else {
+        panic!("an auth frame with since")
+    };
+    assert_eq!(
+        auth.since().unwrap().map(crate::history::Since::get),
+        Some(4)
+    );
+    for bad in [r#""4""#, "-4", "4.5"] {
+        let frame = format!(r#"{{"type":"auth","token":"t","since":{bad}}}"#);
+        let Ok(Command::Auth(auth)) = Command::parse(&frame) else {
+            panic!("{frame}")
+        };
+        assert!(auth.since().is_err(), "{frame}");
+    }
     assert_eq!(
         Command::parse(r#"{"type":"refresh_token","id":2,"token":"t2"}"#),
         Ok(Command::RefreshToken(RefreshToken {

@@ -11,6 +11,8 @@ use tollgate_shared::both_backends;
 mod backends;
 mod closing;
 mod connect;
+mod events;
+mod events_nodes;
 mod faults;
 mod flood;
 mod frames;

@@ -97,7 +97,7 @@ async fn publishing_needs_a_publish_token_and_a_valid_body() {
 both_backends!(events_reach_every_connection_of_the_user_and_no_other);
 
 /// Redis is shared: anything that can PUBLISH on it (a misbehaving or compromised service) can
-/// put a message on the gateways' event channel. One larger than the publish limit is dropped
+/// put a message on a user's event channel. One larger than the publish limit is dropped
 /// and counted on arrival: no client receives it and the gateway serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_bus_message_is_dropped_and_counted() {
@@ -113,9 +113,12 @@ async fn an_oversized_bus_message_is_dropped_and_counted() {
     let intruder = tollgate_shared::engine::Engine::redis(&redis_url(), &services.redis_prefix)
         .await
         .unwrap();
-    let frame = json!({"type": "event", "data": "x".repeat(64 * 1024)});
+    let data = json!("x".repeat(64 * 1024));
     intruder
-        .publish("gateway:events", format!("{} {frame}", pair.user_id))
+        .publish(
+            &format!("gateway:events:{{{}}}", pair.user_id),
+            format!("1 {data}"),
+        )
         .await;
     assert!(
         eventually(PATIENCE, || async { gateway.metric(dropped).await == 1.0 }).await,
