@@ -457,3 +457,45 @@ async fn an_ended_run_is_forgotten_after_the_history_ttl() {
     .await;
     assert!(forgotten, "the run's history outlived its TTL");
 }
+
+/// A flood of resumes is metered like any other message: the plan's rate refuses the excess
+/// with `rate_limited`, and a client that keeps going is closed with 4008. The run it floods
+/// about is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_flood_is_rate_limited_and_then_closed() {
+    let agent = Streamer {
+        deltas: 1000,
+        size: 16,
+        pause: Duration::from_millis(20),
+    };
+    let (services, gateway) = gateway_with(agent, |_| {}).await;
+    let pair = services.register().await;
+    let (mut owner, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, _) = start_run(&mut owner).await;
+
+    let (mut flood, _) = gateway.connected(&pair.access_token).await;
+    for _ in 0..200 {
+        flood
+            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 1}))
+            .await;
+    }
+    let mut limited = 0;
+    let code = loop {
+        match flood.recv().await {
+            Received::Json(frame) if frame["type"] == "rate_limited" => limited += 1,
+            Received::Json(_) => {}
+            Received::Close(code) => break code,
+            other => panic!("the flood ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4008));
+    assert!(limited >= 1, "nothing was rate limited");
+
+    // The run goes on for its follower.
+    let mut seen = Seen {
+        last_seq: 1,
+        ..Seen::default()
+    };
+    seen.read(&mut owner, 5).await;
+    assert!(seen.terminals.is_empty() && seen.last_seq >= 6);
+}
