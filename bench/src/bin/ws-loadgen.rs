@@ -448,9 +448,7 @@ async fn publish_phase(
     );
     let p99 = quantile(&outcome.latency, 0.99);
     let kept_up = outcome.publishes_per_sec() >= 0.99 * outcome.rate;
-    let errors = outcome.publish_errors
-        + outcome.lost()
-        + (outcome.closed_early + outcome.close_errors) as u64;
+    let errors = outcome.errors();
     rows.push(Row {
         phase: name.clone(),
         clients: format!("{} conn.", outcome.connections),

@@ -117,9 +117,7 @@ async fn measure(
     }
     let per_event = received / published.max(1.0);
     let p99 = quantile(&outcome.latency, 0.99);
-    let errors = outcome.publish_errors
-        + outcome.lost()
-        + (outcome.closed_early + outcome.close_errors) as u64;
+    let errors = outcome.errors();
     let name = format!("Publish → client, {} gateways, {label}", gateways.len());
     let history_on = label.ends_with(" on");
     rows.push(Row {

@@ -106,6 +106,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What went wrong, counted together: failed publishes, lost events, early or failed closes.
+    pub fn errors(&self) -> u64 {
+        self.publish_errors + self.lost() + (self.closed_early + self.close_errors) as u64
+    }
+
     pub fn lost(&self) -> u64 {
         self.expected.saturating_sub(self.received)
     }

@@ -29,6 +29,27 @@ pub async fn resumed(gateway: &Gateway, token: &str, since: u64) -> (WsClient, V
 }
 
 /// The seqs of the next `n` frames, which must all be events.
+/// A gateway (configured by `tweak`), a user and a publisher's service token.
+async fn with_publisher(
+    backend: Backend,
+    tweak: impl FnOnce(&mut ws_gateway::Config),
+) -> (
+    std::sync::Arc<Services>,
+    Gateway,
+    tollgate_proto::auth::v1::TokenPair,
+    String,
+) {
+    let services = Services::spawn(backend).await;
+    let mut config = services.gateway_config();
+    tweak(&mut config);
+    let gateway = Gateway::start(config).await;
+    let alice = services.register().await;
+    let publisher = services
+        .service_token("backend", "ws-gateway", &["publish"])
+        .await;
+    (services, gateway, alice, publisher)
+}
+
 async fn seqs(client: &mut WsClient, n: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
     for _ in 0..n {
@@ -51,12 +72,7 @@ async fn nothing_else(client: &mut WsClient) {
 }
 
 async fn a_reconnect_with_since_gets_exactly_the_missed_events_then_live_ones(backend: Backend) {
-    let services = Services::spawn(backend).await;
-    let gateway = Gateway::start(services.gateway_config()).await;
-    let alice = services.register().await;
-    let publisher = services
-        .service_token("backend", "ws-gateway", &["publish"])
-        .await;
+    let (_services, gateway, alice, publisher) = with_publisher(backend, |_| {}).await;
     let publish = |n: u64| publish_to(&gateway, &publisher, &alice.user_id, json!({"n": n}));
 
     let (mut client, _) = gateway.connected(&alice.access_token).await;
@@ -103,12 +119,7 @@ async fn a_reconnect_with_since_gets_exactly_the_missed_events_then_live_ones(ba
 }
 
 async fn a_resume_while_events_keep_coming_has_no_gap_and_no_duplicate(backend: Backend) {
-    let services = Services::spawn(backend).await;
-    let gateway = Gateway::start(services.gateway_config()).await;
-    let alice = services.register().await;
-    let publisher = services
-        .service_token("backend", "ws-gateway", &["publish"])
-        .await;
+    let (_services, gateway, alice, publisher) = with_publisher(backend, |_| {}).await;
     const TOTAL: u64 = 60;
     let publishing = {
         let (gateway_url, publisher, user) = (
@@ -160,14 +171,10 @@ async fn a_resume_while_events_keep_coming_has_no_gap_and_no_duplicate(backend: 
 }
 
 async fn an_expired_history_is_not_recovered(backend: Backend) {
-    let services = Services::spawn(backend).await;
-    let mut config = services.gateway_config();
-    config.event_history_ttl = Duration::from_millis(300);
-    let gateway = Gateway::start(config).await;
-    let alice = services.register().await;
-    let publisher = services
-        .service_token("backend", "ws-gateway", &["publish"])
-        .await;
+    let (_services, gateway, alice, publisher) = with_publisher(backend, |config| {
+        config.event_history_ttl = Duration::from_millis(300);
+    })
+    .await;
     publish_to(&gateway, &publisher, &alice.user_id, json!(1)).await;
     publish_to(&gateway, &publisher, &alice.user_id, json!(2)).await;
     let expired = eventually(PATIENCE, || async {
@@ -189,12 +196,7 @@ async fn an_expired_history_is_not_recovered(backend: Backend) {
 }
 
 async fn bad_since_values_are_refused_clearly(backend: Backend) {
-    let services = Services::spawn(backend).await;
-    let gateway = Gateway::start(services.gateway_config()).await;
-    let alice = services.register().await;
-    let publisher = services
-        .service_token("backend", "ws-gateway", &["publish"])
-        .await;
+    let (_services, gateway, alice, publisher) = with_publisher(backend, |_| {}).await;
 
     // A user with no history: 0 is fully recovered (there is nothing), anything else is not.
     let (client, answer) = resumed(&gateway, &alice.access_token, 0).await;

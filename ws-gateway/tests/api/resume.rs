@@ -394,8 +394,16 @@ async fn a_run_nobody_follows_is_stopped_after_the_detached_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_connection_of_the_user_cancels_the_run_and_the_follower_hears_it() {
+/// A gateway whose agent streams for long, a user, and a run of theirs started on a
+/// connection: (services, gateway, user, connection, run id, `agent_started`).
+async fn long_run() -> (
+    Arc<Services>,
+    Gateway,
+    tollgate_proto::auth::v1::TokenPair,
+    WsClient,
+    String,
+    Value,
+) {
     let agent = Streamer {
         deltas: 1000,
         size: 16,
@@ -403,8 +411,14 @@ async fn any_connection_of_the_user_cancels_the_run_and_the_follower_hears_it() 
     };
     let (services, gateway) = gateway_with(agent, |_| {}).await;
     let pair = services.register().await;
-    let (mut follower, _) = gateway.connected(&pair.access_token).await;
-    let (run_id, started) = start_run(&mut follower).await;
+    let (mut client, _) = gateway.connected(&pair.access_token).await;
+    let (run_id, started) = start_run(&mut client).await;
+    (services, gateway, pair, client, run_id, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_connection_of_the_user_cancels_the_run_and_the_follower_hears_it() {
+    let (_services, gateway, pair, mut follower, run_id, started) = long_run().await;
     let (mut remote, _) = gateway.connected(&pair.access_token).await;
     remote
         .send_json(json!({"type": "cancel_run", "id": "c", "run_id": run_id}))
@@ -463,15 +477,7 @@ async fn an_ended_run_is_forgotten_after_the_history_ttl() {
 /// about is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_flood_is_rate_limited_and_then_closed() {
-    let agent = Streamer {
-        deltas: 1000,
-        size: 16,
-        pause: Duration::from_millis(20),
-    };
-    let (services, gateway) = gateway_with(agent, |_| {}).await;
-    let pair = services.register().await;
-    let (mut owner, _) = gateway.connected(&pair.access_token).await;
-    let (run_id, _) = start_run(&mut owner).await;
+    let (_services, gateway, pair, mut owner, run_id, _) = long_run().await;
 
     let (mut flood, _) = gateway.connected(&pair.access_token).await;
     for _ in 0..200 {
