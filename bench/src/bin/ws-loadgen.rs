@@ -17,8 +17,11 @@
 //! 4. **Deltas end to end.** A thousand runs on a thousand connections, each streaming deltas
 //!    at a set rate from a backend served by this process ([`pacer`]), through the gateway;
 //!    latency per delta, lost deltas, merged frames ([`deltas`]).
+//! 5. **Resumes.** As many runs streaming slowly from the same backend; every client drops its
+//!    connection after one delta, comes back a second later and resumes, all at once; the time
+//!    from `resume_run` to the first replayed event ([`resumes`]).
 //!
-//! 5. **Events across gateway processes** (`--phases nodes`, needs Redis at `--redis-url`):
+//! 6. **Events across gateway processes** (`--phases nodes`, needs Redis at `--redis-url`):
 //!    four gateway processes on one Redis, one connection per user spread over them, events
 //!    published through all of them; Redis deliveries per event (the gateways' own count) and
 //!    publish-to-client latency and CPU with the event history off, then on ([`nodes`]).
@@ -37,7 +40,7 @@ use tollgate_bench::{
         observe::{self, Counters, EVENTS_DELIVERED, QUEUE_DROPS},
         pace::Clock,
         pacer::DeltaBackend,
-        publish, runs,
+        publish, resumes, runs,
         stack::{self, Stack, User},
         table::{Row, quantile},
     },
@@ -134,6 +137,7 @@ enum Phase {
     Fanout,
     Runs,
     Deltas,
+    Resume,
     Nodes,
 }
 
@@ -145,6 +149,7 @@ impl Phase {
             Self::Fanout,
             Self::Runs,
             Self::Deltas,
+            Self::Resume,
         ]
     }
 }
@@ -194,7 +199,7 @@ impl Args {
         if self.runs(Phase::Runs) {
             needed = needed.max(self.run_concurrency);
         }
-        if self.runs(Phase::Deltas) {
+        if self.runs(Phase::Deltas) || self.runs(Phase::Resume) {
             needed = needed.max(self.delta_runs);
         }
         if self.runs(Phase::Nodes) {
@@ -245,7 +250,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max(args.node_connections);
     let needed = (fleet + args.publishers + args.most_connecting()) as u64 + 256;
     observe::check_open_files(needed)?;
-    let backend = if args.runs(Phase::Deltas) {
+    let backend = if args.runs(Phase::Deltas) || args.runs(Phase::Resume) {
         progress("starting the delta backend");
         Some(DeltaBackend::start(Clock::new())?)
     } else {
@@ -399,6 +404,19 @@ async fn measure(
             gateway_pid: stack.gateway.pid,
         };
         deltas_phase(&settings, stack, backend, &mut rows, &mut notes).await?;
+    }
+    if let Some(backend) = backend.filter(|_| args.runs(Phase::Resume)) {
+        progress(&format!(
+            "resumes: {} runs dropped and resumed at once",
+            args.delta_runs
+        ));
+        let settings = resumes::Settings {
+            ws_url: gateway.clone(),
+            users: users.clone(),
+            clients: args.delta_runs.max(1),
+        };
+        let outcome = resumes::run(&settings, backend.clock()).await?;
+        resumes::report(&outcome, &mut rows, &mut notes);
     }
 
     let mut out = format!(

@@ -2,7 +2,8 @@
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
 //! ([`client`]), the connect phase ([`connects`]), the open-loop publisher and its receivers
 //! ([`publish`]), the same across several gateway processes on Redis ([`nodes`]), agent runs in process against external ([`runs`]), deltas streamed end to
-//! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), what the run observes besides latency: CPU per process and the gateway's own
+//! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), runs resumed at once after a drop
+//! ([`resumes`]), what the run observes besides latency: CPU per process and the gateway's own
 //! counters ([`observe`]), and the results table ([`table`]).
 //!
 //! Why the gateway runs as a process of its own: its CPU can then be told apart from the
@@ -20,6 +21,7 @@ pub mod observe;
 pub mod pace;
 pub mod pacer;
 pub mod publish;
+pub mod resumes;
 pub mod runs;
 pub mod stack;
 pub mod table;
