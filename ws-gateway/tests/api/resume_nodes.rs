@@ -96,3 +96,44 @@ async fn a_follower_on_another_node_hears_the_run_end_when_its_node_shuts_down()
         (Some("agent_failed"), Some("gateway_shutdown"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_run_s_history_on_redis_expires_after_its_ttl() {
+    let services = Services::spawn(Backend::PostgresRedis).await;
+    let agent = Arc::new(Streamer {
+        deltas: 2,
+        size: 16,
+        pause: Duration::ZERO,
+    });
+    let mut config = services.gateway_config();
+    config.run_history_ttl = Duration::from_millis(500);
+    let node_a = Gateway::start_with_agent(config.clone(), agent.clone()).await;
+    let node_b = Gateway::start_with_agent(config, agent).await;
+    let pair = services.register().await;
+    let (mut on_a, _) = node_a.connected(&pair.access_token).await;
+    let (run_id, started) = start_run(&mut on_a).await;
+    let mut seen = Seen::default();
+    seen.take(started);
+    seen.read(&mut on_a, usize::MAX).await;
+
+    let (mut on_b, _) = node_b.connected(&pair.access_token).await;
+    assert_eq!(
+        resume(&mut on_b, &run_id, 0).await["recovered"],
+        true,
+        "kept for now"
+    );
+    // Two connections at most on this plan: the probes come alone.
+    drop((on_a, on_b));
+    let forgotten = eventually(PATIENCE, || async {
+        let (mut probe, _) = node_b.connected(&pair.access_token).await;
+        probe
+            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 0}))
+            .await;
+        let Received::Json(answer) = probe.recv().await else {
+            return false;
+        };
+        answer["type"] == "error" && answer["code"] == "unknown_run"
+    })
+    .await;
+    assert!(forgotten, "the run's stream outlived its TTL");
+}
