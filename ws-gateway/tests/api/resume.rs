@@ -133,6 +133,22 @@ pub async fn start_run(client: &mut WsClient) -> (String, Value) {
     (started["run_id"].as_str().unwrap().to_owned(), started)
 }
 
+/// Whether `gateway` comes to answer a resume of `run_id` (on a new connection each try)
+/// with `unknown_run` within the tests' patience.
+pub async fn forgotten(gateway: &Gateway, token: &str, run_id: &str) -> bool {
+    eventually(PATIENCE, || async {
+        let (mut probe, _) = gateway.connected(token).await;
+        probe
+            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 0}))
+            .await;
+        let Received::Json(answer) = probe.recv().await else {
+            return false;
+        };
+        answer["type"] == "error" && answer["code"] == "unknown_run"
+    })
+    .await
+}
+
 pub async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Value {
     client
         .send_json(
@@ -458,18 +474,11 @@ async fn an_ended_run_is_forgotten_after_the_history_ttl() {
         true,
         "kept for now"
     );
-    let forgotten = eventually(PATIENCE, || async {
-        let (mut probe, _) = gateway.connected(&pair.access_token).await;
-        probe
-            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 0}))
-            .await;
-        let Received::Json(answer) = probe.recv().await else {
-            return false;
-        };
-        answer["type"] == "error" && answer["code"] == "unknown_run"
-    })
-    .await;
-    assert!(forgotten, "the run's history outlived its TTL");
+    drop(client);
+    assert!(
+        forgotten(&gateway, &pair.access_token, &run_id).await,
+        "the run's history outlived its TTL"
+    );
 }
 
 /// A flood of resumes is metered like any other message: the plan's rate refuses the excess

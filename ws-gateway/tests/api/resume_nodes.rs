@@ -8,7 +8,10 @@ use serde_json::json;
 
 use crate::{
     helpers::*,
-    resume::{Seen, Streamer, drop_after_every_event_and_resume_on, resume, six_deltas, start_run},
+    resume::{
+        Seen, Streamer, drop_after_every_event_and_resume_on, forgotten, resume, six_deltas,
+        start_run,
+    },
 };
 
 async fn two_nodes(agent: Streamer) -> (Arc<Services>, Gateway, Gateway) {
@@ -124,16 +127,8 @@ async fn an_ended_run_s_history_on_redis_expires_after_its_ttl() {
     );
     // Two connections at most on this plan: the probes come alone.
     drop((on_a, on_b));
-    let forgotten = eventually(PATIENCE, || async {
-        let (mut probe, _) = node_b.connected(&pair.access_token).await;
-        probe
-            .send_json(json!({"type": "resume_run", "run_id": run_id, "after_seq": 0}))
-            .await;
-        let Received::Json(answer) = probe.recv().await else {
-            return false;
-        };
-        answer["type"] == "error" && answer["code"] == "unknown_run"
-    })
-    .await;
-    assert!(forgotten, "the run's stream outlived its TTL");
+    assert!(
+        forgotten(&node_b, &pair.access_token, &run_id).await,
+        "the run's stream outlived its TTL"
+    );
 }
