@@ -219,8 +219,7 @@ impl Client {
     }
 
     /// One of the user's runs on this node.
-    pub fn find_run(&self, run_id: &str) -> Option<Arc<RunJournal>> {
-        let run_id = run_id.parse::<RunId>().ok()?;
+    pub fn find_run(&self, run_id: RunId) -> Option<Arc<RunJournal>> {
         self.shared.runs.find(run_id, self.identity().user_id)
     }
 

@@ -56,7 +56,7 @@ impl ResumeRun {
         let user = client.identity().user_id;
         let runs = std::sync::Arc::clone(&client.shared().runs);
         let run_id = run_id.parse::<RunId>().ok();
-        let here = run_id.and_then(|run_id| runs.find(run_id, user));
+        let here = run_id.and_then(|run_id| client.find_run(run_id));
         let from_here = run_id.is_some_and(|run_id| client.follows(run_id))
             || here
                 .as_ref()
@@ -89,7 +89,7 @@ impl ResumeRun {
 
 /// A resume this node serves from its own journal of the run.
 fn resume_here(client: &mut Client, id: Option<&RequestId>, run_id: RunId, after_seq: u64) {
-    let Some(journal) = client.find_run(&run_id.to_string()) else {
+    let Some(journal) = client.find_run(run_id) else {
         client.reply(id, &ErrorReply::unknown_run());
         return;
     };

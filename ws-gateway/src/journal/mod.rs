@@ -239,14 +239,18 @@ impl RunJournal {
     /// failed is written again before the next one, so Redis never skips one it can still
     /// get). Followers on this node are served either way.
     async fn store_through(&self, store: &RunStore, record: &Record, snapshot: &Snapshot) {
+        // Records are in seq order, so what Redis lacks is at the back (usually nothing).
         let behind: Vec<Arc<Record>> = {
             let state = self.lock();
-            state
+            let mut behind: Vec<_> = state
                 .records
                 .iter()
-                .filter(|earlier| earlier.seq > state.stored_seq)
+                .rev()
+                .take_while(|earlier| earlier.seq > state.stored_seq)
                 .cloned()
-                .collect()
+                .collect();
+            behind.reverse();
+            behind
         };
         for earlier in &behind {
             let current = self.lock().snapshot.clone();
