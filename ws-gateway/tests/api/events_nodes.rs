@@ -149,7 +149,11 @@ async fn on_a_redis_cluster_events_are_sharded_kept_and_resumed() {
         0.0,
         "sharded: not broadcast"
     );
-    assert_eq!(home.metric(RECEIVED).await, 3.0);
+    // Each event reached the home node at most once. The fourth was published just after the
+    // last connection closed, while the node's unsubscribe (applied in batches) may still have
+    // been on its way: heard or not, it is never heard twice.
+    let heard = home.metric(RECEIVED).await;
+    assert!((3.0..=4.0).contains(&heard), "home heard {heard} events");
 
     // The history and the counter live on the user's shard, under the user's hash tag.
     let engine = Engine::redis(&redis.url(), &services.redis_prefix)
