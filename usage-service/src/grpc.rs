@@ -201,6 +201,7 @@ impl UsageService for UsageGrpc {
             reset_at_ms: decision.reset_at_ms,
             retry_after_ms: decision.retry_after_ms,
             upgrade_to,
+            replayed: decision.replayed,
         }))
     }
 

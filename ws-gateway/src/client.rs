@@ -18,7 +18,7 @@ use crate::{
     journal::{self, Attach, Follower, RunJournal},
     keepalive::PingBudget,
     protocol::{Outbound, RequestId, ServerMessage},
-    runs::{RunContext, UsageToolGate},
+    runs::{NotStarted, RunContext, UsageToolGate},
     session::Session,
     state::Shared,
     usage::Profile,
@@ -205,10 +205,21 @@ impl Client {
                 roles: session.profile.roles.clone(),
             }),
         });
+        let run_id = request.run_id;
         let journal = match shared.runs.start(context.clone(), request) {
             Ok(journal) => journal,
-            Err(_) => {
+            Err(NotStarted::ShuttingDown) => {
                 self.reply(id.as_ref(), &ErrorReply::shutting_down());
+                return;
+            }
+            // Another request took the id this client chose while this one was counted: the
+            // unit it paid for buys nothing, so it goes back.
+            Err(NotStarted::Exists) => {
+                let gate = Arc::clone(&context.gate);
+                shared
+                    .runs
+                    .spawn(async move { gate.refund_run(run_id).await });
+                self.reply(id.as_ref(), &ErrorReply::duplicate_run());
                 return;
             }
         };

@@ -148,6 +148,8 @@ pub enum ErrorCode {
     TooManyRuns,
     /// `cancel_run` named a run this connection does not have.
     UnknownRun,
+    /// `run_agent` chose a `run_id` that is taken, or was used before: resume it instead.
+    DuplicateRun,
     /// The run failed inside the agent.
     RunFailed,
     /// The plan catalogue declares no tool of that name.
@@ -169,6 +171,7 @@ impl ErrorCode {
             Self::DependencyUnavailable => "dependency_unavailable",
             Self::TooManyRuns => "too_many_runs",
             Self::UnknownRun => "unknown_run",
+            Self::DuplicateRun => "duplicate_run",
             Self::RunFailed => "run_failed",
             Self::UnknownTool => "unknown_tool",
             Self::UnknownAgent => "unknown_agent",
@@ -347,6 +350,15 @@ impl ErrorReply {
 
     pub fn unknown_run() -> Self {
         Self::fixed(ErrorCode::UnknownRun, "no such run")
+    }
+
+    /// A `run_agent` whose chosen `run_id` names a run that exists or existed; nothing was
+    /// started or counted.
+    pub fn duplicate_run() -> Self {
+        Self::fixed(
+            ErrorCode::DuplicateRun,
+            "this run_id is taken or was used before; resume the run, or choose a new id",
+        )
     }
 
     /// Redis, where other nodes' runs are read, did not answer.

@@ -106,6 +106,7 @@ fn error_replies_keep_their_codes() {
         (ErrorReply::run_quota_exceeded(None), "quota_exceeded"),
         (ErrorReply::too_many_runs(), "too_many_runs"),
         (ErrorReply::unknown_agent("a"), "unknown_agent"),
+        (ErrorReply::duplicate_run(), "duplicate_run"),
         (ErrorReply::unknown_run(), "unknown_run"),
         (ErrorReply::bad_run_output(), "run_failed"),
     ];

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     leases::Leases,
     metrics::GatewayMetrics,
-    usage::{Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
+    usage::{Consumed, Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
 };
 
 /// The window of the per-address connection count.
@@ -49,6 +49,8 @@ impl Meter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Metered {
     Allowed,
+    /// Allowed by an earlier call with the same key; nothing was counted now.
+    Replayed,
     Denied {
         reason: Denial,
         retry_after: Duration,
@@ -185,14 +187,25 @@ impl Limits {
         key: String,
     ) -> Metered {
         match self.usage.consume(user, meter, amount, key).await {
-            Ok(Verdict::Allowed) => {
+            Ok(Consumed {
+                verdict: Verdict::Allowed,
+                replayed,
+            }) => {
                 self.metrics.decision(kind, "allowed");
-                Metered::Allowed
+                if replayed {
+                    Metered::Replayed
+                } else {
+                    Metered::Allowed
+                }
             }
-            Ok(Verdict::Denied {
-                reason,
-                retry_after,
-                upgrade_to,
+            Ok(Consumed {
+                verdict:
+                    Verdict::Denied {
+                        reason,
+                        retry_after,
+                        upgrade_to,
+                    },
+                ..
             }) => {
                 self.metrics.decision(kind, "denied");
                 Metered::Denied {

@@ -71,6 +71,14 @@ pub enum Verdict {
     },
 }
 
+/// The answer of `Consume`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    pub verdict: Verdict,
+    /// The key had been counted by an earlier call, and nothing was counted now.
+    pub replayed: bool,
+}
+
 /// The answer of `AcquireConnection`: the lease, and the plan and roles it was decided under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAnswer {
@@ -184,7 +192,7 @@ impl UsageClient {
         meter: &str,
         amount: u64,
         key: String,
-    ) -> Result<Verdict, Unavailable> {
+    ) -> Result<Consumed, Unavailable> {
         let meter = meter.to_owned();
         let answer = self
             .call("Consume", |mut client| async move {
@@ -206,8 +214,9 @@ impl UsageClient {
             reset_at_ms: _,
             retry_after_ms,
             upgrade_to,
+            replayed,
         } = answer;
-        Ok(if allowed {
+        let verdict = if allowed {
             Verdict::Allowed
         } else {
             Verdict::Denied {
@@ -215,7 +224,8 @@ impl UsageClient {
                 retry_after: Duration::from_millis(retry_after_ms),
                 upgrade_to,
             }
-        })
+        };
+        Ok(Consumed { verdict, replayed })
     }
 
     /// Gives back an allowed `Consume` of `key` whose action did not happen; whether there

@@ -68,6 +68,9 @@ async fn a_retried_key_counts_once_and_a_changed_amount_is_refused(backend: Back
     let first = app.consume(&user, "tool_calls", 5, &retry).await.unwrap();
     let second = app.consume(&user, "tool_calls", 5, &retry).await.unwrap();
     assert!(first.allowed && second.allowed);
+    // A caller that lets its clients choose keys must tell the retry from the first call: a
+    // reused key that looked new would buy a second action for one unit.
+    assert!(!first.replayed && second.replayed, "{first:?} {second:?}");
     assert_eq!(used(&app.usage_of(&user).await, "tool_calls"), 5);
     assert_refused(
         app.consume(&user, "tool_calls", 6, &retry).await,

@@ -197,7 +197,7 @@ where
     let key = client.next_request_key();
     Next::Wait(Box::pin(async move {
         match shared.limits.meter(user, Meter::Messages, key).await {
-            Metered::Allowed => Answer::Done(Box::new(action.await)),
+            Metered::Allowed | Metered::Replayed => Answer::Done(Box::new(action.await)),
             Metered::Denied { retry_after, .. } => Answer::RateLimited { id, retry_after },
             Metered::Unavailable => Answer::Refused {
                 id,

@@ -4,6 +4,11 @@
 //! request's bounds, a routed agent), each refusal an `error` reply that leaves the
 //! connection as it was; then metered as a message, then as an agent run (`quota_exceeded`
 //! with the plan that lifts it), and only then started.
+//!
+//! A client may choose the `run_id` (a UUID), so that it can resume a run whose
+//! `agent_started` it never saw. An id is single-use: one that names a run on any node, or
+//! that usage-service has already counted an agent run under (a run long forgotten), is
+//! `duplicate_run`, so a reused id never buys a second run for one unit.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -11,12 +16,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Next, fields_of, metered, printable};
+use uuid::Uuid;
+
 use crate::{
-    agent::{RunRequest, ToolName},
+    agent::{RunId, RunRequest, ToolName},
     client::Client,
     error::ErrorReply,
     limits::{Meter, Metered},
     protocol::RequestId,
+    state::Shared,
 };
 
 #[derive(Debug, PartialEq)]
@@ -35,6 +43,9 @@ pub(super) struct RunFields {
     /// Passed to the agent backend as `start.client_metadata`.
     #[serde(default)]
     pub(super) metadata: BTreeMap<String, String>,
+    /// The client's own id for the run; the gateway chooses one without it.
+    #[serde(default)]
+    pub(super) run_id: Option<String>,
 }
 
 impl RunAgent {
@@ -47,8 +58,8 @@ impl RunAgent {
 
     pub(super) fn apply(self, client: &mut Client) -> Next {
         let Self { id, fields } = self;
-        let request = match validate(client, fields) {
-            Ok(request) => request,
+        let (request, chosen) = match validate(client, fields) {
+            Ok(validated) => validated,
             Err(reply) => {
                 client.reply(id.as_ref(), &reply);
                 return Next::Read;
@@ -58,18 +69,14 @@ impl RunAgent {
         let user = client.identity().user_id;
         let reply_to = id.clone();
         metered(client, id, async move {
-            let key = request.run_id.to_string();
-            let metered = shared.limits.meter(user, Meter::AgentRuns, key).await;
+            let outcome = match chosen {
+                Chosen::Client => claim_then_count(&shared, user, request.run_id).await,
+                Chosen::Gateway => count(&shared, user, request.run_id).await,
+            };
             move |client: &mut Client| {
-                match metered {
-                    Metered::Allowed => client.start_run(request, reply_to),
-                    Metered::Denied { upgrade_to, .. } => client.reply(
-                        reply_to.as_ref(),
-                        &ErrorReply::run_quota_exceeded(upgrade_to),
-                    ),
-                    Metered::Unavailable => {
-                        client.reply(reply_to.as_ref(), &ErrorReply::usage_unavailable());
-                    }
+                match outcome {
+                    Ok(()) => client.start_run(request, reply_to),
+                    Err(reply) => client.reply(reply_to.as_ref(), &reply),
                 }
                 None
             }
@@ -77,8 +84,39 @@ impl RunAgent {
     }
 }
 
-/// The request, or the reply that refuses it.
-fn validate(client: &mut Client, fields: RunFields) -> Result<RunRequest, ErrorReply> {
+/// Who chose the run's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chosen {
+    Client,
+    Gateway,
+}
+
+/// Takes the id the client chose on every node, then counts the run under it.
+async fn claim_then_count(shared: &Shared, user: Uuid, run_id: RunId) -> Result<(), ErrorReply> {
+    match shared.runs.claim(run_id, user).await {
+        Ok(true) => count(shared, user, run_id).await,
+        Ok(false) => Err(ErrorReply::duplicate_run()),
+        Err(err) => {
+            tracing::warn!(error = %err, "claiming a run id on redis failed");
+            Err(ErrorReply::history_unavailable())
+        }
+    }
+}
+
+/// Counts one agent run under its id: the id is the idempotency key, so a replay means the id
+/// was used before.
+async fn count(shared: &Shared, user: Uuid, run_id: RunId) -> Result<(), ErrorReply> {
+    let key = run_id.to_string();
+    match shared.limits.meter(user, Meter::AgentRuns, key).await {
+        Metered::Allowed => Ok(()),
+        Metered::Replayed => Err(ErrorReply::duplicate_run()),
+        Metered::Denied { upgrade_to, .. } => Err(ErrorReply::run_quota_exceeded(upgrade_to)),
+        Metered::Unavailable => Err(ErrorReply::usage_unavailable()),
+    }
+}
+
+/// The request and who chose its id, or the reply that refuses it.
+fn validate(client: &mut Client, fields: RunFields) -> Result<(RunRequest, Chosen), ErrorReply> {
     if !client.shared().runs.is_accepting() {
         return Err(ErrorReply::shutting_down());
     }
@@ -90,7 +128,17 @@ fn validate(client: &mut Client, fields: RunFields) -> Result<RunRequest, ErrorR
         input,
         tools,
         metadata,
+        run_id,
     } = fields;
+    let run_id = run_id
+        .map(|run_id| {
+            run_id
+                .parse::<RunId>()
+                .ok()
+                .filter(|run_id| !run_id.as_uuid().is_nil())
+                .ok_or_else(|| ErrorReply::bad_request("run_id must be a UUID, not the nil one"))
+        })
+        .transpose()?;
     let tools = tools
         .iter()
         .map(|tool| {
@@ -98,10 +146,17 @@ fn validate(client: &mut Client, fields: RunFields) -> Result<RunRequest, ErrorR
                 .map_err(|err| ErrorReply::bad_request(format!("`{}`: {err}", printable(tool))))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let request = RunRequest::new(agent, input, tools, metadata)
+    let mut request = RunRequest::new(agent, input, tools, metadata)
         .map_err(|err| ErrorReply::bad_request(err.to_string()))?;
     if !client.shared().backends.knows(&request.agent) {
         return Err(ErrorReply::unknown_agent(&request.agent));
     }
-    Ok(request)
+    let chosen = match run_id {
+        Some(run_id) => {
+            request.run_id = run_id;
+            Chosen::Client
+        }
+        None => Chosen::Gateway,
+    };
+    Ok((request, chosen))
 }

@@ -52,9 +52,17 @@ fn valid_messages_parse_with_their_ids() {
                 input: "2+2".into(),
                 tools: vec!["calculator".into()],
                 metadata: BTreeMap::new(),
+                run_id: None,
             }
         }))
     );
+    let chosen = "0197a3c2-e0f4-7c1b-9d5e-8f6a7b8c9d0e";
+    assert!(matches!(
+        Command::parse(&format!(
+            r#"{{"type":"run_agent","agent":"demo","input":"hi","run_id":"{chosen}"}}"#
+        )),
+        Ok(Command::RunAgent(RunAgent { fields: RunFields { run_id: Some(id), .. }, .. })) if id == chosen
+    ));
     assert_eq!(
         Command::parse(r#"{"type":"cancel_run","run_id":"r"}"#),
         Ok(Command::CancelRun(CancelRun {

@@ -76,6 +76,24 @@ return 1
     )
 });
 
+/// Takes a run id a client chose, for a run about to start: refused when Redis knows a run of
+/// that id that is another user's or has begun. The summary it leaves has no snapshot yet, so a
+/// resume finds no run until the first record is written.
+static CLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta = KEYS[1]
+local user = redis.call('HGET', meta, 'user')
+if user and (user ~= ARGV[1] or tonumber(redis.call('HGET', meta, 'last_seq') or '0') > 0) then
+  return 0
+end
+redis.call('HSET', meta, 'user', ARGV[1], 'node', ARGV[2], 'last_seq', '0')
+redis.call('PEXPIRE', meta, ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// What Redis says about a run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Meta {
@@ -209,6 +227,20 @@ impl RunStore {
                 Err(err)
             }
         }
+    }
+
+    /// Takes `run_id`, chosen by `user`'s client, for a run this node is about to start; false
+    /// when another user's run, or a run that has begun, has that id.
+    pub async fn claim(&self, run_id: RunId, user: Uuid) -> Result<bool, StoreError> {
+        let (_, meta) = self.keys(run_id);
+        let mut call = CLAIM.prepare_invoke();
+        call.key(&meta)
+            .arg(user.to_string())
+            .arg(self.engine.node())
+            .arg(self.running_ttl.as_millis().max(1) as u64);
+        let mut conn = self.connection().await?;
+        let claimed: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(claimed == 1)
     }
 
     /// Says that this node is alive for `ttl` (its runs are not lost).

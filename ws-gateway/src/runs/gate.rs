@@ -65,7 +65,9 @@ impl ToolGate for UsageToolGate {
             .meter_tool_call(self.user, &cost, format!("{run_id}:{call_id}"))
             .await
         {
-            Metered::Allowed => Ok(()),
+            // A replay is this very call counted before (call ids are unique within a run,
+            // and run ids are never reused): it stays counted once.
+            Metered::Allowed | Metered::Replayed => Ok(()),
             Metered::Denied { .. } => Err(ToolDenial::QuotaExceeded),
             Metered::Unavailable => Err(ToolDenial::Unavailable),
         }

@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     agent::{self, AgentEvent, Backends, Caller, RunEnd, RunId, RunRequest, RunSettings},
-    journal::{Entry, RunJournal, Sources, StopReason},
+    journal::{Entry, RunJournal, Sources, StopReason, StoreError},
     metrics::GatewayMetrics,
 };
 use tollgate_shared::shutdown::Shutdown;
@@ -62,9 +62,14 @@ pub struct RunContext {
     pub caller: Arc<Caller>,
 }
 
-/// A `run_id` already in use on this node (a run's id is single-use).
+/// Why a run was not started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunExists;
+pub enum NotStarted {
+    /// The `run_id` is in use on this node (a run's id is single-use).
+    Exists,
+    /// The node is shutting down.
+    ShuttingDown,
+}
 
 #[derive(Debug)]
 pub struct RunRegistry {
@@ -106,12 +111,15 @@ impl RunRegistry {
         &self,
         context: RunContext,
         request: RunRequest,
-    ) -> Result<Arc<RunJournal>, RunExists> {
+    ) -> Result<Arc<RunJournal>, NotStarted> {
         let run_id = request.run_id;
         let journal = {
             let mut runs = self.lock();
-            if runs.contains_key(&run_id) || self.tasks.is_closed() {
-                return Err(RunExists);
+            if self.tasks.is_closed() {
+                return Err(NotStarted::ShuttingDown);
+            }
+            if runs.contains_key(&run_id) {
+                return Err(NotStarted::Exists);
             }
             let journal = Arc::new(RunJournal::new(
                 run_id,
@@ -129,8 +137,9 @@ impl RunRegistry {
         Ok(journal)
     }
 
-    /// Runs `task` until it ends, or until the shutdown's grace is over.
-    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Runs `task` (a run, or work a run's request left behind such as a refund) until it
+    /// ends, or until the shutdown's grace is over.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let abort = self.abort.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -138,6 +147,18 @@ impl RunRegistry {
                 () = abort.cancelled() => tracing::warn!("a run task did not stop in time; dropped"),
             }
         });
+    }
+
+    /// Whether `run_id`, chosen by `user`'s client, may name a new run: no run of that id is on
+    /// this node, or (with Redis) on any other, and none has begun under it.
+    pub async fn claim(&self, run_id: RunId, user: Uuid) -> Result<bool, StoreError> {
+        if self.lock().contains_key(&run_id) {
+            return Ok(false);
+        }
+        match &self.remote {
+            Some(sources) => sources.store.claim(run_id, user).await,
+            None => Ok(true),
+        }
     }
 
     /// Whether new runs are taken (not once shutdown has begun).

@@ -235,6 +235,11 @@ impl Services {
 
     /// The `messages` the user was billed for this period, from usage-service's ledger.
     pub async fn messages_used(&self, user_id: &str) -> u64 {
+        self.used(user_id, "messages").await
+    }
+
+    /// How much of `meter` the user was billed for this period, from usage-service's ledger.
+    pub async fn used(&self, user_id: &str, meter: &str) -> u64 {
         let reader = self
             .service_token("admin", "usage-service", &["usage.check"])
             .await;
@@ -252,8 +257,8 @@ impl Services {
             .into_inner()
             .meters
             .iter()
-            .find(|meter| meter.meter == "messages")
-            .map_or(0, |meter| meter.used)
+            .find(|used| used.meter == meter)
+            .map_or(0, |used| used.used)
     }
 
     pub async fn change_plan(&self, user_id: &str, plan: &str) {

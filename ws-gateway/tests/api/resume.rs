@@ -167,10 +167,65 @@ pub fn six_deltas() -> Streamer {
     }
 }
 
-/// For a drop after each of the first seven frames of a run started on `first`: a resume on
-/// a new connection to `then` gets the rest of the run exactly once, and nothing after it.
+async fn next_frame(client: &mut WsClient) -> Value {
+    match client.recv().await {
+        Received::Json(frame) => frame,
+        other => panic!("the connection ended: {other:?}"),
+    }
+}
+
+/// What a client does after it dropped before it saw `agent_started` of the run it asked for
+/// under `run_id`: it resumes the run, asks for it again under the same id if no node has it,
+/// and resumes again if that finds it was started meanwhile. Returns what it saw of the run.
+pub async fn recover_unseen_start(client: &mut WsClient, run_id: &str) -> Seen {
+    let mut seen = Seen::default();
+    for _ in 0..20 {
+        client
+            .send_json(
+                json!({"type": "resume_run", "id": "again", "run_id": run_id, "after_seq": 0}),
+            )
+            .await;
+        let answer = next_frame(client).await;
+        if answer["type"] == "run_resumed" {
+            assert_eq!(answer["recovered"], true, "{answer}");
+            seen.read(client, usize::MAX).await;
+            return seen;
+        }
+        assert_eq!(answer["code"], "unknown_run", "{answer}");
+        client
+            .send_json(json!({"type": "run_agent", "id": "anew", "agent": "demo", "input": "go", "run_id": run_id}))
+            .await;
+        let answer = next_frame(client).await;
+        if answer["type"] == "agent_started" {
+            assert_eq!(answer["run_id"], run_id);
+            seen.take(answer);
+            seen.read(client, usize::MAX).await;
+            return seen;
+        }
+        // Started meanwhile by the request the client dropped: resume it.
+        assert_eq!(answer["code"], "duplicate_run", "{answer}");
+    }
+    panic!("run {run_id} was neither resumed nor started");
+}
+
+/// For a drop before the first frame of a run started on `first` and after each of its seven
+/// frames: a new connection to `then` gets the rest of the run exactly once, and nothing
+/// after it, and the run is counted once.
 pub async fn drop_after_every_event_and_resume_on(first: &Gateway, then: &Gateway, token: &str) {
     let answer = six_deltas().answer();
+    for _ in 0..3 {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let (mut dropped, _) = first.connected(token).await;
+        dropped
+            .send_json(json!({"type": "run_agent", "id": "r1", "agent": "demo", "input": "go", "run_id": run_id}))
+            .await;
+        drop(dropped);
+        let (mut client, _) = then.connected(token).await;
+        let seen = recover_unseen_start(&mut client, &run_id).await;
+        assert_eq!(seen.text, answer, "dropped before agent_started");
+        assert_eq!(seen.terminals.len(), 1, "{:?}", seen.terminals);
+        assert_eq!(seen.terminals[0]["type"], "agent_completed");
+    }
     for frames_before_drop in 1..=7 {
         let (mut dropped, _) = first.connected(token).await;
         let (run_id, started) = start_run(&mut dropped).await;
@@ -211,6 +266,8 @@ pub async fn drop_after_every_event_and_resume_on(first: &Gateway, then: &Gatewa
 async fn a_client_that_drops_at_any_event_resumes_the_rest_exactly_once() {
     let (services, gateway) = gateway_with(six_deltas(), |_| {}).await;
     let pair = services.register().await;
+    // Every request, resumes included, is a message: more than the free plan's minute holds.
+    services.change_plan(&pair.user_id, "pro").await;
     drop_after_every_event_and_resume_on(&gateway, &gateway, &pair.access_token).await;
 }
 
@@ -513,4 +570,67 @@ async fn a_resume_flood_is_rate_limited_and_then_closed() {
     };
     seen.read(&mut owner, 5).await;
     assert!(seen.terminals.is_empty() && seen.last_seq >= 6);
+}
+
+/// Sends `run_agent` under `run_id` and answers the reply: `agent_started` or an `error`.
+async fn run_as(client: &mut WsClient, run_id: &str) -> Value {
+    client
+        .send_json(json!({"type": "run_agent", "id": "chosen", "agent": "demo", "input": "go", "run_id": run_id}))
+        .await;
+    next_frame(client).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_id_the_client_chose_starts_one_run_and_is_never_reused() {
+    let agent = Streamer {
+        deltas: 2,
+        size: 16,
+        pause: Duration::ZERO,
+    };
+    let (services, gateway) = gateway_with(agent, |config| {
+        config.run_history_ttl = Duration::from_millis(200);
+    })
+    .await;
+    let (alice, mallory) = (services.register().await, services.register().await);
+    services.change_plan(&alice.user_id, "pro").await;
+    let (mut client, _) = gateway.connected(&alice.access_token).await;
+    let run_id = uuid::Uuid::new_v4().to_string();
+
+    let started = run_as(&mut client, &run_id).await;
+    assert_eq!(
+        (started["type"].as_str(), started["run_id"].as_str()),
+        (Some("agent_started"), Some(&*run_id)),
+        "{started}"
+    );
+    let mut seen = Seen::default();
+    seen.take(started);
+    seen.read(&mut client, usize::MAX).await;
+    assert_eq!(seen.terminals[0]["type"], "agent_completed");
+
+    // While the run is kept, by its owner or anyone else: refused, not counted.
+    assert_eq!(run_as(&mut client, &run_id).await["code"], "duplicate_run");
+    let (mut other, _) = gateway.connected(&mallory.access_token).await;
+    assert_eq!(run_as(&mut other, &run_id).await["code"], "duplicate_run");
+
+    // Once the gateway has forgotten it, usage-service still knows the id was paid for: a
+    // reuse would be a second run for one unit.
+    assert!(forgotten(&gateway, &alice.access_token, &run_id).await);
+    let (mut client, _) = gateway.connected(&alice.access_token).await;
+    let reused = run_as(&mut client, &run_id).await;
+    assert_eq!(reused["code"], "duplicate_run", "{reused}");
+    assert_eq!(services.used(&alice.user_id, "agent_runs").await, 1);
+    assert_eq!(services.used(&mallory.user_id, "agent_runs").await, 0);
+
+    // Ids that are not UUIDs (or the nil one) are refused before anything is counted.
+    for bad in ["run-1", "00000000-0000-0000-0000-000000000000", ""] {
+        let reply = run_as(&mut client, bad).await;
+        assert_eq!(reply["code"], "bad_request", "{bad:?}: {reply}");
+    }
+    client
+        .send_json(
+            json!({"type": "run_agent", "id": "n", "agent": "demo", "input": "go", "run_id": 7}),
+        )
+        .await;
+    assert_eq!(next_frame(&mut client).await["code"], "bad_request");
+    assert_eq!(services.used(&alice.user_id, "agent_runs").await, 1);
 }

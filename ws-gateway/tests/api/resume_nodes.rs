@@ -26,6 +26,8 @@ async fn two_nodes(agent: Streamer) -> (Arc<Services>, Gateway, Gateway) {
 async fn a_run_is_resumed_on_another_node_after_a_drop_at_any_event_exactly_once() {
     let (services, node_a, node_b) = two_nodes(six_deltas()).await;
     let pair = services.register().await;
+    // Every request, resumes included, is a message: more than the free plan's minute holds.
+    services.change_plan(&pair.user_id, "pro").await;
     drop_after_every_event_and_resume_on(&node_a, &node_b, &pair.access_token).await;
 }
 
