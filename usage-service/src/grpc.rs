@@ -22,6 +22,8 @@ use crate::{
 
 /// Scope for reads, decisions, metering and leases.
 pub const SCOPE_CHECK: &str = "usage.check";
+/// Most consumes one `ConsumeMany` may carry.
+pub const MAX_CONSUMES: usize = 1000;
 /// Scope for plan, role and delegation changes.
 pub const SCOPE_ADMIN: &str = "usage.admin";
 
@@ -34,6 +36,43 @@ pub struct UsageGrpc {
 impl UsageGrpc {
     pub fn new(usage: Arc<Usage>, verifier: JwksVerifier) -> Self {
         Self { usage, verifier }
+    }
+
+    /// One `Consume`, its caller checked.
+    async fn consume_one(
+        &self,
+        request: pb::ConsumeRequest,
+    ) -> Result<pb::ConsumeResponse, UsageError> {
+        let pb::ConsumeRequest {
+            user_id,
+            meter,
+            amount,
+            idempotency_key,
+        } = request;
+        let (user, meter, key) = counted_key(&user_id, &meter, &idempotency_key)?;
+        let consumed = self.usage.consume(user, meter.clone(), amount, key).await?;
+        let upgrade_to = match consumed.denial {
+            Some(denial) => {
+                let plan = self.usage.context(user).await?.plan.clone();
+                let quota = denial == DenyReason::QuotaExceeded;
+                self.usage
+                    .catalogue()
+                    .cheapest_looser(&plan, &meter, quota)
+                    .map(|plan| plan.id.to_string())
+            }
+            None => None,
+        };
+        let decision = consumed.decision;
+        Ok(pb::ConsumeResponse {
+            allowed: decision.allowed,
+            reason: reason_to_pb(consumed.denial),
+            remaining: decision.remaining,
+            limit: decision.limit,
+            reset_at_ms: decision.reset_at_ms,
+            retry_after_ms: decision.retry_after_ms,
+            upgrade_to,
+            replayed: decision.replayed,
+        })
     }
 
     async fn caller<T>(&self, request: &Request<T>, scope: &str) -> Result<(), UsageError> {
@@ -173,36 +212,40 @@ impl UsageService for UsageGrpc {
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
         self.caller(&request, SCOPE_CHECK).await?;
-        let pb::ConsumeRequest {
-            user_id,
-            meter,
-            amount,
-            idempotency_key,
-        } = request.into_inner();
-        let (user, meter, key) = counted_key(&user_id, &meter, &idempotency_key)?;
-        let consumed = self.usage.consume(user, meter.clone(), amount, key).await?;
-        let upgrade_to = match consumed.denial {
-            Some(denial) => {
-                let plan = self.usage.context(user).await?.plan.clone();
-                let quota = denial == DenyReason::QuotaExceeded;
-                self.usage
-                    .catalogue()
-                    .cheapest_looser(&plan, &meter, quota)
-                    .map(|plan| plan.id.to_string())
-            }
-            None => None,
-        };
-        let decision = consumed.decision;
-        Ok(Response::new(pb::ConsumeResponse {
-            allowed: decision.allowed,
-            reason: reason_to_pb(consumed.denial),
-            remaining: decision.remaining,
-            limit: decision.limit,
-            reset_at_ms: decision.reset_at_ms,
-            retry_after_ms: decision.retry_after_ms,
-            upgrade_to,
-            replayed: decision.replayed,
-        }))
+        Ok(Response::new(self.consume_one(request.into_inner()).await?))
+    }
+
+    async fn consume_many(
+        &self,
+        request: Request<pb::ConsumeManyRequest>,
+    ) -> Result<Response<pb::ConsumeManyResponse>, Status> {
+        self.caller(&request, SCOPE_CHECK).await?;
+        let pb::ConsumeManyRequest { requests } = request.into_inner();
+        if requests.len() > MAX_CONSUMES {
+            return Err(UsageError::InvalidInput(format!(
+                "at most {MAX_CONSUMES} consumes per call"
+            ))
+            .into());
+        }
+        // Judged side by side, so that their limiter calls and ledger rows travel together.
+        let answers =
+            futures::future::join_all(requests.into_iter().map(|one| self.consume_one(one))).await;
+        let outcomes = answers
+            .into_iter()
+            .map(|answer| pb::ConsumeOutcome {
+                outcome: Some(match answer {
+                    Ok(consumed) => pb::consume_outcome::Outcome::Consumed(consumed),
+                    Err(err) => {
+                        let status = Status::from(err);
+                        pb::consume_outcome::Outcome::Failed(pb::ConsumeFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::ConsumeManyResponse { outcomes }))
     }
 
     async fn refund(

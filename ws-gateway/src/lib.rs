@@ -12,6 +12,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod connection;
+pub mod consumes;
 pub mod delivery;
 pub mod end;
 pub mod error;

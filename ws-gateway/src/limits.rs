@@ -5,7 +5,8 @@
 //! - concurrent connections per user, by plan and across nodes: a lease at usage-service per
 //!   connection (taken, renewed and released through `UpdateConnections`, batched in
 //!   [`crate::leases`]);
-//! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`.
+//! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`,
+//!   batched across connections in [`crate::consumes`].
 //!
 //! When usage-service cannot be asked, metered actions answer "unavailable" (the client gets
 //! `dependency_unavailable`) unless `GATEWAY_USAGE_FAIL_OPEN` is set: then they are allowed
@@ -19,9 +20,10 @@ use tollgate_shared::engine::Engine;
 use uuid::Uuid;
 
 use crate::{
+    consumes::Consumes,
     leases::Leases,
     metrics::GatewayMetrics,
-    usage::{Consumed, Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
+    usage::{Consume, Consumed, Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
 };
 
 /// The window of the per-address connection count.
@@ -74,6 +76,7 @@ pub struct Limits {
     emergency: Engine,
     usage: UsageClient,
     leases: Leases,
+    consumes: Consumes,
     connect_rate: u64,
     fail_open: bool,
     emergency_limit: u64,
@@ -83,7 +86,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(
         engine: Engine,
-        (usage, leases): (UsageClient, Leases),
+        (usage, leases, consumes): (UsageClient, Leases, Consumes),
         connect_rate: u64,
         fail_open: bool,
         emergency_limit: u64,
@@ -94,6 +97,7 @@ impl Limits {
             emergency: Engine::local(),
             usage,
             leases,
+            consumes,
             connect_rate,
             fail_open,
             emergency_limit,
@@ -186,7 +190,13 @@ impl Limits {
         amount: u64,
         key: String,
     ) -> Metered {
-        match self.usage.consume(user, meter, amount, key).await {
+        let consume = Consume {
+            user,
+            meter: meter.to_owned(),
+            amount,
+            key,
+        };
+        match self.consumes.consume(consume).await {
             Ok(Consumed {
                 verdict: Verdict::Allowed,
                 replayed,

@@ -44,6 +44,7 @@ use crate::{
     breaker::Breaker,
     config::Config,
     connection,
+    consumes::{self, ConsumeQueue},
     delivery::Delivery,
     history::EventHistory,
     hub::Hub,
@@ -77,6 +78,7 @@ pub struct Application {
     auth_tokens: ServiceTokenSource,
     usage_tokens: ServiceTokenSource,
     lease_queues: LeaseQueues,
+    consume_queue: ConsumeQueue,
     /// The task behind the node's dynamic subscriptions (with Redis): users' event channels,
     /// and the channels of runs followed from other nodes.
     interest_task: Option<JoinHandle<()>>,
@@ -168,9 +170,10 @@ impl Application {
         );
         let usage = UsageClient::new(usage_channel, usage_tokens.interceptor(), metrics.clone());
         let (leases, lease_queues) = leases::leases();
+        let (consumes, consume_queue) = consumes::consumes();
         let limits = Limits::new(
             engine.clone(),
-            (usage, leases),
+            (usage, leases, consumes),
             config.connect_rate,
             config.usage_fail_open,
             config.emergency_limit,
@@ -228,6 +231,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            consume_queue,
             interest_task,
         })
     }
@@ -265,6 +269,7 @@ impl Application {
             auth_tokens,
             usage_tokens,
             lease_queues,
+            consume_queue,
             interest_task,
         } = self;
         let shutdown = shared.shutdown.clone();
@@ -284,10 +289,14 @@ impl Application {
         tasks.extend(interest_task);
         tasks.extend(shared.runs.spawn_control_listener(shutdown.clone()));
         tasks.extend(shared.runs.spawn_node_lease(shutdown.clone()));
-        // Lease calls outlive the shutdown signal: draining connections still give theirs back.
-        let leases_done = CancellationToken::new();
-        let lease_calls =
-            tokio::spawn(lease_queues.run(shared.limits.usage().clone(), leases_done.clone()));
+        // Lease and consume calls outlive the shutdown signal: draining connections still give
+        // their leases back, and runs ending count their last tool calls.
+        let usage_calls_done = CancellationToken::new();
+        let usage = shared.limits.usage().clone();
+        let usage_calls = [
+            tokio::spawn(lease_queues.run(usage.clone(), usage_calls_done.clone())),
+            tokio::spawn(consume_queue.run(usage, usage_calls_done.clone())),
+        ];
 
         let clients = Router::new()
             .route("/ws", get(connection::upgrade))
@@ -351,8 +360,10 @@ impl Application {
         {
             tracing::warn!(error = %err, "the internal listener failed");
         }
-        leases_done.cancel();
-        let _ = lease_calls.await;
+        usage_calls_done.cancel();
+        for calls in usage_calls {
+            let _ = calls.await;
+        }
         for task in tasks {
             let _ = task.await;
         }

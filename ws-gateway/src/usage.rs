@@ -71,6 +71,26 @@ pub enum Verdict {
     },
 }
 
+/// One `Consume`: `amount` of `meter` for `user` under the idempotency `key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consume {
+    pub user: Uuid,
+    pub meter: String,
+    pub amount: u64,
+    pub key: String,
+}
+
+impl Consume {
+    fn to_pb(&self) -> pb::ConsumeRequest {
+        pb::ConsumeRequest {
+            user_id: self.user.to_string(),
+            meter: self.meter.clone(),
+            amount: self.amount,
+            idempotency_key: self.key.clone(),
+        }
+    }
+}
+
 /// The answer of `Consume`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Consumed {
@@ -186,46 +206,53 @@ impl UsageClient {
         Ok((verdict, cost))
     }
 
-    pub async fn consume(
-        &self,
-        user: Uuid,
-        meter: &str,
-        amount: u64,
-        key: String,
-    ) -> Result<Consumed, Unavailable> {
-        let meter = meter.to_owned();
-        let answer = self
-            .call("Consume", |mut client| async move {
-                client
-                    .consume(pb::ConsumeRequest {
-                        user_id: user.to_string(),
-                        meter,
-                        amount,
-                        idempotency_key: key,
-                    })
-                    .await
-            })
-            .await?;
-        let pb::ConsumeResponse {
-            allowed,
-            reason,
-            remaining: _,
-            limit: _,
-            reset_at_ms: _,
-            retry_after_ms,
-            upgrade_to,
-            replayed,
-        } = answer;
-        let verdict = if allowed {
-            Verdict::Allowed
-        } else {
-            Verdict::Denied {
-                reason: Denial::from_pb(reason),
-                retry_after: Duration::from_millis(retry_after_ms),
-                upgrade_to,
-            }
+    /// Counts each of `consumes` in one `ConsumeMany`, answered in order; each fails on its
+    /// own. A usage-service that predates `ConsumeMany` gets a `Consume` each.
+    pub async fn consume_many(&self, consumes: Vec<Consume>) -> Vec<Result<Consumed, Unavailable>> {
+        let request = pb::ConsumeManyRequest {
+            requests: consumes.iter().map(Consume::to_pb).collect(),
         };
-        Ok(Consumed { verdict, replayed })
+        let answer = self
+            .call("ConsumeMany", |mut client| async move {
+                client.consume_many(request).await
+            })
+            .await;
+        match answer {
+            Ok(answer) if answer.outcomes.len() == consumes.len() => answer
+                .outcomes
+                .into_iter()
+                .map(|outcome| match outcome.outcome {
+                    Some(pb::consume_outcome::Outcome::Consumed(consumed)) => {
+                        Ok(consumed_of(consumed))
+                    }
+                    Some(pb::consume_outcome::Outcome::Failed(failed)) => Err(Unavailable {
+                        code: Code::from_i32(failed.code),
+                    }),
+                    None => Err(Unavailable {
+                        code: Code::Internal,
+                    }),
+                })
+                .collect(),
+            Ok(_) => vec![
+                Err(Unavailable {
+                    code: Code::Internal
+                });
+                consumes.len()
+            ],
+            Err(Unavailable {
+                code: Code::Unimplemented,
+            }) => futures::future::join_all(consumes.iter().map(|one| self.consume(one))).await,
+            Err(unavailable) => vec![Err(unavailable); consumes.len()],
+        }
+    }
+
+    async fn consume(&self, consume: &Consume) -> Result<Consumed, Unavailable> {
+        let request = consume.to_pb();
+        self.call("Consume", |mut client| async move {
+            client.consume(request).await
+        })
+        .await
+        .map(consumed_of)
     }
 
     /// Gives back an allowed `Consume` of `key` whose action did not happen; whether there
@@ -299,6 +326,29 @@ impl UsageClient {
             Err(unavailable) => vec![Err(unavailable); acquisitions.len()],
         }
     }
+}
+
+fn consumed_of(answer: pb::ConsumeResponse) -> Consumed {
+    let pb::ConsumeResponse {
+        allowed,
+        reason,
+        remaining: _,
+        limit: _,
+        reset_at_ms: _,
+        retry_after_ms,
+        upgrade_to,
+        replayed,
+    } = answer;
+    let verdict = if allowed {
+        Verdict::Allowed
+    } else {
+        Verdict::Denied {
+            reason: Denial::from_pb(reason),
+            retry_after: Duration::from_millis(retry_after_ms),
+            upgrade_to,
+        }
+    };
+    Consumed { verdict, replayed }
 }
 
 fn lease_answer(answer: pb::AcquireConnectionResponse) -> LeaseAnswer {

@@ -7,21 +7,24 @@
 //!    alternating slices (ABBA), at several numbers of clients ([`connects`]). Each gateway
 //!    connect also costs calls to auth-service and usage-service; the gateway's own counters
 //!    tell how many, and the report prints them.
-//! 2. **Publish-to-client latency.** A thousand authenticated connections receive events
+//! 2. **Metered messages.** Closed-loop request/reply round trips on open connections: a
+//!    request the gateway meters at usage-service, against the same frame echoed by the echo
+//!    server, in alternating slices ([`messages`]).
+//! 3. **Publish-to-client latency.** A thousand authenticated connections receive events
 //!    published at a fixed rate through `POST /v1/publish` (open loop); the latency is receive
 //!    time minus send time, and events that never arrive are counted. Once with one connection
 //!    per user (every event its own publish), once fanned out to several connections per user.
-//! 3. **Agent-run round trip, in process against external.** `run_agent` with `calculator`
+//! 4. **Agent-run round trip, in process against external.** `run_agent` with `calculator`
 //!    and `search` until `agent_completed`, closed loop, routed to the demo agent inside the
 //!    gateway and to the `demo-agent` binary over gRPC in alternating slices ([`runs`]).
-//! 4. **Deltas end to end.** A thousand runs on a thousand connections, each streaming deltas
+//! 5. **Deltas end to end.** A thousand runs on a thousand connections, each streaming deltas
 //!    at a set rate from a backend served by this process ([`pacer`]), through the gateway;
 //!    latency per delta, lost deltas, merged frames ([`deltas`]).
-//! 5. **Resumes.** As many runs streaming slowly from the same backend; every client drops its
+//! 6. **Resumes.** As many runs streaming slowly from the same backend; every client drops its
 //!    connection after one delta, comes back a second later and resumes, all at once; the time
 //!    from `resume_run` to the first replayed event ([`resumes`]).
 //!
-//! 6. **Events across gateway processes** (`--phases nodes`, needs Redis at `--redis-url`):
+//! 7. **Events across gateway processes** (`--phases nodes`, needs Redis at `--redis-url`):
 //!    four gateway processes on one Redis, one connection per user spread over them, events
 //!    published through all of them; Redis deliveries per event (the gateways' own count) and
 //!    publish-to-client latency and CPU with the event history off, then on ([`nodes`]).
@@ -36,7 +39,7 @@ use tollgate_bench::{
     load::{Plan, Timing},
     report::millis,
     ws::{
-        client, connects, deltas, echo, nodes,
+        client, connects, deltas, echo, messages, nodes,
         observe::{self, Counters, EVENTS_DELIVERED, QUEUE_DROPS},
         pace::Clock,
         pacer::DeltaBackend,
@@ -88,6 +91,10 @@ struct Args {
     /// Seconds the receivers keep listening after the last publish.
     #[arg(long, default_value_t = 1)]
     drain_seconds: u64,
+    /// Connections (one user each) sending metered messages in a loop, and as many to the
+    /// echo baseline.
+    #[arg(long, default_value_t = 200)]
+    message_connections: usize,
     /// Connections running agents in a loop in the loaded agent-run phase, per route (a
     /// single one per route runs first, unloaded).
     #[arg(long, default_value_t = 16)]
@@ -133,6 +140,7 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Phase {
     Connect,
+    Messages,
     Publish,
     Fanout,
     Runs,
@@ -145,6 +153,7 @@ impl Phase {
     fn all() -> Vec<Self> {
         vec![
             Self::Connect,
+            Self::Messages,
             Self::Publish,
             Self::Fanout,
             Self::Runs,
@@ -189,6 +198,9 @@ impl Args {
         let mut needed = 1;
         if self.runs(Phase::Connect) {
             needed = needed.max(self.most_connecting());
+        }
+        if self.runs(Phase::Messages) {
+            needed = needed.max(self.message_connections);
         }
         if self.runs(Phase::Publish) {
             needed = needed.max(self.connections);
@@ -323,6 +335,18 @@ async fn measure(
         progress("connects: echo baseline and gateway, alternating");
         connects::run(
             &args.connect_concurrency,
+            &args.plan(),
+            stack,
+            &users,
+            &mut rows,
+            &mut notes,
+        )
+        .await?;
+    }
+    if args.runs(Phase::Messages) {
+        progress("metered messages: echo baseline and gateway, alternating");
+        messages::run(
+            args.message_connections,
             &args.plan(),
             stack,
             &users,

@@ -195,20 +195,27 @@ async fn counters_move_by_exactly_what_a_scenario_did() {
     usage.assert(consumed, &[("meter", "messages")], allowed_messages);
     usage.assert(consumed, &[("meter", "agent_runs")], 1.0);
     usage.assert(consumed, &[("meter", "tool_calls")], 1.0);
-    // Every Consume is one decision and one latency observation, on both sides of the call.
+    // Every consume is one decision and one latency observation at usage-service. The gateway
+    // sends them in `ConsumeMany` calls, a consume or more each; both sides count the same calls.
     let consumes = allowed_messages + 1.0 + 1.0 + 1.0;
-    let method = "/tollgate.usage.v1.UsageService/Consume";
-    let served = "tollgate_rpc_server_duration_seconds_count";
-    usage.assert(served, &[("method", method), ("code", "OK")], consumes);
     usage.assert(
         "tollgate_usage_consume_duration_seconds_count",
         &[],
         consumes,
     );
+    let method = "/tollgate.usage.v1.UsageService/ConsumeMany";
+    let served = usage.of(
+        "tollgate_rpc_server_duration_seconds_count",
+        &[("method", method), ("code", "OK")],
+    );
+    assert!(
+        (1.0..=consumes).contains(&served),
+        "{served} calls for {consumes} consumes"
+    );
     gateway.assert(
         "tollgate_gateway_upstream_rpc_duration_seconds_count",
-        &[("method", "Consume"), ("outcome", "ok")],
-        consumes,
+        &[("method", "ConsumeMany"), ("outcome", "ok")],
+        served,
     );
 
     // The run, by its agent and how it ended.

@@ -164,7 +164,7 @@ async fn a_connection_and_its_run_are_one_trace_across_the_three_services() {
         "tollgate.auth.v1.AuthService/ValidateToken",
         "tollgate.usage.v1.UsageService/UpdateConnections",
         "tollgate.usage.v1.UsageService/Authorize",
-        "tollgate.usage.v1.UsageService/Consume",
+        "tollgate.usage.v1.UsageService/ConsumeMany",
     ] {
         assert!(methods.contains(expected), "no {expected} in {methods:?}");
     }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use futures::future::join_all;
-use tollgate_proto::usage::v1::DenyReason;
+use tollgate_proto::usage::v1::{self as pb, DenyReason};
 use tonic::Code;
 
 use crate::{both_backends, helpers::*};
@@ -207,7 +207,91 @@ async fn a_refund_gives_back_a_counted_key_once(backend: Backend) {
     );
 }
 
+fn request(user: &str, meter: &str, amount: u64, key: &str) -> pb::ConsumeRequest {
+    pb::ConsumeRequest {
+        user_id: user.into(),
+        meter: meter.into(),
+        amount,
+        idempotency_key: key.into(),
+    }
+}
+
+/// A gateway meters many users' messages in one `ConsumeMany`: each is judged as its own
+/// `Consume` would be (the limit holds across the batch, a retried key counts once), and one
+/// bad request fails alone.
+async fn many_consumes_in_one_call_are_each_judged_alone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (user, other) = (new_user(), new_user());
+    let retry = key();
+    let mut requests: Vec<_> = (0..31)
+        .map(|_| request(&user, "messages", 1, &key()))
+        .collect();
+    requests.push(request(&other, "tool_calls", 2, &retry));
+    requests.push(request(&other, "tool_calls", 2, &retry));
+    requests.push(request(&other, "messages", 0, &key()));
+    requests.push(request("not-a-user", "messages", 1, &key()));
+    let outcomes = app
+        .client()
+        .consume_many(app.check(pb::ConsumeManyRequest { requests }))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), 35);
+    let answers: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome.outcome.unwrap() {
+            pb::consume_outcome::Outcome::Consumed(consumed) => Ok(consumed),
+            pb::consume_outcome::Outcome::Failed(failed) => Err(Code::from_i32(failed.code)),
+        })
+        .collect();
+    let messages = &answers[..31];
+    let allowed = messages
+        .iter()
+        .filter(|answer| answer.as_ref().is_ok_and(|consumed| consumed.allowed))
+        .count();
+    assert_eq!(
+        allowed, 30,
+        "the free plan's 30 messages a minute, and not one more"
+    );
+    assert!(messages.iter().any(|answer| {
+        answer
+            .as_ref()
+            .is_ok_and(|denied| !denied.allowed && denied.reason == DenyReason::RateLimited as i32)
+    }));
+    let (first, again) = (answers[31].as_ref().unwrap(), answers[32].as_ref().unwrap());
+    assert!(first.allowed && again.allowed, "{first:?} {again:?}");
+    assert!(
+        first.replayed != again.replayed,
+        "one of the two is the replay"
+    );
+    assert_eq!(answers[33], Err(Code::InvalidArgument));
+    assert_eq!(answers[34], Err(Code::InvalidArgument));
+    assert_eq!(used(&app.usage_of(&user).await, "messages"), 30);
+    assert_eq!(used(&app.usage_of(&other).await, "tool_calls"), 2);
+
+    let too_many = (0..1001)
+        .map(|_| request(&user, "messages", 1, &key()))
+        .collect();
+    assert_refused(
+        app.client()
+            .consume_many(app.check(pb::ConsumeManyRequest { requests: too_many }))
+            .await,
+        Code::InvalidArgument,
+        "invalid_request",
+    );
+    let unauthenticated = app
+        .client()
+        .consume_many(pb::ConsumeManyRequest {
+            requests: vec![request(&user, "messages", 1, &key())],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+}
+
 both_backends!(
+    many_consumes_in_one_call_are_each_judged_alone,
     a_refund_gives_back_a_counted_key_once,
     quotas_resume_from_the_ledger_after_a_restart,
     the_message_rate_allows_the_plan_limit_then_says_when_to_retry,
