@@ -10,6 +10,7 @@ mod deployment;
 mod drain;
 mod faults;
 mod help;
+mod metering;
 mod metrics;
 mod nodes;
 mod partitions;

@@ -211,9 +211,15 @@ async fn serves_without_postgres(
     acknowledgements.consumed(&user.user_id, "agent_runs", 1, &direct);
     let refused = direct.expect_err("usage acknowledged without a ledger");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let reply: Value = client.metered("no-ledger").await;
+    // So is an agent run, billable; no `agent_started` for a run that could not be counted.
+    client.run_agent("run-no-ledger", "2 + 2", &[]).await;
+    let reply: Value = client.next_of("error").await;
     acknowledgements.observe(&user.user_id, &reply);
-    assert_eq!(reply["code"], "dependency_unavailable", "{reply}");
+    assert_eq!(
+        (reply["code"].as_str(), reply["id"].as_str()),
+        (Some("dependency_unavailable"), Some("run-no-ledger")),
+        "{reply}"
+    );
     // The connection stays open and events still reach it.
     let token = cluster.publish_token().await;
     let event = json!({"user_id": user.user_id, "data": {"db": "down"}});

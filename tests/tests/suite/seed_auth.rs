@@ -166,8 +166,15 @@ async fn in_band_authentication_comes_first_within_the_deadline_and_only_once() 
         (Some("already_authenticated"), Some("again"))
     );
     assert_eq!(client.ping("still-me").await["type"], "pong");
-    let usage = cluster.usage_of(&other.user_id).await;
-    assert_eq!(usage["messages"], 0, "the other user was billed");
+    // Nothing was counted against the other user: its whole minute of messages is left.
+    let (mut others, _) = WsClient::connected(gateway, &other.access_token).await;
+    for n in 0..30 {
+        let reply = others.metered(&format!("o{n}")).await;
+        assert_eq!(
+            reply["code"], "unknown_run",
+            "the other user's message {n}: {reply}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,9 +159,8 @@ async fn messages_are_rate_limited_by_plan_and_persistent_abuse_closes_with_4008
         acknowledgements.observe(&pro.user_id, &reply);
         assert!(is_counted(&reply), "pro message {n}: {reply}");
     }
-    // Only what was answered was billed.
+    // Nothing was billed: messages are rate-only.
     assert_ledger_matches(&cluster, &acknowledgements).await;
-    assert_eq!(cluster.usage_of(&free.user_id).await["messages"], answered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

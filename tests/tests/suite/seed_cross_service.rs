@@ -223,7 +223,8 @@ async fn a_run_is_authorized_and_billed_to_the_token_s_user_while_events_stream_
     let usage = cluster.usage_of(&user.user_id).await;
     assert_eq!(
         (usage["messages"], usage["agent_runs"], usage["tool_calls"]),
-        (1, 1, 2)
+        (0, 1, 2),
+        "one run and its two tools billed (messages are rate-only)"
     );
     assert_eq!(other.ping("bystander").await["type"], "pong");
 }

@@ -108,13 +108,15 @@ pub(super) fn parse(text: &str) -> Result<Catalogue, String> {
 }
 
 /// The built-in meters, then the declared ones; a built-in one may be declared once to set
-/// whether it is billable.
+/// whether it is billable. Unless declared, messages are rate-only (the limiter's count is all
+/// a message needs) and agent runs and tool calls billable.
 fn meters(raw: Vec<RawMeter>) -> Result<Vec<MeterSpec>, String> {
     let mut meters: Vec<MeterSpec> = Meter::BUILT_IN
         .iter()
-        .map(|name| MeterSpec {
-            name: Meter::parse(name).expect("a valid built-in name"),
-            billable: true,
+        .map(|name| {
+            let name = Meter::parse(name).expect("a valid built-in name");
+            let billable = name != Meter::messages();
+            MeterSpec { name, billable }
         })
         .collect();
     let mut declared = BTreeSet::new();

@@ -102,7 +102,7 @@ fn the_default_catalogue_matches_the_contract() {
     assert_eq!(
         meters,
         [
-            ("messages", true),
+            ("messages", false),
             ("agent_runs", true),
             ("tool_calls", true)
         ]

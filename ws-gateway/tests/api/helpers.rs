@@ -233,11 +233,6 @@ impl Services {
         self.auth.keys().signer().sign(&claims)
     }
 
-    /// The `messages` the user was billed for this period, from usage-service's ledger.
-    pub async fn messages_used(&self, user_id: &str) -> u64 {
-        self.used(user_id, "messages").await
-    }
-
     /// How much of `meter` the user was billed for this period, from usage-service's ledger.
     pub async fn used(&self, user_id: &str, meter: &str) -> u64 {
         let reader = self
