@@ -95,6 +95,10 @@ struct Args {
     /// echo baseline.
     #[arg(long, default_value_t = 200)]
     message_connections: usize,
+    /// Run usage-service with `messages` billable (a ledger row per message), as before the
+    /// default catalogue made it rate-only.
+    #[arg(long)]
+    billable_messages: bool,
     /// Connections running agents in a loop in the loaded agent-run phase, per route (a
     /// single one per route runs first, unloaded).
     #[arg(long, default_value_t = 16)]
@@ -281,6 +285,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|backend| (deltas::AGENT.to_owned(), backend.addr))
             .collect(),
+        billable_messages: args.billable_messages,
     };
     let started = Stack::start(&stack_settings).await;
     let stack = match started {

@@ -75,6 +75,17 @@ pub struct Settings {
     pub demo_agent_bin: Option<PathBuf>,
     /// Further agent backends the gateway routes to: name and address.
     pub backends: Vec<(String, SocketAddr)>,
+    /// Bill messages (a ledger row each) instead of the default catalogue's rate-only meter.
+    pub billable_messages: bool,
+}
+
+/// The catalogue the stack runs: [`PLANS`], with messages billable when asked.
+fn catalogue(billable_messages: bool) -> String {
+    if billable_messages {
+        format!("[[meters]]\nname = \"messages\"\nbillable = true\n{PLANS}")
+    } else {
+        PLANS.to_owned()
+    }
 }
 
 /// The agent name of the `demo-agent` process.
@@ -122,7 +133,7 @@ impl Stack {
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let plans = dir.path().join("plans.toml");
-        std::fs::write(&plans, PLANS)?;
+        std::fs::write(&plans, catalogue(settings.billable_messages))?;
         let gateway_secret = random_alphanumeric(32);
         let publisher_secret = random_alphanumeric(32);
         let services = start_services(dir.path(), &gateway_secret, &publisher_secret, plans)
