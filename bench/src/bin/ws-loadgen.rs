@@ -99,6 +99,10 @@ struct Args {
     /// default catalogue made it rate-only.
     #[arg(long)]
     billable_messages: bool,
+    /// Also measure the message phase against the Node baseline, this script (after `npm ci`
+    /// in its directory), e.g. `bench/node-baseline/server.mjs`.
+    #[arg(long)]
+    node_baseline: Option<PathBuf>,
     /// Connections running agents in a loop in the loaded agent-run phase, per route (a
     /// single one per route runs first, unloaded).
     #[arg(long, default_value_t = 16)]
@@ -286,6 +290,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|backend| (deltas::AGENT.to_owned(), backend.addr))
             .collect(),
         billable_messages: args.billable_messages,
+        node_baseline: args
+            .node_baseline
+            .clone()
+            .filter(|_| args.runs(Phase::Messages)),
     };
     let started = Stack::start(&stack_settings).await;
     let stack = match started {

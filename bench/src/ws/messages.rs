@@ -9,7 +9,8 @@
 //! `ping` would not do: it is keepalive, answered by the gateway alone and never metered. The
 //! echo server gets the same frame and sends it back. What the ratio prices is therefore what
 //! metering a message costs (plus parsing a request and its error reply) against a server that
-//! does no work per message at all.
+//! does no work per message at all. With `--node-baseline`, the gateway is measured against
+//! the Node server of [`super::node`] too, in a second alternation of its own.
 
 use futures::SinkExt as _;
 use serde::Deserialize;
@@ -17,10 +18,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tonic::Status;
 
 use crate::{
-    load::{Calls, Plan},
+    load::{Calls, Measurement, Plan},
     ws::{
         client::{self, Ws},
-        observe::{Counters, DECISIONS, ServerCpu},
+        observe::{Counters, DECISIONS, ServerCpu, Split},
         stack::{Stack, User},
         table::Row,
     },
@@ -98,8 +99,9 @@ async fn talkers(
     Ok(talkers)
 }
 
-/// Both servers at `connections` connections (one user each, as far as `users` go),
-/// alternating slice by slice.
+/// The gateway against each baseline (the echo server, and the Node one when it runs) at
+/// `connections` connections (one user each, as far as `users` go), alternating slice by
+/// slice with each in turn.
 pub async fn run(
     connections: usize,
     plan: &Plan,
@@ -109,44 +111,68 @@ pub async fn run(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let connections = connections.max(1);
-    let echo_talkers = talkers(&stack.echo.ws_url(), users, connections, false).await?;
+    let mut baselines = vec![("WebSocket echo", &stack.echo)];
+    baselines.extend(stack.node.iter().map(|node| ("Node ws + jose", node)));
     let gateway_talkers = talkers(&stack.gateway.ws_url(), users, connections, true).await?;
-    let before = Counters::scrape(stack.gateway.addr).await?;
-    let (echo, gateway, echo_cpu, gateway_cpu) = {
-        let mut echo_calls = Calls::new(echo_talkers, talk);
-        let mut gateway_calls = Calls::new(gateway_talkers, talk);
-        let mut baseline = ServerCpu::new(&mut echo_calls, stack.echo.pid);
-        let mut subject = ServerCpu::new(&mut gateway_calls, stack.gateway.pid);
-        let (echo, gateway) = plan.against(&mut baseline, &mut subject).await;
-        (echo, gateway, baseline.split(), subject.split())
-    };
-    let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
-
-    let ratio = gateway.ops_per_sec() / echo.ops_per_sec().max(f64::MIN_POSITIVE);
-    let p50_ratio =
-        gateway.quantile(0.5).as_secs_f64() / echo.quantile(0.5).as_secs_f64().max(1e-9);
-    rows.push(Row {
-        relative: "baseline".into(),
-        ..Row::closed_loop("Message round trip, WebSocket echo", &echo, echo_cpu)
-    });
-    rows.push(Row {
-        relative: format!("{ratio:.2} × echo, p50 {p50_ratio:.1} ×"),
-        target: format!("≥ {MIN_RATIO} × echo, p50 ≤ {MAX_P50_RATIO} ×"),
-        met: Some(
-            ratio >= MIN_RATIO && p50_ratio <= MAX_P50_RATIO && echo.errors + gateway.errors == 0,
-        ),
-        ..Row::closed_loop("Metered message round trip", &gateway, gateway_cpu)
-    });
-    let counted = delta.sum(DECISIONS, &["kind=\"messages\"", "outcome=\"allowed\""]);
-    notes.push(format!(
-        "Metered messages, {connections} connections: {counted:.0} messages counted during the \
-         phase (warm-up and settle included); upstream calls per message: {}.",
-        delta.upstream_per(counted),
-    ));
-    for (name, measurement) in [("echo", &echo), ("gateway", &gateway)] {
-        if let Some(error) = &measurement.first_error {
-            notes.push(format!("First error of the {name} messages: {error}"));
+    let mut gateway_calls = Calls::new(gateway_talkers, talk);
+    for (name, server) in baselines {
+        let baseline_talkers = talkers(&server.ws_url(), users, connections, false).await?;
+        let mut baseline_calls = Calls::new(baseline_talkers, talk);
+        let before = Counters::scrape(stack.gateway.addr).await?;
+        let (baseline, gateway, baseline_cpu, gateway_cpu) = {
+            let mut baseline = ServerCpu::new(&mut baseline_calls, server.pid);
+            let mut subject = ServerCpu::new(&mut gateway_calls, stack.gateway.pid);
+            let (measured, gateway) = plan.against(&mut baseline, &mut subject).await;
+            (measured, gateway, baseline.split(), subject.split())
+        };
+        let delta = Counters::scrape(stack.gateway.addr).await?.since(&before);
+        report(
+            name,
+            (&baseline, baseline_cpu),
+            (&gateway, gateway_cpu),
+            rows,
+        );
+        let counted = delta.sum(DECISIONS, &["kind=\"messages\"", "outcome=\"allowed\""]);
+        notes.push(format!(
+            "Metered messages against {name}, {connections} connections: {counted:.0} messages \
+             counted during the phase (warm-up and settle included); upstream calls per \
+             message: {}.",
+            delta.upstream_per(counted),
+        ));
+        for (side, measurement) in [(name, &baseline), ("the gateway", &gateway)] {
+            if let Some(error) = &measurement.first_error {
+                notes.push(format!("First error of {side}'s messages: {error}"));
+            }
         }
     }
     Ok(())
+}
+
+fn report(
+    name: &str,
+    (baseline, baseline_cpu): (&Measurement, Option<Split>),
+    (gateway, gateway_cpu): (&Measurement, Option<Split>),
+    rows: &mut Vec<Row>,
+) {
+    let ratio = gateway.ops_per_sec() / baseline.ops_per_sec().max(f64::MIN_POSITIVE);
+    let p50_ratio =
+        gateway.quantile(0.5).as_secs_f64() / baseline.quantile(0.5).as_secs_f64().max(1e-9);
+    rows.push(Row {
+        relative: "baseline".into(),
+        ..Row::closed_loop(
+            &format!("Message round trip, {name}"),
+            baseline,
+            baseline_cpu,
+        )
+    });
+    rows.push(Row {
+        relative: format!("{ratio:.2} × {name}, p50 {p50_ratio:.1} ×"),
+        target: format!("≥ {MIN_RATIO} ×, p50 ≤ {MAX_P50_RATIO} ×"),
+        met: Some(
+            ratio >= MIN_RATIO
+                && p50_ratio <= MAX_P50_RATIO
+                && baseline.errors + gateway.errors == 0,
+        ),
+        ..Row::closed_loop("Metered message round trip", gateway, gateway_cpu)
+    });
 }

@@ -1,6 +1,6 @@
 //! What `ws-loadgen` needs to load ws-gateway the way clients and backends do: the stack it runs
 //! against ([`stack`]), the baseline WebSocket server ([`echo`]), WebSocket clients
-//! ([`client`]), the connect phase ([`connects`]), metered messages ([`messages`]), the open-loop publisher and its receivers
+//! ([`client`]), the connect phase ([`connects`]), metered messages ([`messages`], with a Node baseline in [`node`]), the open-loop publisher and its receivers
 //! ([`publish`]), the same across several gateway processes on Redis ([`nodes`]), agent runs in process against external ([`runs`]), deltas streamed end to
 //! end from a paced backend ([`pace`], [`pacer`], [`deltas`]), runs resumed at once after a drop
 //! ([`resumes`]), what the run observes besides latency: CPU per process and the gateway's own
@@ -17,6 +17,7 @@ pub mod deltas;
 pub mod echo;
 pub mod http;
 pub mod messages;
+pub mod node;
 pub mod nodes;
 pub mod observe;
 pub mod pace;

@@ -77,7 +77,12 @@ pub struct Settings {
     pub backends: Vec<(String, SocketAddr)>,
     /// Bill messages (a ledger row each) instead of the default catalogue's rate-only meter.
     pub billable_messages: bool,
+    /// The Node baseline's script, started when given.
+    pub node_baseline: Option<PathBuf>,
 }
+
+/// The audience of the access tokens auth-service issues here (its default).
+const AUDIENCE: &str = "tollgate";
 
 /// The catalogue the stack runs: [`PLANS`], with messages billable when asked.
 fn catalogue(billable_messages: bool) -> String {
@@ -120,6 +125,8 @@ impl ChildServer {
 pub struct Stack {
     pub gateway: ChildServer,
     pub echo: ChildServer,
+    /// The Node baseline ([`super::node`]), when asked for.
+    pub node: Option<ChildServer>,
     /// The `demo-agent` process, when started.
     pub agent: Option<ChildServer>,
     auth: SocketAddr,
@@ -153,19 +160,24 @@ impl Stack {
         let gateway =
             start_gateway(settings, &services, &gateway_secret, &routes.join(","), &[]).await?;
         let echo = start_echo().await?;
-        Ok(Self {
+        let mut stack = Self {
             gateway,
             echo,
+            node: None,
             agent,
             auth: services.auth,
             publisher_secret,
             gateway_secret,
             services,
             _dir: dir,
-        })
+        };
+        if let Some(script) = &settings.node_baseline {
+            stack.node = Some(super::node::start(&stack, script, AUDIENCE).await?);
+        }
+        Ok(stack)
     }
 
-    fn auth_client(&self) -> anyhow::Result<AuthServiceClient<TracedChannel>> {
+    pub(super) fn auth_client(&self) -> anyhow::Result<AuthServiceClient<TracedChannel>> {
         let channel =
             tollgate_shared::grpc::channel(&format!("http://{}", self.auth), STARTUP_PATIENCE)?;
         Ok(AuthServiceClient::new(channel))
@@ -249,12 +261,16 @@ impl Stack {
         let Self {
             gateway,
             echo,
+            node,
             agent,
             services,
             ..
         } = self;
         let stopped = stop_gateway(gateway).await;
         stop_child(echo).await;
+        if let Some(node) = node {
+            stop_child(node).await;
+        }
         if let Some(agent) = agent {
             stop_child(agent).await;
         }
@@ -441,24 +457,35 @@ async fn start_gateway(
 
 async fn start_echo() -> anyhow::Result<ChildServer> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let mut child = Command::new(exe)
-        .arg("--serve-echo")
-        .env_clear()
+    let mut command = Command::new(exe);
+    command.arg("--serve-echo").env_clear();
+    spawn_server(command, "the echo server").await
+}
+
+/// Starts a server that prints its address on the first line of stdout and stops when its
+/// stdin closes.
+pub(super) async fn spawn_server(mut command: Command, what: &str) -> anyhow::Result<ChildServer> {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("starting the echo server")?;
-    let pid = child.id().context("the echo server exited at once")?;
-    let stdout = child.stdout.take().context("the echo server's stdout")?;
+        .with_context(|| format!("starting {what}"))?;
+    let pid = child
+        .id()
+        .with_context(|| format!("{what} exited at once"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{what}'s stdout"))?;
     let line = tokio::time::timeout(STARTUP_PATIENCE, BufReader::new(stdout).lines().next_line())
         .await
-        .context("the echo server did not start in time")??
-        .context("the echo server exited while starting")?;
+        .with_context(|| format!("{what} did not start in time"))??
+        .with_context(|| format!("{what} exited while starting"))?;
     let addr: SocketAddr = line
         .trim()
         .parse()
-        .with_context(|| format!("the echo server printed {line:?}"))?;
+        .with_context(|| format!("{what} printed {line:?}"))?;
     Ok(ChildServer {
         addr,
         pid,
