@@ -40,7 +40,7 @@ mod relay;
 mod subscriber;
 #[path = "engine_topology.rs"]
 pub(crate) mod topology;
-pub use interest::{Interest, InterestError, InterestStatus, MAX_CHANNEL_BYTES};
+pub use interest::{Held, Interest, InterestError, InterestStatus, MAX_CHANNEL_BYTES};
 use redis_conn::Redis;
 pub use redis_conn::{RedisConnection, SLOTS, cluster_seeds, slot, slot_groups};
 pub use relay::{MAX_RELAYED_BYTES, RelayLimit};

@@ -82,6 +82,16 @@ impl Interest {
         self.request(channel, Op::Remove).await
     }
 
+    /// [`Interest::subscribe`], returned as a [`Held`] interest that is dropped again when
+    /// the holder lets go of it, even by unwinding from a panic.
+    pub async fn hold(&self, channel: &str) -> Result<Held, InterestError> {
+        self.subscribe(channel).await?;
+        Ok(Held {
+            interest: self.clone(),
+            channel: Some(channel.to_owned()),
+        })
+    }
+
     /// Where the subscriptions stand, once every request sent before has been applied.
     pub async fn status(&self) -> Result<InterestStatus, InterestError> {
         let Some(ops) = &self.ops else {
@@ -112,6 +122,44 @@ impl Interest {
     }
 }
 
+/// One interest in a channel, from [`Interest::hold`]. [`Held::release`] drops it and waits
+/// for room in the queue; dropping it unreleased (a task that panicked, say) queues the same
+/// request without waiting, or, when the queue is full, from a short task of its own.
+#[derive(Debug)]
+pub struct Held {
+    interest: Interest,
+    /// `None` once released.
+    channel: Option<String>,
+}
+
+impl Held {
+    pub async fn release(mut self) -> Result<(), InterestError> {
+        match self.channel.take() {
+            Some(channel) => self.interest.unsubscribe(&channel).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let (Some(channel), Some(ops)) = (self.channel.take(), self.interest.ops.clone()) else {
+            return;
+        };
+        match ops.try_send(Op::Remove(channel)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    // Ends once the subscriber takes the request or stops.
+                    runtime.spawn(async move {
+                        let _ = ops.send(op).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
 impl Engine {
     /// Starts this process's dynamic subscriptions; messages on them reach [`Engine::subscribe`]
     /// like any other bus message, within `limit`. Without Redis there is no task and the
@@ -121,7 +169,7 @@ impl Engine {
         limit: RelayLimit,
         shutdown: Shutdown,
     ) -> (Interest, Option<tokio::task::JoinHandle<()>>) {
-        let overflowed = Counter::default();
+        let overflowed = limit.overflowed.clone();
         let Some(redis) = &self.inner.redis else {
             let interest = Interest {
                 ops: None,

@@ -198,6 +198,37 @@ async fn single_node_interest_delivers_only_what_was_asked() {
     interest_delivers_only_what_was_asked(&redis_url()).await;
 }
 
+/// A connection task that panics while it holds its user's subscription must not leave the
+/// node subscribed for good: unwinding drops the interest, and the node lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_interest_is_given_back_when_dropped_even_by_a_panic() {
+    let (_, subscriber) = pair(&redis_url()).await;
+    let shutdown = Shutdown::new();
+    let (interest, task) = subscriber.interest(RelayLimit::default(), shutdown.clone());
+    let channel = format!("user:{{{}}}", redis_prefix());
+    let both = |wanted| InterestStatus {
+        wanted,
+        subscribed: wanted,
+    };
+    let held = interest.hold(&channel).await.unwrap();
+    assert_eq!(interest.status().await.unwrap(), both(1));
+    let panicked = tokio::spawn(async move {
+        let _held = held;
+        panic!("a connection task fails");
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert_eq!(interest.status().await.unwrap(), both(0));
+
+    // Released, it goes the same way; released twice is impossible (release takes it).
+    let held = interest.hold(&channel).await.unwrap();
+    assert_eq!(interest.status().await.unwrap(), both(1));
+    held.release().await.unwrap();
+    assert_eq!(interest.status().await.unwrap(), both(0));
+    shutdown.trigger();
+    task.unwrap().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_interest_delivers_only_what_was_asked_on_every_shard() {
     let cluster = RedisCluster::start().await;

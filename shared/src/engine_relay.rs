@@ -27,11 +27,13 @@ fn relay_backoff() -> Backoff {
 }
 
 /// What the relay accepts from Redis: envelopes of at most `max_bytes`; larger ones are dropped
-/// and counted in `dropped`.
+/// and counted in `dropped`. Messages that arrive while the queue between a dynamic
+/// subscription's connection and the bus is full are dropped too, and counted in `overflowed`.
 #[derive(Clone, Debug)]
 pub struct RelayLimit {
     pub max_bytes: usize,
     pub dropped: Counter,
+    pub overflowed: Counter,
 }
 
 impl Default for RelayLimit {
@@ -39,6 +41,7 @@ impl Default for RelayLimit {
         Self {
             max_bytes: MAX_RELAYED_BYTES,
             dropped: Counter::default(),
+            overflowed: Counter::default(),
         }
     }
 }
@@ -147,7 +150,7 @@ mod tests {
         let mut bus = engine.subscribe();
         let limit = RelayLimit {
             max_bytes: 64,
-            dropped: Counter::default(),
+            ..RelayLimit::default()
         };
         let channel = "tollgate:gateway:events";
         let oversized = format!("intruder|{}", "x".repeat(100));

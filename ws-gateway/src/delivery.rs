@@ -33,7 +33,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tollgate_shared::{
-    engine::{Engine, Heard, Interest, RelayLimit},
+    engine::{Engine, Heard, Held, Interest, RelayLimit},
     shutdown::Shutdown,
 };
 use uuid::Uuid;
@@ -68,17 +68,19 @@ pub struct Delivery {
     max_frame_bytes: usize,
 }
 
-/// A connection's interest in its user's channel; give it back with [`Attachment::detach`].
+/// A connection's interest in its user's channel; give it back with [`Attachment::detach`]
+/// (a connection task that unwinds from a panic gives it back by dropping it).
 #[derive(Debug)]
 pub struct Attachment {
-    interest: Interest,
-    channel: String,
+    held: Option<Held>,
 }
 
 impl Attachment {
     /// Drops the interest: the node unsubscribes after its user's last connection.
     pub async fn detach(self) {
-        if let Err(err) = self.interest.unsubscribe(&self.channel).await {
+        if let Some(held) = self.held
+            && let Err(err) = held.release().await
+        {
             tracing::debug!(error = %err, "unsubscribing from a user's events failed");
         }
     }
@@ -149,10 +151,14 @@ impl Delivery {
     /// Makes this node hear `user`'s events, waiting (within a bound) until the subscription is
     /// live on Redis.
     pub async fn attach(&self, user: Uuid) -> Attachment {
-        let channel = history::channel(user);
-        if let Err(err) = self.interest.subscribe(&channel).await {
-            tracing::warn!(error = %err, "subscribing to a user's events failed");
-        }
+        let held = self
+            .interest
+            .hold(&history::channel(user))
+            .await
+            .inspect_err(
+                |err| tracing::warn!(error = %err, "subscribing to a user's events failed"),
+            )
+            .ok();
         match tokio::time::timeout(ATTACH_TIMEOUT, self.interest.status()).await {
             Ok(Ok(status)) if status.subscribed < status.wanted => {
                 tracing::warn!(
@@ -163,10 +169,7 @@ impl Delivery {
             Ok(_) => {}
             Err(_) => tracing::warn!("the user's subscription was not confirmed in time"),
         }
-        Attachment {
-            interest: self.interest.clone(),
-            channel,
-        }
+        Attachment { held }
     }
 
     /// The user's last seq, to refuse a `since` ahead of it before the upgrade.
@@ -241,6 +244,7 @@ impl Delivery {
         RelayLimit {
             max_bytes: max_frame_bytes.saturating_add(ENVELOPE_OVERHEAD),
             dropped: metrics.bus_drops("oversized"),
+            overflowed: metrics.bus_drops("queue_full"),
         }
     }
 

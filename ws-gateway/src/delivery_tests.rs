@@ -117,3 +117,21 @@ async fn an_event_over_the_limit_is_refused() {
     assert_eq!(delivery.publish(user, &json!([1])).await, Ok(Some(1)));
     assert!(delivery.bus_limit().max_bytes > 64);
 }
+
+/// What the bus drops, whatever the reason, shows on `/metrics` under its reason.
+#[test]
+fn bus_drops_are_counted_by_reason() {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("tollgate");
+    let metrics = GatewayMetrics::register(&mut registry);
+    let limit = Delivery::limit_for(1024, &metrics);
+    limit.overflowed.inc();
+    limit.dropped.inc();
+    limit.dropped.inc();
+    let mut page = String::new();
+    prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+    for (reason, count) in [("queue_full", 1), ("oversized", 2), ("malformed", 0)] {
+        let line =
+            format!("tollgate_gateway_bus_messages_dropped_total{{reason=\"{reason}\"}} {count}");
+        assert!(page.contains(&line), "no `{line}` in:\n{page}");
+    }
+}

@@ -122,12 +122,13 @@ impl GatewayMetrics {
         );
         registry.register(
             "gateway_bus_messages_dropped",
-            "Messages from the Redis bus dropped on arrival, by reason (oversized, malformed)",
+            "Messages from the Redis bus dropped on arrival, by reason (oversized, malformed, queue_full)",
             metrics.bus_dropped.clone(),
         );
         // Present from the start, so an alert can be written on it before the first drop.
         metrics.bus_drops("oversized");
         metrics.bus_drops("malformed");
+        metrics.bus_drops("queue_full");
         registry.register(
             "gateway_agent_runs",
             "Agent runs that ended, by agent and outcome (completed, failed, cancelled, unavailable, disconnected)",
