@@ -11,14 +11,14 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::task::JoinSet;
 
 use crate::{
-    agent::{Caller, RunId, RunRequest},
+    agent::{Caller, RunId},
     end::End,
     error::{CloseCode, ErrorReply, Rejection},
     hub::ConnectionHandle,
     journal::{self, Attach, Follower, RunJournal},
     keepalive::PingBudget,
     protocol::{Outbound, RequestId, ServerMessage},
-    runs::{NotStarted, RunContext, UsageToolGate},
+    runs::{RunContext, UsageToolGate},
     session::Session,
     state::Shared,
     usage::Profile,
@@ -188,41 +188,30 @@ impl Client {
         self.started.len() >= self.shared.config.max_runs_per_connection.max(1)
     }
 
-    /// Starts a run that passed the meters; this connection follows it from its first event.
-    pub fn start_run(&mut self, request: RunRequest, id: Option<RequestId>) {
+    /// What the runs this connection starts share, made with the first (most connections
+    /// never start one).
+    pub fn run_context(&mut self) -> RunContext {
         let (shared, session) = (&self.shared, &self.session);
-        let context = self.context.get_or_insert_with(|| RunContext {
-            backends: Arc::clone(&shared.backends),
-            settings: shared.config.run_settings(),
-            gate: Arc::new(UsageToolGate::new(
-                shared.limits.clone(),
-                session.identity.user_id,
-            )),
-            caller: Arc::new(Caller {
-                user_id: session.identity.user_id,
-                session_id: session.identity.session_id,
-                plan: session.profile.plan.clone(),
-                roles: session.profile.roles.clone(),
-            }),
-        });
-        let run_id = request.run_id;
-        let journal = match shared.runs.start(context.clone(), request) {
-            Ok(journal) => journal,
-            Err(NotStarted::ShuttingDown) => {
-                self.reply(id.as_ref(), &ErrorReply::shutting_down());
-                return;
-            }
-            // Another request took the id this client chose while this one was counted: the
-            // unit it paid for buys nothing, so it goes back.
-            Err(NotStarted::Exists) => {
-                let gate = Arc::clone(&context.gate);
-                shared
-                    .runs
-                    .spawn(async move { gate.refund_run(run_id).await });
-                self.reply(id.as_ref(), &ErrorReply::duplicate_run());
-                return;
-            }
-        };
+        self.context
+            .get_or_insert_with(|| RunContext {
+                backends: Arc::clone(&shared.backends),
+                settings: shared.config.run_settings(),
+                gate: Arc::new(UsageToolGate::new(
+                    shared.limits.clone(),
+                    session.identity.user_id,
+                )),
+                caller: Arc::new(Caller {
+                    user_id: session.identity.user_id,
+                    session_id: session.identity.session_id,
+                    plan: session.profile.plan.clone(),
+                    roles: session.profile.roles.clone(),
+                }),
+            })
+            .clone()
+    }
+
+    /// Follows a run this connection started, from its first event.
+    pub fn follow_started(&mut self, journal: Arc<RunJournal>, id: Option<RequestId>) {
         self.started.push(Arc::clone(&journal));
         if let Attach::Follow(follower) = journal.attach(0) {
             self.follow(follower, id);

@@ -58,7 +58,7 @@ fn run_agent(run_id: &str) -> Value {
 /// On a new connection: resume the run from `last_seq`; a run no node has was never started,
 /// so ask for it again under the same id (and resume it if that finds it started meanwhile).
 async fn recover(client: &mut WsClient, run_id: &str, last_seq: u64) -> Vec<Value> {
-    for _ in 0..20 {
+    for _ in 0..100 {
         client
             .send_json(json!({"type": "resume_run", "id": "again", "run_id": run_id, "after_seq": last_seq}))
             .await;
@@ -80,7 +80,10 @@ async fn recover(client: &mut WsClient, run_id: &str, last_seq: u64) -> Vec<Valu
             frames.extend(rest(client, 1).await);
             return frames;
         }
+        // Started meanwhile by the request that was cut off (whose node may not have written
+        // its first event yet): resume it, after a pause as a client would.
         assert_eq!(answer["code"], "duplicate_run", "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("run {run_id} was neither resumed nor started");
 }

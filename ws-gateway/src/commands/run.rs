@@ -3,7 +3,9 @@
 //! Validated before anything is counted (the connection's run limit, the tool names, the
 //! request's bounds, a routed agent), each refusal an `error` reply that leaves the
 //! connection as it was; then metered as a message, then as an agent run (`quota_exceeded`
-//! with the plan that lifts it), and only then started.
+//! with the plan that lifts it), and only then started. Counting and starting the run happen
+//! on a task of the node's: a client that drops while its run is counted finds the run
+//! started when it comes back, never paid for and lost.
 //!
 //! A client may choose the `run_id` (a UUID), so that it can resume a run whose
 //! `agent_started` it never saw. An id is single-use: one that names a run on any node, or
@@ -16,14 +18,17 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Next, fields_of, metered, printable};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
     agent::{RunId, RunRequest, ToolName},
     client::Client,
     error::ErrorReply,
+    journal::RunJournal,
     limits::{Meter, Metered},
     protocol::RequestId,
+    runs::{NotStarted, RunContext},
     state::Shared,
 };
 
@@ -66,21 +71,72 @@ impl RunAgent {
             }
         };
         let shared = Arc::clone(client.shared());
-        let user = client.identity().user_id;
+        let context = client.run_context();
         let reply_to = id.clone();
         metered(client, id, async move {
-            let outcome = match chosen {
-                Chosen::Client => claim_then_count(&shared, user, request.run_id).await,
-                Chosen::Gateway => count(&shared, user, request.run_id).await,
-            };
+            let started = start_detached(shared, context, request, chosen).await;
             move |client: &mut Client| {
-                match outcome {
-                    Ok(()) => client.start_run(request, reply_to),
+                match started {
+                    Ok(journal) => client.follow_started(journal, reply_to),
                     Err(reply) => client.reply(reply_to.as_ref(), &reply),
                 }
                 None
             }
         })
+    }
+}
+
+/// Counts the run and starts it on a task of the node's, not of the connection's: once
+/// usage-service has counted a run, the run starts even if the connection that asked for it
+/// is gone by then (its client resumes it), so no run is paid for and never run.
+async fn start_detached(
+    shared: Arc<Shared>,
+    context: RunContext,
+    request: RunRequest,
+    chosen: Chosen,
+) -> Result<Arc<RunJournal>, ErrorReply> {
+    let (answer, answered) = oneshot::channel();
+    let runs = Arc::clone(&shared.runs);
+    runs.spawn(async move {
+        let _ = answer.send(count_and_start(&shared, context, request, chosen).await);
+    });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(ErrorReply::shutting_down()))
+}
+
+async fn count_and_start(
+    shared: &Shared,
+    context: RunContext,
+    request: RunRequest,
+    chosen: Chosen,
+) -> Result<Arc<RunJournal>, ErrorReply> {
+    let (user, run_id) = (context.caller.user_id, request.run_id);
+    if chosen == Chosen::Client {
+        claim(shared, user, run_id).await?;
+    }
+    let unclaim = || async {
+        if chosen == Chosen::Client {
+            shared.runs.unclaim(run_id).await;
+        }
+    };
+    if let Err(reply) = count(shared, user, run_id).await {
+        unclaim().await;
+        return Err(reply);
+    }
+    let gate = Arc::clone(&context.gate);
+    match shared.runs.start(context, request) {
+        Ok(journal) => Ok(journal),
+        Err(not_started) => {
+            // Counted but not started (the node began to shut down): the unit buys nothing,
+            // so it goes back.
+            gate.refund_run(run_id).await;
+            unclaim().await;
+            Err(match not_started {
+                NotStarted::Exists => ErrorReply::duplicate_run(),
+                NotStarted::ShuttingDown => ErrorReply::shutting_down(),
+            })
+        }
     }
 }
 
@@ -91,10 +147,10 @@ enum Chosen {
     Gateway,
 }
 
-/// Takes the id the client chose on every node, then counts the run under it.
-async fn claim_then_count(shared: &Shared, user: Uuid, run_id: RunId) -> Result<(), ErrorReply> {
+/// Takes the id the client chose, on every node (see [`crate::runs::RunRegistry::claim`]).
+async fn claim(shared: &Shared, user: Uuid, run_id: RunId) -> Result<(), ErrorReply> {
     match shared.runs.claim(run_id, user).await {
-        Ok(true) => count(shared, user, run_id).await,
+        Ok(true) => Ok(()),
         Ok(false) => Err(ErrorReply::duplicate_run()),
         Err(err) => {
             tracing::warn!(error = %err, "claiming a run id on redis failed");

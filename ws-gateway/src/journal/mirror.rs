@@ -12,7 +12,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{FutureExt, future::BoxFuture};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, time::MissedTickBehavior};
 use tollgate_shared::engine::{Engine, Interest};
 use uuid::Uuid;
 
@@ -139,6 +139,10 @@ impl Feeder {
         first: Vec<(u64, String)>,
     ) {
         let cancel = self.journal.cancel_token();
+        // One timer for the whole copy: a poll that every bus message (any channel's) put off
+        // again would never come on a busy node.
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut done = self.take(first).await;
         while !done {
             done = tokio::select! {
@@ -150,7 +154,7 @@ impl Feeder {
                     Err(RecvError::Lagged(_)) => self.fill().await,
                     Err(RecvError::Closed) => true,
                 },
-                () = tokio::time::sleep(POLL) => self.fill().await || self.owner_lost().await,
+                _ = poll.tick() => self.fill().await || self.owner_lost().await,
                 () = cancel.cancelled() => true,
             };
         }

@@ -76,20 +76,31 @@ return 1
     )
 });
 
-/// Takes a run id a client chose, for a run about to start: refused when Redis knows a run of
-/// that id that is another user's or has begun. The summary it leaves has no snapshot yet, so a
-/// resume finds no run until the first record is written.
+/// Takes a run id a client chose, for a run about to be counted and started: refused when
+/// Redis knows the id at all (a run, or another node taking it right now), so that one request
+/// at a time counts a run under it. The summary it leaves has no snapshot yet, so a resume
+/// finds no run until the first record is written.
 static CLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r#"
 local meta = KEYS[1]
-local user = redis.call('HGET', meta, 'user')
-if user and (user ~= ARGV[1] or tonumber(redis.call('HGET', meta, 'last_seq') or '0') > 0) then
-  return 0
-end
+if redis.call('EXISTS', meta) == 1 then return 0 end
 redis.call('HSET', meta, 'user', ARGV[1], 'node', ARGV[2], 'last_seq', '0')
 redis.call('PEXPIRE', meta, ARGV[3])
 return 1
+"#,
+    )
+});
+
+/// Gives a claimed id back, if this node's claim still holds it and no record was written.
+static UNCLAIM: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta = KEYS[1]
+if redis.call('HGET', meta, 'node') == ARGV[1] and redis.call('HGET', meta, 'last_seq') == '0' then
+  redis.call('DEL', meta)
+end
+return 0
 "#,
     )
 });
@@ -229,8 +240,8 @@ impl RunStore {
         }
     }
 
-    /// Takes `run_id`, chosen by `user`'s client, for a run this node is about to start; false
-    /// when another user's run, or a run that has begun, has that id.
+    /// Takes `run_id`, chosen by `user`'s client, for a run this node is about to count and
+    /// start; false when Redis knows the id already.
     pub async fn claim(&self, run_id: RunId, user: Uuid) -> Result<bool, StoreError> {
         let (_, meta) = self.keys(run_id);
         let mut call = CLAIM.prepare_invoke();
@@ -241,6 +252,16 @@ impl RunStore {
         let mut conn = self.connection().await?;
         let claimed: i64 = timed(call.invoke_async(&mut conn)).await?;
         Ok(claimed == 1)
+    }
+
+    /// Gives back this node's claim of `run_id` for a run that was not started.
+    pub async fn unclaim(&self, run_id: RunId) -> Result<(), StoreError> {
+        let (_, meta) = self.keys(run_id);
+        let mut call = UNCLAIM.prepare_invoke();
+        call.key(&meta).arg(self.engine.node());
+        let mut conn = self.connection().await?;
+        let _: i64 = timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
     }
 
     /// Says that this node is alive for `ttl` (its runs are not lost).

@@ -13,7 +13,7 @@ mod remote;
 mod sink;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -74,6 +74,8 @@ pub enum NotStarted {
 #[derive(Debug)]
 pub struct RunRegistry {
     runs: Mutex<HashMap<RunId, Arc<RunJournal>>>,
+    /// Ids clients chose for runs being counted and started right now.
+    claimed: Mutex<HashSet<RunId>>,
     tasks: TaskTracker,
     /// Fired when runs that outlived the shutdown's grace are to be dropped.
     abort: CancellationToken,
@@ -91,6 +93,7 @@ impl RunRegistry {
     ) -> Arc<Self> {
         Arc::new(Self {
             runs: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashSet::new()),
             tasks: TaskTracker::new(),
             abort: CancellationToken::new(),
             retention,
@@ -129,6 +132,7 @@ impl RunRegistry {
                 self.remote.as_ref().map(|remote| remote.store.clone()),
             ));
             runs.insert(run_id, Arc::clone(&journal));
+            self.claims().remove(&run_id);
             journal
         };
         let span = tracing::info_span!("agent.run", %run_id, agent = %request.agent);
@@ -149,15 +153,41 @@ impl RunRegistry {
         });
     }
 
-    /// Whether `run_id`, chosen by `user`'s client, may name a new run: no run of that id is on
-    /// this node, or (with Redis) on any other, and none has begun under it.
+    fn claims(&self) -> MutexGuard<'_, HashSet<RunId>> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes `run_id`, chosen by `user`'s client, for a run about to be counted and started:
+    /// false when a run of that id is on this node or (with Redis) any other, or another
+    /// request is taking it. One request at a time counts a run under an id, so two of them
+    /// never race for one key at usage-service. Give it back with [`RunRegistry::unclaim`]
+    /// when the run is not started; starting it ends the claim.
     pub async fn claim(&self, run_id: RunId, user: Uuid) -> Result<bool, StoreError> {
-        if self.lock().contains_key(&run_id) {
-            return Ok(false);
+        {
+            let runs = self.lock();
+            if runs.contains_key(&run_id) || !self.claims().insert(run_id) {
+                return Ok(false);
+            }
         }
-        match &self.remote {
-            Some(sources) => sources.store.claim(run_id, user).await,
-            None => Ok(true),
+        let Some(sources) = &self.remote else {
+            return Ok(true);
+        };
+        let claimed = sources.store.claim(run_id, user).await;
+        if !matches!(claimed, Ok(true)) {
+            self.claims().remove(&run_id);
+        }
+        claimed
+    }
+
+    /// Gives back the claim of a run that was not started (its count was refused, say).
+    pub async fn unclaim(&self, run_id: RunId) {
+        self.claims().remove(&run_id);
+        if let Some(sources) = &self.remote
+            && let Err(err) = sources.store.unclaim(run_id).await
+        {
+            tracing::warn!(error = %err, "giving back a claimed run id failed; it lapses");
         }
     }
 

@@ -179,7 +179,7 @@ async fn next_frame(client: &mut WsClient) -> Value {
 /// and resumes again if that finds it was started meanwhile. Returns what it saw of the run.
 pub async fn recover_unseen_start(client: &mut WsClient, run_id: &str) -> Seen {
     let mut seen = Seen::default();
-    for _ in 0..20 {
+    for _ in 0..100 {
         client
             .send_json(
                 json!({"type": "resume_run", "id": "again", "run_id": run_id, "after_seq": 0}),
@@ -202,8 +202,10 @@ pub async fn recover_unseen_start(client: &mut WsClient, run_id: &str) -> Seen {
             seen.read(client, usize::MAX).await;
             return seen;
         }
-        // Started meanwhile by the request the client dropped: resume it.
+        // Started meanwhile by the request the client dropped (whose node may not have
+        // written its first event yet): resume it, after a pause as a client would.
         assert_eq!(answer["code"], "duplicate_run", "{answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("run {run_id} was neither resumed nor started");
 }

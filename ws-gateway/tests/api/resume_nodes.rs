@@ -134,3 +134,38 @@ async fn an_ended_run_s_history_on_redis_expires_after_its_ttl() {
         "the run's stream outlived its TTL"
     );
 }
+
+/// Two requests for one run id at once, on two nodes: one run starts, the other request is
+/// told the id is taken, and the run is counted once (two counts racing for one key would
+/// leave both callers thinking it was the other's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_id_asked_for_on_two_nodes_at_once_starts_one_run_counted_once() {
+    let (services, node_a, node_b) = two_nodes(six_deltas()).await;
+    let pair = services.register().await;
+    services.change_plan(&pair.user_id, "pro").await;
+    for _ in 0..5 {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let request = json!({"type": "run_agent", "id": "r", "agent": "demo", "input": "go", "run_id": run_id});
+        let (mut on_a, _) = node_a.connected(&pair.access_token).await;
+        let (mut on_b, _) = node_b.connected(&pair.access_token).await;
+        let (a, b) = tokio::join!(
+            async {
+                on_a.send_json(request.clone()).await;
+                on_a.recv().await
+            },
+            async {
+                on_b.send_json(request.clone()).await;
+                on_b.recv().await
+            }
+        );
+        let (Received::Json(a), Received::Json(b)) = (a, b) else {
+            panic!("a connection ended");
+        };
+        let mut answers = [a["type"].as_str(), b["type"].as_str()];
+        answers.sort_unstable();
+        assert_eq!(answers, [Some("agent_started"), Some("error")], "{a} {b}");
+        let refused = if a["type"] == "error" { &a } else { &b };
+        assert_eq!(refused["code"], "duplicate_run", "{refused}");
+    }
+    assert_eq!(services.used(&pair.user_id, "agent_runs").await, 5);
+}
