@@ -164,16 +164,20 @@ async fn a_rate_only_meter_limits_but_writes_no_ledger_row(backend: Backend) {
     assert_eq!(pings.limit, Some(3));
 }
 
-async fn list_plans_returns_the_whole_catalogue(backend: Backend) {
-    let (app, _file) = spawn_with_catalogue(backend).await;
-    let listed = list_plans(&app).await;
-    let meters: Vec<_> = listed
+/// Each meter of the catalogue and whether it is billable.
+fn billable(listed: &pb::ListPlansResponse) -> Vec<(&str, bool)> {
+    listed
         .meters
         .iter()
         .map(|m| (m.name.as_str(), m.billable))
-        .collect();
+        .collect()
+}
+
+async fn list_plans_returns_the_whole_catalogue(backend: Backend) {
+    let (app, _file) = spawn_with_catalogue(backend).await;
+    let listed = list_plans(&app).await;
     assert_eq!(
-        meters,
+        billable(&listed),
         [
             ("messages", false),
             ("agent_runs", true),
@@ -237,13 +241,8 @@ async fn list_plans_returns_the_whole_catalogue(backend: Backend) {
 async fn the_default_catalogue_is_listed_whole(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let listed = list_plans(&app).await;
-    let meters: Vec<_> = listed
-        .meters
-        .iter()
-        .map(|m| (m.name.as_str(), m.billable))
-        .collect();
     assert_eq!(
-        meters,
+        billable(&listed),
         [
             ("messages", false),
             ("agent_runs", true),

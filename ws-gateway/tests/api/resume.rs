@@ -158,6 +158,15 @@ pub async fn resume(client: &mut WsClient, run_id: &str, after_seq: u64) -> Valu
     client.expect("run_resumed").await
 }
 
+/// A run over at once: agent_started, two deltas, agent_completed.
+fn two_quick_deltas() -> Streamer {
+    Streamer {
+        deltas: 2,
+        size: 16,
+        pause: Duration::ZERO,
+    }
+}
+
 /// The streamer every drop test runs: agent_started, six deltas, agent_completed.
 pub fn six_deltas() -> Streamer {
     Streamer {
@@ -512,11 +521,7 @@ async fn any_connection_of_the_user_cancels_the_run_and_the_follower_hears_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_run_is_forgotten_after_the_history_ttl() {
-    let agent = Streamer {
-        deltas: 2,
-        size: 16,
-        pause: Duration::ZERO,
-    };
+    let agent = two_quick_deltas();
     let (services, gateway) = gateway_with(agent, |config| {
         config.run_history_ttl = Duration::from_millis(200);
         config.detached_run_timeout = Duration::from_millis(400);
@@ -584,11 +589,7 @@ async fn run_as(client: &mut WsClient, run_id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_id_the_client_chose_starts_one_run_and_is_never_reused() {
-    let agent = Streamer {
-        deltas: 2,
-        size: 16,
-        pause: Duration::ZERO,
-    };
+    let agent = two_quick_deltas();
     let (services, gateway) = gateway_with(agent, |config| {
         config.run_history_ttl = Duration::from_millis(200);
     })
