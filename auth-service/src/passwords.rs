@@ -2,25 +2,29 @@
 //!
 //! Hashing runs on a fixed set of `parallelism` threads fed by a bounded queue: a login flood
 //! queues (and is throttled) instead of exhausting memory, and a thread starts the next hash the
-//! moment one ends, so the cores stay busy with hashing rather than with hand-overs. Each hash
-//! runs inside its caller's span. Unknown emails are checked against a dummy hash so that
-//! "no such user" costs the same time as "wrong password".
+//! moment one ends, so the cores stay busy with hashing rather than with hand-overs. Each thread
+//! checks passwords in working memory of its own (see [`memory`]). Each hash runs inside its
+//! caller's span. Unknown emails are checked against a dummy hash so that "no such user" costs
+//! the same time as "wrong password".
+
+mod memory;
 
 use std::sync::{Arc, Mutex};
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
-    password_hash::SaltString,
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version, password_hash::SaltString,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
 use crate::domain::Password;
 
+pub use memory::Memory;
+
 /// Hashes waiting for a thread before callers are pushed back.
 const QUEUE: usize = 1024;
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
 /// The hashing threads; they stop when the last `Passwords` handle is dropped.
 #[derive(Clone, Debug)]
@@ -57,7 +61,7 @@ impl Passwords {
     }
 
     pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
-        self.on_hashing_thread(move || hash_now(&password)).await?
+        self.on_hashing_thread(move |_| hash_now(&password)).await?
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no user,
@@ -66,14 +70,9 @@ impl Passwords {
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .on_hashing_thread(move || {
+            .on_hashing_thread(move |memory| {
                 PasswordHash::new(&hash)
-                    .map(|parsed| {
-                        argon2()
-                            .verify_password(password.expose().as_bytes(), &parsed)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
+                    .is_ok_and(|parsed| memory.verify(password.expose().as_bytes(), &parsed))
             })
             .await?;
         Ok(exists && matches)
@@ -81,13 +80,13 @@ impl Passwords {
 
     async fn on_hashing_thread<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Memory) -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         let (reply, answer) = oneshot::channel();
         let span = Span::current();
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |memory| {
             // The caller may have gone away; its answer is then simply dropped.
-            let _ = reply.send(span.in_scope(work));
+            let _ = reply.send(span.in_scope(|| work(memory)));
         });
         self.jobs
             .send(job)
@@ -99,6 +98,7 @@ impl Passwords {
 
 /// Takes jobs until every `Passwords` handle (and so the queue's sender) is gone.
 fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    let mut memory = Memory::default();
     loop {
         // The lock is held only while taking a job, never while hashing.
         let job = queue
@@ -106,7 +106,7 @@ fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
             .unwrap_or_else(|poison| poison.into_inner())
             .blocking_recv();
         match job {
-            Some(job) => job(),
+            Some(job) => job(&mut memory),
             None => return,
         }
     }

@@ -2,6 +2,8 @@
 //! (`passwords::argon2()`), on one OS thread per core and nothing else. Login cannot beat this
 //! on the same machine, so `Login / raw` is the share of the CPU the service turns into
 //! password checks rather than overhead (gRPC, database, Redis, token signing, queueing).
+//! With [`RawMemory::Reused`] each thread checks in memory of its own, through the service's
+//! own [`passwords::Memory`].
 
 use std::{sync::Arc, time::Instant};
 
@@ -10,6 +12,7 @@ use auth_service::passwords;
 use futures::future::BoxFuture;
 
 use crate::{
+    cli::RawMemory,
     cpu::sample_window,
     load::{Measurement, Timing, Workload},
 };
@@ -21,10 +24,11 @@ const PASSWORD: &[u8] = b"correct horse battery staple";
 pub struct RawArgon {
     threads: usize,
     hash: Arc<str>,
+    memory: RawMemory,
 }
 
 impl RawArgon {
-    pub fn new(threads: usize) -> anyhow::Result<Self> {
+    pub fn new(threads: usize, memory: RawMemory) -> anyhow::Result<Self> {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let hash = passwords::argon2()
             .hash_password(PASSWORD, &salt)
@@ -33,15 +37,16 @@ impl RawArgon {
         Ok(Self {
             threads: threads.max(1),
             hash: hash.into(),
+            memory,
         })
     }
 }
 
 impl Workload for RawArgon {
     fn slice(&mut self, timing: Timing) -> BoxFuture<'_, Measurement> {
-        let (threads, hash) = (self.threads, Arc::clone(&self.hash));
+        let (threads, hash, memory) = (self.threads, Arc::clone(&self.hash), self.memory);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || verify_on_threads(threads, &hash, timing))
+            tokio::task::spawn_blocking(move || verify_on_threads(threads, &hash, memory, timing))
                 .await
                 .unwrap_or_else(|err| {
                     let mut failed = Measurement::new(threads, timing.measure);
@@ -55,7 +60,7 @@ impl Workload for RawArgon {
     }
 }
 
-fn verify_on_threads(threads: usize, hash: &str, timing: Timing) -> Measurement {
+fn verify_on_threads(threads: usize, hash: &str, memory: RawMemory, timing: Timing) -> Measurement {
     let measure_from = Instant::now() + timing.settle;
     let until = measure_from + timing.measure;
     let sampler = sample_window(measure_from, timing.measure);
@@ -64,6 +69,7 @@ fn verify_on_threads(threads: usize, hash: &str, timing: Timing) -> Measurement 
             .map(|_| {
                 scope.spawn(move || {
                     let mut measurement = Measurement::new(1, timing.measure);
+                    let mut reused = (memory == RawMemory::Reused).then(passwords::Memory::default);
                     loop {
                         let sent = Instant::now();
                         if sent >= until {
@@ -72,10 +78,14 @@ fn verify_on_threads(threads: usize, hash: &str, timing: Timing) -> Measurement 
                         // Parsed per call, as the service does.
                         let result = PasswordHash::new(hash)
                             .map_err(|err| err.to_string())
-                            .and_then(|parsed| {
-                                passwords::argon2()
+                            .and_then(|parsed| match &mut reused {
+                                None => passwords::argon2()
                                     .verify_password(PASSWORD, &parsed)
-                                    .map_err(|err| err.to_string())
+                                    .map_err(|err| err.to_string()),
+                                Some(memory) => memory
+                                    .verify(PASSWORD, &parsed)
+                                    .then_some(())
+                                    .ok_or_else(|| "the password did not verify".into()),
                             });
                         let done = Instant::now();
                         if done >= measure_from && done < until {

@@ -55,6 +55,13 @@ pub struct Args {
     #[arg(long)]
     pub client_threads: Option<usize>,
 
+    /// How the raw argon2id baseline gets argon2's working memory: `fresh` allocates it for
+    /// every check, as the crate's `verify_password` does (the published baseline); `reused`
+    /// keeps one block per thread and wipes it after each check, as auth-service's hashing
+    /// threads do, so Login is compared with hashing alone and not with the allocator.
+    #[arg(long, value_enum, default_value_t = RawMemory::Fresh)]
+    pub raw_argon_memory: RawMemory,
+
     /// Which store auth-service runs on.
     #[arg(long, value_enum, default_value_t = DatabaseKind::Postgres)]
     pub database: DatabaseKind,
@@ -113,6 +120,12 @@ pub enum DatabaseKind {
     Postgres,
     /// A temporary SQLite file and the in-process engine (no Redis).
     Sqlite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RawMemory {
+    Fresh,
+    Reused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

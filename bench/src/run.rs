@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::{
     Args,
     argon::RawArgon,
-    cli::{DatabaseKind, Phase, SETTLE},
+    cli::{DatabaseKind, Phase, RawMemory, SETTLE},
     database::Database,
     load::Measurement,
     phases::Fixture,
@@ -116,10 +116,14 @@ async fn measure(args: &Args, server: &Server, cores: usize) -> anyhow::Result<V
         progress(&format!(
             "raw argon2id on {cores} threads (baseline) and Login, alternating"
         ));
-        let mut raw = RawArgon::new(cores)?;
+        let mut raw = RawArgon::new(cores, args.raw_argon_memory)?;
         let mut login = fixture.login(args.login_concurrency.max(1))?;
         let (raw, login) = plan.against(&mut raw, &mut *login).await;
-        rows.push(Row::baseline("raw argon2id verify", raw.clone()));
+        let raw_label = match args.raw_argon_memory {
+            RawMemory::Fresh => "raw argon2id verify",
+            RawMemory::Reused => "raw argon2id verify (memory reused)",
+        };
+        rows.push(Row::baseline(raw_label, raw.clone()));
         rows.push(Row::ratio(
             "Login",
             login,
