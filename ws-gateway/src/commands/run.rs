@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::{Next, fields_of, metered, printable};
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -97,9 +98,13 @@ async fn start_detached(
 ) -> Result<Arc<RunJournal>, ErrorReply> {
     let (answer, answered) = oneshot::channel();
     let runs = Arc::clone(&shared.runs);
-    runs.spawn(async move {
-        let _ = answer.send(count_and_start(&shared, context, request, chosen).await);
-    });
+    // In the request's span: the run and its calls stay in the client's trace.
+    runs.spawn(
+        async move {
+            let _ = answer.send(count_and_start(&shared, context, request, chosen).await);
+        }
+        .in_current_span(),
+    );
     answered
         .await
         .unwrap_or_else(|_| Err(ErrorReply::shutting_down()))
