@@ -505,13 +505,6 @@ async fn publish_phase(
     let kept_up = outcome.publishes_per_sec() >= 0.99 * outcome.rate;
     let errors = outcome.errors();
     rows.push(Row {
-        phase: name.clone(),
-        clients: format!("{} conn.", outcome.connections),
-        ops: outcome.deliveries_per_sec(),
-        p50: quantile(&outcome.latency, 0.5),
-        p99,
-        errors,
-        cpu: outcome.cpu,
         relative: format!("{:.0} publishes/s", outcome.publishes_per_sec()),
         target: format!(
             "{:.0} events/s, p99 < {}, none lost",
@@ -519,6 +512,7 @@ async fn publish_phase(
             millis(PUBLISH_MAX_P99)
         ),
         met: Some(p99 < PUBLISH_MAX_P99 && errors == 0 && kept_up),
+        ..outcome.row(&name)
     });
     notes.push(format!(
         "{name}: {} events published ({:.0}/s offered), {} publish errors; {} deliveries \

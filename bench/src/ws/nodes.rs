@@ -121,13 +121,6 @@ async fn measure(
     let name = format!("Publish → client, {} gateways, {label}", gateways.len());
     let history_on = label.ends_with(" on");
     rows.push(Row {
-        phase: name.clone(),
-        clients: format!("{} conn.", outcome.connections),
-        ops: outcome.deliveries_per_sec(),
-        p50: quantile(&outcome.latency, 0.5),
-        p99,
-        errors,
-        cpu: outcome.cpu,
         relative: format!("{per_event:.2} Redis deliveries per event"),
         target: if history_on {
             format!("p99 < {}, ≈1 delivery per event", millis(MAX_P99))
@@ -135,6 +128,7 @@ async fn measure(
             "≈1 delivery per event".to_owned()
         },
         met: Some(per_event < 1.05 && errors == 0 && (!history_on || p99 < MAX_P99)),
+        ..outcome.row(&name)
     });
     notes.push(format!(
         "{name}: {} events published ({:.0}/s offered), {} publish errors, {} lost; the \

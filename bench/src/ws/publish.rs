@@ -44,6 +44,7 @@ use super::{
     http::HttpConnection,
     observe::{Split, sample_process},
     stack::User,
+    table::{Row, quantile},
 };
 use crate::{cpu::sample_window, load::new_histogram};
 
@@ -121,6 +122,23 @@ impl Outcome {
 
     pub fn publishes_per_sec(&self) -> f64 {
         self.accepted as f64 / self.window.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The results row of the phase named `phase`: deliveries per second, latency, errors and
+    /// CPU; what it is judged against is the caller's to fill in.
+    pub fn row(&self, phase: &str) -> Row {
+        Row {
+            phase: phase.to_owned(),
+            clients: format!("{} conn.", self.connections),
+            ops: self.deliveries_per_sec(),
+            p50: quantile(&self.latency, 0.5),
+            p99: quantile(&self.latency, 0.99),
+            errors: self.errors(),
+            cpu: self.cpu,
+            relative: "—".into(),
+            target: "—".into(),
+            met: None,
+        }
     }
 }
 
