@@ -54,8 +54,13 @@ async fn run_until_closed(
             Received::Json(frame) => frame,
             Received::Close(code) => {
                 match pending {
-                    // Cut off before its answer: it may have been counted.
-                    Some(run) if !run.started => acknowledgements.unanswered(&user, &run.id),
+                    // Cut off before its answer: it may have been counted, and a counted run
+                    // starts on the node whether or not its connection is still there, so
+                    // its tool may have been counted too.
+                    Some(run) if !run.started => {
+                        acknowledgements.unanswered(&user, &run.id);
+                        acknowledgements.uncertain(&user, TOOL_CALLS, 1);
+                    }
                     // Cut off mid-run: its tool may have been counted and never shown.
                     Some(run) if !run.tool_ran => acknowledgements.uncertain(&user, TOOL_CALLS, 1),
                     _ => {}

@@ -66,10 +66,10 @@ async fn run_until_cut(mut client: WsClient, user: String, acknowledgements: Ack
         let (mut started, mut tools) = (false, 0);
         loop {
             let Received::Json(frame) = client.recv().await else {
-                if started {
-                    // Each tool is counted before its `tool_executing` is sent.
-                    acknowledgements.uncertain(&user, TOOL_CALLS, 2 - tools);
-                } else {
+                // Each tool is counted before its `tool_executing` is sent, and a run counted
+                // for a request whose answer never came may have started and run its tools.
+                acknowledgements.uncertain(&user, TOOL_CALLS, 2 - tools);
+                if !started {
                     acknowledgements.unanswered(&user, &id);
                 }
                 return;

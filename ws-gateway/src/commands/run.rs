@@ -130,11 +130,17 @@ async fn count_and_start(
         return Err(reply);
     }
     let gate = Arc::clone(&context.gate);
-    match shared.runs.start(context, request) {
+    // A node that is draining starts nothing more: it would only stop the run again.
+    let started = if shared.shutdown.is_triggered() {
+        Err(NotStarted::ShuttingDown)
+    } else {
+        shared.runs.start(context, request)
+    };
+    match started {
         Ok(journal) => Ok(journal),
         Err(not_started) => {
-            // Counted but not started (the node began to shut down): the unit buys nothing,
-            // so it goes back.
+            // Counted but not started (the node is shutting down): the unit buys nothing, so
+            // it goes back.
             gate.refund_run(run_id).await;
             unclaim().await;
             Err(match not_started {
