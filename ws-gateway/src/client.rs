@@ -213,8 +213,9 @@ impl Client {
     /// Follows a run this connection started, from its first event.
     pub fn follow_started(&mut self, journal: Arc<RunJournal>, id: Option<RequestId>) {
         self.started.push(Arc::clone(&journal));
-        if let Attach::Follow(follower) = journal.attach(0) {
-            self.follow(follower, id);
+        match journal.attach(0) {
+            Attach::Follow(follower) => self.follow(follower, id),
+            other => tracing::warn!(?other, "a run started here cannot be followed from its start"),
         }
     }
 

@@ -18,6 +18,7 @@ mod python_agent;
 mod redis_acl;
 mod redis_cluster;
 mod resume;
+mod resume_boundaries;
 mod resume_storm;
 mod seed_auth;
 mod seed_business;

@@ -11,6 +11,7 @@ use crate::{hub::ConnectionHandle, protocol::RequestId};
 /// all are read, or the connection is over. `id` is echoed in every frame.
 pub async fn follow(mut follower: Follower, handle: Arc<ConnectionHandle>, id: Option<RequestId>) {
     let journal = Arc::clone(follower.journal());
+    tracing::debug!(run_id = %journal.run_id(), "following a run");
     loop {
         let appended = journal.appended.notified();
         tokio::pin!(appended);
@@ -20,6 +21,7 @@ pub async fn follow(mut follower: Follower, handle: Arc<ConnectionHandle>, id: O
                 for record in &records {
                     let frame = record.outbound(journal.run_id(), id.as_ref());
                     if !handle.offer_run(frame).await {
+                        tracing::debug!(run_id = %journal.run_id(), "a run's follower is gone");
                         return;
                     }
                 }
@@ -28,7 +30,10 @@ pub async fn follow(mut follower: Follower, handle: Arc<ConnectionHandle>, id: O
                 }
             }
             Read::Wait => appended.await,
-            Read::Done => return,
+            Read::Done => {
+                tracing::debug!(run_id = %journal.run_id(), "a run's records are all sent");
+                return;
+            }
         }
     }
 }

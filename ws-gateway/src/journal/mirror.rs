@@ -103,6 +103,13 @@ pub async fn mirror(
             Ok(_) => Ok(Mirrored::Snapshot(meta.snapshot)),
         };
     }
+    tracing::debug!(
+        after_seq,
+        last_seq = meta.last_seq,
+        ended = meta.ended,
+        read = first.as_ref().map_or(0, Vec::len),
+        "following a copy of another node's run"
+    );
     let journal = Arc::new(RunJournal::remote(
         run_id, user, max_bytes, after_seq, meta.node,
     ));
@@ -159,6 +166,7 @@ impl Feeder {
             };
         }
         self.journal.finish();
+        tracing::debug!(next = self.next, "a copy of another node's run is complete");
         let _ = self.sources.interest.unsubscribe(&self.channel).await;
     }
 
@@ -201,7 +209,10 @@ impl Feeder {
                 .range(self.journal.run_id(), self.next)
                 .await
             {
-                Ok(records) if records.is_empty() => return false,
+                Ok(records) if records.is_empty() => {
+                    tracing::debug!(next = self.next, "nothing new in a run's stream");
+                    return false;
+                }
                 Ok(records) => {
                     let full = records.len() >= super::store::READ_BATCH;
                     if self.take(records).await {
