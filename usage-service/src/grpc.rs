@@ -72,6 +72,7 @@ impl UsageGrpc {
             retry_after_ms: decision.retry_after_ms,
             upgrade_to,
             replayed: decision.replayed,
+            rate_only: consumed.rate_only,
         })
     }
 
@@ -258,9 +259,10 @@ impl UsageService for UsageGrpc {
             meter,
             amount,
             idempotency_key,
+            keep,
         } = request.into_inner();
         let (user, meter, key) = counted_key(&user_id, &meter, &idempotency_key)?;
-        let refunded = self.usage.refund(user, meter, amount, key).await?;
+        let refunded = self.usage.refund(user, meter, (amount, keep), key).await?;
         Ok(Response::new(pb::RefundResponse { refunded }))
     }
 

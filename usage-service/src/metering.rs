@@ -40,6 +40,8 @@ pub const LEASE_TTL: std::ops::RangeInclusive<Duration> =
 pub struct Consumed {
     pub decision: Decision,
     pub denial: Option<DenyReason>,
+    /// The meter writes no ledger rows (see [`Usage::refund`]'s `keep`).
+    pub rate_only: bool,
 }
 
 /// An `AcquireConnection` answer, with the context it was decided in (plan and roles), which
@@ -110,6 +112,7 @@ impl Usage {
         };
         let consumed = result.map(|decision| Consumed {
             decision,
+            rate_only: !spec.billable,
             denial: decision.denial.map(|denial| match denial {
                 Denial::RateLimited => DenyReason::RateLimited,
                 Denial::QuotaExceeded => DenyReason::QuotaExceeded,
@@ -128,18 +131,24 @@ impl Usage {
     /// Gives back an allowed consume of `key` whose action did not happen (an agent run whose
     /// backend could not be reached): the ledger gets the reversal of its row and the limiter
     /// the units. Idempotent; false when there was nothing (left) to refund. The caller states
-    /// the meter and amount it consumed, and they must match what was recorded.
+    /// the meter and amount it consumed, and they must match what was recorded. A rate-only
+    /// meter's units can be given back in part: the `keep` that were spent stay counted.
     pub async fn refund(
         &self,
         user: UserId,
         meter: Meter,
-        amount: u64,
+        (amount, keep): (u64, u64),
         key: IdempotencyKey,
     ) -> Result<bool, UsageError> {
         if !(1..=MAX_AMOUNT).contains(&amount) {
             return Err(UsageError::InvalidInput(format!(
                 "amount must be 1 to {MAX_AMOUNT}"
             )));
+        }
+        if keep >= amount {
+            return Err(UsageError::InvalidInput(
+                "keep must be less than amount".into(),
+            ));
         }
         if key.as_str().starts_with(REVERSAL_PREFIX) {
             return Err(UsageError::InvalidInput(format!(
@@ -153,16 +162,27 @@ impl Usage {
             .clone();
         let context = self.context(user).await?;
         let now = self.now_ms();
+        if spec.billable && keep > 0 {
+            return Err(UsageError::InvalidInput(format!(
+                "`{}` is billable: its units are refunded whole (keep 0)",
+                meter.as_str()
+            )));
+        }
+        let request = limit_request(&context.plan, user, &meter, amount, &key, now);
         let refunded = if spec.billable {
-            self.store
+            let reversed = self
+                .store
                 .reverse_ledger(user, key.as_str(), &meter, amount)
-                .await?
+                .await?;
+            if reversed {
+                self.limiter.refund_wherever_counted(&request, keep).await;
+            }
+            reversed
         } else {
-            true
+            // The limiter's idempotency record is all a rate-only meter has of the key.
+            self.limiter.refund_wherever_counted(&request, keep).await
         };
         if refunded {
-            let request = limit_request(&context.plan, user, &meter, amount, &key, now);
-            self.limiter.refund_wherever_counted(&request).await;
             self.metrics.decision(meter.as_str().to_owned(), "refunded");
         }
         Ok(refunded)

@@ -215,7 +215,10 @@ impl Client {
         self.started.push(Arc::clone(&journal));
         match journal.attach(0) {
             Attach::Follow(follower) => self.follow(follower, id),
-            other => tracing::warn!(?other, "a run started here cannot be followed from its start"),
+            other => tracing::warn!(
+                ?other,
+                "a run started here cannot be followed from its start"
+            ),
         }
     }
 

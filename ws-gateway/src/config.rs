@@ -230,6 +230,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_EMERGENCY_LIMIT", default_value_t = 30)]
     pub emergency_limit: u64,
 
+    /// Most messages of a user this node reserves at once from a rate-only message meter and
+    /// spends without asking usage-service (at most the plan's rate / 16; 1 counts every
+    /// message on its own). Over N nodes a user may get N times this beyond the plan's rate.
+    #[arg(long, env = "GATEWAY_MESSAGE_BUDGET", default_value_t = 64)]
+    pub message_budget: u64,
+
     /// Consecutive failed calls to auth-service before the circuit breaker opens.
     #[arg(long, env = "GATEWAY_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
@@ -360,6 +366,7 @@ impl Config {
             lease_ttl: Duration::from_secs(60),
             usage_fail_open: false,
             emergency_limit: 30,
+            message_budget: 64,
             breaker_failures: 5,
             breaker_cool_down: Duration::from_secs(5),
             validation_cache_ttl: Duration::from_secs(3),

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod batch;
 pub mod breaker;
+pub mod budgets;
 pub mod client;
 pub mod commands;
 pub mod config;

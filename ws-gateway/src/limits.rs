@@ -6,7 +6,8 @@
 //!   connection (taken, renewed and released through `UpdateConnections`, batched in
 //!   [`crate::leases`]);
 //! - metered actions (messages, agent runs, tool calls) through usage-service's `Consume`,
-//!   batched across connections in [`crate::consumes`].
+//!   batched across connections in [`crate::consumes`]; messages of a rate-only meter mostly
+//!   from this node's budget of them ([`crate::budgets`]).
 //!
 //! When usage-service cannot be asked, metered actions answer "unavailable" (the client gets
 //! `dependency_unavailable`) unless `GATEWAY_USAGE_FAIL_OPEN` is set: then they are allowed
@@ -16,14 +17,19 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
 use tollgate_shared::engine::Engine;
 use uuid::Uuid;
 
 use crate::{
+    budgets::{Budgets, Take},
     consumes::Consumes,
     leases::Leases,
     metrics::GatewayMetrics,
-    usage::{Consume, Consumed, Denial, LeaseAnswer, Profile, ToolCost, UsageClient, Verdict},
+    usage::{
+        Consume, Consumed, Denial, LeaseAnswer, Profile, ToolCost, Unavailable, UsageClient,
+        Verdict,
+    },
 };
 
 /// The window of the per-address connection count.
@@ -77,6 +83,7 @@ pub struct Limits {
     usage: UsageClient,
     leases: Leases,
     consumes: Consumes,
+    budgets: Arc<Budgets>,
     connect_rate: u64,
     fail_open: bool,
     emergency_limit: u64,
@@ -86,7 +93,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(
         engine: Engine,
-        (usage, leases, consumes): (UsageClient, Leases, Consumes),
+        (usage, leases, consumes, budgets): (UsageClient, Leases, Consumes, Arc<Budgets>),
         connect_rate: u64,
         fail_open: bool,
         emergency_limit: u64,
@@ -98,6 +105,7 @@ impl Limits {
             usage,
             leases,
             consumes,
+            budgets,
             connect_rate,
             fail_open,
             emergency_limit,
@@ -107,6 +115,11 @@ impl Limits {
 
     pub fn usage(&self) -> &UsageClient {
         &self.usage
+    }
+
+    /// This node's message budgets (their task gives back what they did not spend).
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     pub fn emergency_limit(&self) -> u64 {
@@ -157,15 +170,40 @@ impl Limits {
 
     /// Counts one of `meter` for `user` under the idempotency `key`.
     pub async fn meter(&self, user: Uuid, meter: Meter, key: String) -> Metered {
+        if meter == Meter::Messages {
+            return self.meter_message(user, key).await;
+        }
         self.count(user, meter.as_str(), meter.as_str(), 1, key)
             .await
+    }
+
+    /// Counts a message: from this node's budget of the user's messages when it has one, on
+    /// its own otherwise (which also tells the budgets what the user's plan allows).
+    async fn meter_message(&self, user: Uuid, key: String) -> Metered {
+        loop {
+            match self.budgets.take(user, Instant::now()) {
+                Take::Spent => {
+                    self.metrics.decision("messages", "allowed");
+                    return Metered::Allowed;
+                }
+                Take::Wait(reserved) => reserved.cancelled().await,
+                Take::Reserve(size) => self.budgets.reserve(user, size).await,
+                Take::Alone => break,
+            }
+        }
+        let kind = Meter::Messages.as_str();
+        let answer = self.consume(user, kind, 1, key).await;
+        if let Ok(consumed) = &answer {
+            self.budgets.learn(user, consumed, Instant::now());
+        }
+        self.metered(user, kind, answer).await
     }
 
     /// Gives back one of `meter` counted under `key` for an action that did not happen (a run
     /// whose agent could not be reached). Best effort: a refund usage-service cannot take is
     /// logged, and the unit stays counted.
     pub async fn refund(&self, user: Uuid, meter: Meter, key: String) {
-        match self.usage.refund(user, meter.as_str(), 1, key).await {
+        match self.usage.refund(user, meter.as_str(), (1, 0), key).await {
             Ok(_) => self.metrics.decision(meter.as_str(), "refunded"),
             Err(_) => tracing::warn!(
                 meter = meter.as_str(),
@@ -190,16 +228,39 @@ impl Limits {
         amount: u64,
         key: String,
     ) -> Metered {
+        let answer = self.consume(user, meter, amount, key).await;
+        self.metered(user, kind, answer).await
+    }
+
+    async fn consume(
+        &self,
+        user: Uuid,
+        meter: &str,
+        amount: u64,
+        key: String,
+    ) -> Result<Consumed, Unavailable> {
         let consume = Consume {
             user,
             meter: meter.to_owned(),
             amount,
             key,
         };
-        match self.consumes.consume(consume).await {
+        self.consumes.consume(consume).await
+    }
+
+    /// What `answer` means for the action, under the emergency limit when usage-service gave
+    /// none and fail-open is on.
+    async fn metered(
+        &self,
+        user: Uuid,
+        kind: &'static str,
+        answer: Result<Consumed, Unavailable>,
+    ) -> Metered {
+        match answer {
             Ok(Consumed {
                 verdict: Verdict::Allowed,
                 replayed,
+                ..
             }) => {
                 self.metrics.decision(kind, "allowed");
                 if replayed {

@@ -42,6 +42,7 @@ use tollgate_shared::{
 use crate::{
     agent::{Backends, LocalAgent},
     breaker::Breaker,
+    budgets::Budgets,
     config::Config,
     connection,
     consumes::{self, ConsumeQueue},
@@ -171,9 +172,14 @@ impl Application {
         let usage = UsageClient::new(usage_channel, usage_tokens.interceptor(), metrics.clone());
         let (leases, lease_queues) = leases::leases();
         let (consumes, consume_queue) = consumes::consumes();
+        let budgets = Arc::new(Budgets::new(
+            config.message_budget,
+            consumes.clone(),
+            usage.clone(),
+        ));
         let limits = Limits::new(
             engine.clone(),
-            (usage, leases, consumes),
+            (usage, leases, consumes, budgets),
             config.connect_rate,
             config.usage_fail_open,
             config.emergency_limit,
@@ -296,6 +302,7 @@ impl Application {
         let usage_calls = [
             tokio::spawn(lease_queues.run(usage.clone(), usage_calls_done.clone())),
             tokio::spawn(consume_queue.run(usage, usage_calls_done.clone())),
+            tokio::spawn(Arc::clone(shared.limits.budgets()).run(usage_calls_done.clone())),
         ];
 
         let clients = Router::new()

@@ -97,6 +97,10 @@ pub struct Consumed {
     pub verdict: Verdict,
     /// The key had been counted by an earlier call, and nothing was counted now.
     pub replayed: bool,
+    /// The meter writes no ledger rows: units of it may be reserved and given back in part.
+    pub rate_only: bool,
+    /// The plan's limit on the meter (its rate, for a rate-only meter); 0 when unlimited.
+    pub limit: u64,
 }
 
 /// The answer of `AcquireConnection`: the lease, and the plan and roles it was decided under.
@@ -255,13 +259,14 @@ impl UsageClient {
         .map(consumed_of)
     }
 
-    /// Gives back an allowed `Consume` of `key` whose action did not happen; whether there
-    /// was anything to give back.
+    /// Gives back an allowed `Consume` of `key` whose action did not happen (or, for a
+    /// rate-only meter, the units of it beyond the `keep` spent); whether there was anything
+    /// to give back.
     pub async fn refund(
         &self,
         user: Uuid,
         meter: &str,
-        amount: u64,
+        (amount, keep): (u64, u64),
         key: String,
     ) -> Result<bool, Unavailable> {
         let meter = meter.to_owned();
@@ -273,6 +278,7 @@ impl UsageClient {
                         meter,
                         amount,
                         idempotency_key: key,
+                        keep,
                     })
                     .await
             })
@@ -333,11 +339,12 @@ fn consumed_of(answer: pb::ConsumeResponse) -> Consumed {
         allowed,
         reason,
         remaining: _,
-        limit: _,
+        limit,
         reset_at_ms: _,
         retry_after_ms,
         upgrade_to,
         replayed,
+        rate_only,
     } = answer;
     let verdict = if allowed {
         Verdict::Allowed
@@ -348,7 +355,12 @@ fn consumed_of(answer: pb::ConsumeResponse) -> Consumed {
             upgrade_to,
         }
     };
-    Consumed { verdict, replayed }
+    Consumed {
+        verdict,
+        replayed,
+        rate_only,
+        limit,
+    }
 }
 
 fn lease_answer(answer: pb::AcquireConnectionResponse) -> LeaseAnswer {

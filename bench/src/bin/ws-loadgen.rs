@@ -99,6 +99,10 @@ struct Args {
     /// default catalogue made it rate-only.
     #[arg(long)]
     billable_messages: bool,
+    /// The gateway's `GATEWAY_MESSAGE_BUDGET` (messages of a user a node reserves at once);
+    /// 1 counts every message on its own, as before budgets.
+    #[arg(long)]
+    message_budget: Option<u64>,
     /// Also measure the message phase against the Node baseline, this script (after `npm ci`
     /// in its directory), e.g. `bench/node-baseline/server.mjs`.
     #[arg(long)]
@@ -290,6 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|backend| (deltas::AGENT.to_owned(), backend.addr))
             .collect(),
         billable_messages: args.billable_messages,
+        message_budget: args.message_budget,
         node_baseline: args
             .node_baseline
             .clone()

@@ -77,6 +77,8 @@ pub struct Settings {
     pub backends: Vec<(String, SocketAddr)>,
     /// Bill messages (a ledger row each) instead of the default catalogue's rate-only meter.
     pub billable_messages: bool,
+    /// The gateway's `GATEWAY_MESSAGE_BUDGET`, when not its default.
+    pub message_budget: Option<u64>,
     /// The Node baseline's script, started when given.
     pub node_baseline: Option<PathBuf>,
 }
@@ -419,6 +421,11 @@ async fn start_gateway(
         .env("GATEWAY_SHUTDOWN_GRACE", "5s")
         .env("GATEWAY_AGENTS", agents)
         .env("RUST_LOG", &settings.rust_log)
+        .envs(
+            settings
+                .message_budget
+                .map(|budget| ("GATEWAY_MESSAGE_BUDGET", budget.to_string())),
+        )
         .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
         .stdin(Stdio::null())
         .stdout(stdout)

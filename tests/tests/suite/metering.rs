@@ -1,9 +1,9 @@
 //! Metering across gateway nodes and through a gateway's crash.
 //!
-//! - **Exact limits.** Each message is judged by usage-service's one limiter (GCRA on Redis),
-//!   whichever gateway it arrives on, in `ConsumeMany` batches that change what a call costs but
-//!   not what is counted: over N = 2 gateways, a user gets no more than the plan's rate allows,
-//!   with k = 0 extra messages.
+//! - **Limits within a stated bound.** Each message is counted by usage-service's one limiter
+//!   (GCRA on Redis), whichever gateway it arrives on: on free (30 a minute) one by one, so
+//!   over N = 2 gateways a user gets no more than the rate allows (k = 0); on pro, from budgets
+//!   each node reserves 18 at a time, so k = N × 18.
 //! - **Nothing acknowledged is lost, nothing unacknowledged is billed beyond doubt**, when a
 //!   gateway is killed with `kill -9` while its clients run agents (billable runs and tool
 //!   calls): the ledger holds every unit a client was told about, and beyond that only units
@@ -52,6 +52,47 @@ async fn two_gateways_never_let_a_user_past_the_plan_s_rate() {
     assert!(
         (30..=30 + refilled).contains(&(a + b)),
         "{a} + {b} messages counted over two gateways in {elapsed:?}"
+    );
+}
+
+/// On pro (300 a minute) each gateway reserves the user's messages 18 at a time (300 / 16) and
+/// spends them without asking usage-service: the stated bound is k = N × B = 36 beyond what
+/// the limiter grants over N = 2 nodes. A burst counts no more than that, every message of it
+/// was counted by the limiter, and Redis does not keep a key per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_keep_a_pro_user_within_k_of_the_rate_over_two_gateways() {
+    let cluster = Cluster::builder().gateways(2).start().await;
+    let user = cluster.register().await;
+    cluster.change_plan(&user.user_id, "pro").await;
+    let (mut on_a, _) = WsClient::connected(&cluster.gateways[0], &user.access_token).await;
+    let (mut on_b, _) = WsClient::connected(&cluster.gateways[1], &user.access_token).await;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(until_limited(&mut on_a, "a"), until_limited(&mut on_b, "b"));
+    let elapsed = started.elapsed();
+    // GCRA: a burst of 300, then one more every 200 ms.
+    let refilled = (elapsed.as_secs_f64() / 0.2).floor() as u64;
+    let (limit, k) = (300, 2 * 18);
+    assert!(a > 0 && b > 0, "both nodes counted: {a} + {b}");
+    assert!(
+        (limit..=limit + refilled + k).contains(&(a + b)),
+        "{a} + {b} messages counted over two gateways in {elapsed:?}"
+    );
+
+    let mut redis = redis::Client::open(tollgate_shared::testing::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{}*idem*{}*", cluster.prefix, user.user_id))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (keys.len() as u64) < (a + b) / 4,
+        "{} idempotency keys for {} messages",
+        keys.len(),
+        a + b
     );
 }
 

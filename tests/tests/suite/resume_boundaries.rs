@@ -119,7 +119,10 @@ async fn a_client_cut_off_at_every_event_boundary_resumes_on_the_other_gateway_e
     let expected = shape(&whole);
     assert_eq!(expected.0.first(), Some(&"agent_started"));
 
-    let last = whole.last().and_then(|frame| frame["seq"].as_u64()).expect("a seq");
+    let last = whole
+        .last()
+        .and_then(|frame| frame["seq"].as_u64())
+        .expect("a seq");
     for cut_after in 0..last {
         let proxy = FaultProxy::start(home.http_addr()).await.unwrap();
         let mut client =

@@ -204,9 +204,14 @@ impl LocalStore {
         let mut state = self.lock(now, unix_now_ms());
         if let (Some(key), Some(record)) = (plan.idempotency_key, &plan.idempotency_record) {
             let key = keys::idempotency(plan.user, key);
-            match state.records.get(&key) {
+            match state.records.get_mut(&key) {
                 Some((seen, expires)) if seen == record && *expires > now => {
-                    state.records.remove(&key);
+                    match &plan.kept_record {
+                        Some(kept) => kept.clone_into(seen),
+                        None => {
+                            state.records.remove(&key);
+                        }
+                    }
                 }
                 _ => return false,
             }

@@ -234,6 +234,8 @@ struct Plan<'a> {
     idempotency_key: Option<&'a str>,
     /// What the key is remembered as: `amount:meter`.
     idempotency_record: Option<String>,
+    /// For a refund in part: what the key is remembered as afterwards (the units kept).
+    kept_record: Option<String>,
     /// (limit, period in µs), clamped.
     rate: Option<(u64, u64)>,
     quota: Option<Quota>,
@@ -248,6 +250,7 @@ impl<'a> Plan<'a> {
             amount: request.amount,
             idempotency_key: keyed.then_some(request.idempotency_key.as_str()),
             idempotency_record: keyed.then(|| format!("{}:{}", request.amount, request.meter)),
+            kept_record: None,
             rate: request.rate.map(|rate| {
                 let period_us = u64::try_from(rate.period.as_micros()).unwrap_or(MAX_EXACT);
                 (rate.limit.min(MAX_EXACT), period_us.clamp(1, MAX_EXACT))
@@ -257,6 +260,17 @@ impl<'a> Plan<'a> {
                 ..quota
             }),
         }
+    }
+
+    /// The plan of a refund that keeps `keep` of the request's units counted (and gives back
+    /// the rest); a keyed request's record then says `keep:meter`.
+    fn keeping(mut self, keep: u64) -> Self {
+        let keep = keep.min(self.amount);
+        if keep > 0 && self.idempotency_key.is_some() {
+            self.kept_record = Some(format!("{keep}:{}", self.meter));
+        }
+        self.amount -= keep;
+        self
     }
 
     fn redis_keys(&self, engine: &Engine) -> redis_store::Keys {
@@ -355,9 +369,21 @@ impl Limiter {
     /// skips it for other calls: it is the store holding the count. Failures are logged, not
     /// returned; the key's record then stays, and a retry of the key is a replay.
     pub async fn refund(&self, request: &ConsumeRequest, counter: Counter) {
-        let plan = Plan::new(request);
+        self.refund_keeping(request, 0, counter).await;
+    }
+
+    /// Gives back the units of an allowed `request` beyond the `keep` it spent, to the store
+    /// that counted them; its idempotency key is remembered as counting `keep` units after.
+    /// Whether units were given back.
+    pub async fn refund_keeping(
+        &self,
+        request: &ConsumeRequest,
+        keep: u64,
+        counter: Counter,
+    ) -> bool {
+        let plan = Plan::new(request).keeping(keep);
         if plan.amount == 0 {
-            return;
+            return false;
         }
         let refunded = match counter {
             Counter::Local => self.inner.local.refund(&plan),
@@ -373,7 +399,7 @@ impl Limiter {
                             meter = plan.meter,
                             "the refund could not reach redis, which counted the units"
                         );
-                        return;
+                        return false;
                     }
                 }
             }
@@ -384,16 +410,16 @@ impl Limiter {
                 "nothing to refund for this idempotency key"
             );
         }
+        refunded
     }
 
     /// Undoes an allowed consume for a caller that does not know which store counted it: each
     /// store gives the units back only while it holds the key's matching record, so at most
-    /// one of them does.
-    pub async fn refund_wherever_counted(&self, request: &ConsumeRequest) {
-        if self.inner.engine.is_redis() {
-            self.refund(request, Counter::Redis).await;
-        }
-        self.refund(request, Counter::Local).await;
+    /// one of them does. Whether one did.
+    pub async fn refund_wherever_counted(&self, request: &ConsumeRequest, keep: u64) -> bool {
+        let on_redis = self.inner.engine.is_redis()
+            && self.refund_keeping(request, keep, Counter::Redis).await;
+        on_redis || self.refund_keeping(request, keep, Counter::Local).await
     }
 
     /// The clock quota windows are chosen by: Redis's, as last observed.

@@ -105,11 +105,16 @@ return {0, replayed, now_ms, rate_ok, remaining, reset_ms, retry_ms, quota_ok, u
 ";
 
 /// KEYS: gcra, quota, idempotency. ARGV: amount, idempotency record ('' for none), has rate,
-/// rate limit, period µs, has quota. Returns 1 if units were given back.
+/// rate limit, period µs, has quota, quota limit, the record kept ('' to forget the key).
+/// Returns 1 if units were given back.
 const REFUND: &str = r"
 if ARGV[2] ~= '' then
   if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
-  redis.call('DEL', KEYS[3])
+  if ARGV[8] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[8], 'KEEPTTL')
+  else
+    redis.call('DEL', KEYS[3])
+  end
 end
 local amount = tonumber(ARGV[1])
 local limit = tonumber(ARGV[4])
@@ -297,6 +302,7 @@ pub(super) async fn refund(
         .arg(plan.amount)
         .arg(plan.idempotency_record.as_deref().unwrap_or(""));
     push_limits(&mut call, plan);
+    call.arg(plan.kept_record.as_deref().unwrap_or(""));
     let refunded: i64 = call.invoke_async(conn).await?;
     Ok(refunded == 1)
 }

@@ -206,6 +206,51 @@ async fn a_refund_gives_back_a_counted_key_once(backend: Backend) {
     );
 }
 
+/// A gateway reserves a user's messages several at a time and gives back what it did not
+/// spend: the rate has room for exactly those again, a second refund gives nothing, and a
+/// billable meter cannot be given back in part (its ledger row is all or nothing).
+async fn a_rate_only_reservation_is_given_back_in_part_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = new_user();
+    let reservation = key();
+    let reserved = app.consume(&user, "messages", 20, &reservation).await;
+    let reserved = reserved.unwrap();
+    assert!(reserved.allowed && reserved.rate_only, "{reserved:?}");
+    spend(&app, &user, "messages", 10).await;
+    let full = app.consume(&user, "messages", 1, &key()).await.unwrap();
+    assert!(!full.allowed, "30 a minute: 20 reserved and 10 spent");
+
+    // 5 of the 20 were spent: 15 come back, and only once.
+    let refund = app.refund_keeping(&user, "messages", (20, 5), &reservation);
+    assert!(refund.await.unwrap());
+    let again = app.refund_keeping(&user, "messages", (20, 5), &reservation);
+    assert!(
+        !again.await.unwrap(),
+        "a repeated refund gives nothing more"
+    );
+    let whole = app.refund(&user, "messages", 20, &reservation).await;
+    assert!(!whole.unwrap(), "nor does a refund of the whole");
+    spend(&app, &user, "messages", 15).await;
+    let full = app.consume(&user, "messages", 1, &key()).await.unwrap();
+    assert!(!full.allowed, "exactly the 15 unspent came back");
+    // The key still counts its 5: reusing it for the same 20 is a conflict, not a replay.
+    let reused = app.consume(&user, "messages", 20, &reservation).await;
+    assert!(reused.is_err() || !reused.unwrap().allowed);
+
+    let run = key();
+    let counted = app.consume(&user, "tool_calls", 3, &run).await.unwrap();
+    assert!(counted.allowed && !counted.rate_only);
+    for keep in [1, 3, 4] {
+        assert_refused(
+            app.refund_keeping(&user, "tool_calls", (3, keep), &run)
+                .await,
+            Code::InvalidArgument,
+            "invalid_request",
+        );
+    }
+    assert_eq!(used(&app.usage_of(&user).await, "tool_calls"), 3);
+}
+
 fn request(user: &str, meter: &str, amount: u64, key: &str) -> pb::ConsumeRequest {
     pb::ConsumeRequest {
         user_id: user.into(),
@@ -291,6 +336,7 @@ async fn many_consumes_in_one_call_are_each_judged_alone(backend: Backend) {
 both_backends!(
     many_consumes_in_one_call_are_each_judged_alone,
     a_refund_gives_back_a_counted_key_once,
+    a_rate_only_reservation_is_given_back_in_part_once,
     quotas_resume_from_the_ledger_after_a_restart,
     the_message_rate_allows_the_plan_limit_then_says_when_to_retry,
     quotas_are_exhausted_and_billed_exactly,

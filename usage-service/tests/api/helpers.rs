@@ -205,11 +205,23 @@ impl TestApp {
         amount: u64,
         key: &str,
     ) -> Result<bool, Status> {
+        self.refund_keeping(user, meter, (amount, 0), key).await
+    }
+
+    /// Gives back `amount` less the `keep` spent.
+    pub async fn refund_keeping(
+        &self,
+        user: &str,
+        meter: &str,
+        (amount, keep): (u64, u64),
+        key: &str,
+    ) -> Result<bool, Status> {
         let request = pb::RefundRequest {
             user_id: user.into(),
             meter: meter.into(),
             amount,
             idempotency_key: key.into(),
+            keep,
         };
         self.client()
             .refund(self.check(request))
