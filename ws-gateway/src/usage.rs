@@ -211,7 +211,7 @@ impl UsageClient {
     }
 
     /// Counts each of `consumes` in one `ConsumeMany`, answered in order; each fails on its
-    /// own. A usage-service that predates `ConsumeMany` gets a `Consume` each.
+    /// own (usage-service must know `ConsumeMany`: roll it out before the gateways).
     pub async fn consume_many(&self, consumes: Vec<Consume>) -> Vec<Result<Consumed, Unavailable>> {
         let request = pb::ConsumeManyRequest {
             requests: consumes.iter().map(Consume::to_pb).collect(),
@@ -243,20 +243,8 @@ impl UsageClient {
                 });
                 consumes.len()
             ],
-            Err(Unavailable {
-                code: Code::Unimplemented,
-            }) => futures::future::join_all(consumes.iter().map(|one| self.consume(one))).await,
             Err(unavailable) => vec![Err(unavailable); consumes.len()],
         }
-    }
-
-    async fn consume(&self, consume: &Consume) -> Result<Consumed, Unavailable> {
-        let request = consume.to_pb();
-        self.call("Consume", |mut client| async move {
-            client.consume(request).await
-        })
-        .await
-        .map(consumed_of)
     }
 
     /// Gives back an allowed `Consume` of `key` whose action did not happen (or, for a
