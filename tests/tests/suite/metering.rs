@@ -37,15 +37,21 @@ async fn until_limited(client: &mut WsClient, prefix: &str) -> u64 {
     panic!("{prefix}: never rate limited after {counted} messages");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_never_let_a_user_past_the_plan_s_rate() {
-    let cluster = Cluster::builder().gateways(2).start().await;
-    let user = cluster.register().await;
+/// `user` sends metered messages on both gateways of `cluster` at once until each is limited:
+/// how many each counted, and how long that took.
+async fn limited_on_both(cluster: &Cluster, user: &User) -> (u64, u64, Duration) {
     let (mut on_a, _) = WsClient::connected(&cluster.gateways[0], &user.access_token).await;
     let (mut on_b, _) = WsClient::connected(&cluster.gateways[1], &user.access_token).await;
     let started = Instant::now();
     let (a, b) = tokio::join!(until_limited(&mut on_a, "a"), until_limited(&mut on_b, "b"));
-    let elapsed = started.elapsed();
+    (a, b, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_never_let_a_user_past_the_plan_s_rate() {
+    let cluster = Cluster::builder().gateways(2).start().await;
+    let user = cluster.register().await;
+    let (a, b, elapsed) = limited_on_both(&cluster, &user).await;
     // The free plan: 30 a minute, as GCRA: a burst of 30, then one more every 2 s.
     let refilled = (elapsed.as_secs_f64() / 2.0).floor() as u64;
     assert!(a > 0 && b > 0, "both nodes counted: {a} + {b}");
@@ -64,11 +70,7 @@ async fn budgets_keep_a_pro_user_within_k_of_the_rate_over_two_gateways() {
     let cluster = Cluster::builder().gateways(2).start().await;
     let user = cluster.register().await;
     cluster.change_plan(&user.user_id, "pro").await;
-    let (mut on_a, _) = WsClient::connected(&cluster.gateways[0], &user.access_token).await;
-    let (mut on_b, _) = WsClient::connected(&cluster.gateways[1], &user.access_token).await;
-    let started = Instant::now();
-    let (a, b) = tokio::join!(until_limited(&mut on_a, "a"), until_limited(&mut on_b, "b"));
-    let elapsed = started.elapsed();
+    let (a, b, elapsed) = limited_on_both(&cluster, &user).await;
     // GCRA: a burst of 300, then one more every 200 ms.
     let refilled = (elapsed.as_secs_f64() / 0.2).floor() as u64;
     let (limit, k) = (300, 2 * 18);
