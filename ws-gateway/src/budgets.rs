@@ -61,8 +61,8 @@ pub enum Take {
     Alone,
     /// Another message of the user is reserving; try again once this fires.
     Wait(CancellationToken),
-    /// Reserve `size` (see [`Budgets::reserve`]), then try again.
-    Reserve(u64),
+    /// Reserve `size` (see [`Budgets::reserve`]), fire `done` when answered, then try again.
+    Reserve { size: u64, done: CancellationToken },
 }
 
 /// The node's message budgets, shared by its connections.
@@ -136,11 +136,13 @@ impl Budgets {
     }
 
     /// Reserves `size` messages of `user` on a task of the budgets' (see the module docs) and
-    /// waits for it; whatever the answer, waiting messages are woken to try again.
-    pub async fn reserve(self: &Arc<Self>, user: Uuid, size: u64) {
+    /// waits for it; whatever the answer, and even if the task is lost, `done` fires so that
+    /// waiting messages try again.
+    pub async fn reserve(self: &Arc<Self>, user: Uuid, size: u64, done: CancellationToken) {
         let key = self.book.next_key();
         let budgets = Arc::clone(self);
         let reservation = self.reservations.spawn(async move {
+            let _done = done.drop_guard();
             let consume = Consume {
                 user,
                 meter: MESSAGES.to_owned(),
@@ -213,14 +215,21 @@ impl Book {
             budget.spent += 1;
             return Take::Spent;
         }
-        if let Some(reserving) = &slot.reserving {
+        // A reservation that fired without an answer (its task was lost) is none.
+        if let Some(reserving) = &slot.reserving
+            && !reserving.is_cancelled()
+        {
             return Take::Wait(reserving.clone());
         }
         if slot.size <= 1 || slot.alone_until.is_some_and(|until| now < until) {
             return Take::Alone;
         }
-        slot.reserving = Some(CancellationToken::new());
-        Take::Reserve(slot.size)
+        let done = CancellationToken::new();
+        slot.reserving = Some(done.clone());
+        Take::Reserve {
+            size: slot.size,
+            done,
+        }
     }
 
     /// Learns from a message counted on its own whether `user`'s messages can be reserved,
@@ -229,11 +238,7 @@ impl Book {
         if self.max <= 1 {
             return;
         }
-        let size = if consumed.rate_only {
-            (consumed.limit / BUDGET_SHARE).min(self.max)
-        } else {
-            0
-        };
+        let size = self.size_for(consumed);
         let mut users = self.lock();
         let slot = users.entry(user).or_insert_with(|| Slot {
             size,
@@ -246,6 +251,16 @@ impl Book {
         slot.last_used = now;
         if let Verdict::Denied { retry_after, .. } = &consumed.verdict {
             slot.alone_until = Some(now + *retry_after);
+        }
+    }
+
+    /// How many of a user's messages to reserve at once, by what usage-service last said of
+    /// the meter and the plan (which may have changed since the last reservation).
+    fn size_for(&self, consumed: &Consumed) -> u64 {
+        if consumed.rate_only {
+            (consumed.limit / BUDGET_SHARE).min(self.max)
+        } else {
+            0
         }
     }
 
@@ -275,6 +290,9 @@ impl Book {
         if let Some(reserving) = slot.reserving.take() {
             reserving.cancel();
         }
+        if let Ok(consumed) = &answer {
+            slot.size = self.size_for(consumed);
+        }
         match answer {
             Ok(Consumed {
                 verdict: Verdict::Allowed,
@@ -292,7 +310,6 @@ impl Book {
             }
             Ok(consumed) if !consumed.rate_only => {
                 tracing::warn!("messages are billable now: they are counted one by one");
-                slot.size = 0;
                 unusable(&consumed)
             }
             Ok(Consumed {

@@ -187,7 +187,7 @@ impl Limits {
                     return Metered::Allowed;
                 }
                 Take::Wait(reserved) => reserved.cancelled().await,
-                Take::Reserve(size) => self.budgets.reserve(user, size).await,
+                Take::Reserve { size, done } => self.budgets.reserve(user, size, done).await,
                 Take::Alone => break,
             }
         }

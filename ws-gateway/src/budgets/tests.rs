@@ -33,7 +33,7 @@ fn denied(retry_after: Duration) -> Consumed {
 fn learned(max: u64, limit: u64, now: Instant) -> (Book, Uuid, u64) {
     let (book, user) = (Book::new(max), Uuid::new_v4());
     book.learn(user, &allowed(limit, true), now);
-    let Take::Reserve(size) = book.take(user, now) else {
+    let Take::Reserve { size, .. } = book.take(user, now) else {
         panic!("a rate-only meter is reserved")
     };
     (book, user, size)
@@ -85,7 +85,10 @@ fn a_budget_spends_exactly_what_was_reserved_then_reserves_again() {
     for _ in 0..size {
         assert!(matches!(book.take(user, now), Take::Spent));
     }
-    assert!(matches!(book.take(user, now), Take::Reserve(18)));
+    assert!(matches!(
+        book.take(user, now),
+        Take::Reserve { size: 18, .. }
+    ));
 }
 
 #[test]
@@ -100,7 +103,7 @@ fn a_reservation_the_limiter_refuses_sends_messages_alone_until_it_could_grant_o
     ));
     assert!(matches!(
         book.take(user, now + Duration::from_secs(2)),
-        Take::Reserve(_)
+        Take::Reserve { .. }
     ));
     // A message alone that is refused puts reservations off the same way.
     answer(
@@ -137,7 +140,7 @@ fn unspent_messages_go_back_when_idle_or_old_and_spent_ones_stay_counted() {
     );
 
     // In steady use, a budget still goes back at MAX_AGE.
-    let Take::Reserve(size) = book.take(user, now + IDLE) else {
+    let Take::Reserve { size, .. } = book.take(user, now + IDLE) else {
         panic!("reserves again")
     };
     let start = now + IDLE;
@@ -181,4 +184,31 @@ fn users_who_stop_sending_are_forgotten() {
     assert_eq!(book.leftovers(now + MAX_AGE, false).len(), 1);
     assert_eq!(book.leftovers(now + MAX_AGE, false), vec![]);
     assert!(matches!(book.take(user, now + MAX_AGE), Take::Alone));
+}
+
+#[test]
+fn a_plan_change_changes_the_size_of_the_next_reservation() {
+    let now = Instant::now();
+    let (book, user, size) = learned(64, 3000, now);
+    // Downgraded to free meanwhile: the reservation's answer says so.
+    answer(&book, user, size, Ok(allowed(30, true)), now);
+    for _ in 0..size {
+        assert!(matches!(book.take(user, now), Take::Spent));
+    }
+    assert!(
+        matches!(book.take(user, now), Take::Alone),
+        "30 a minute: one by one"
+    );
+}
+
+#[test]
+fn a_reservation_lost_without_an_answer_does_not_keep_messages_waiting() {
+    let now = Instant::now();
+    let (book, user, _) = learned(64, 3000, now);
+    let Take::Wait(reserving) = book.take(user, now) else {
+        panic!("a reservation is under way")
+    };
+    // Its task ends without an answer (it fires `done` as it is dropped).
+    reserving.cancel();
+    assert!(matches!(book.take(user, now), Take::Reserve { .. }));
 }
