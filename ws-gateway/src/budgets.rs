@@ -18,7 +18,7 @@
 //!
 //! So a node holds at most `B` unspent messages of a user at any moment, and over N nodes a user
 //! gets at most `N × B` messages beyond what the limiter grants in any window (k = N × B),
-//! spent at most [`MAX_AGE`] after the limiter counted them.
+//! spent at most [`MAX_AGE`] (and one sweep, [`SWEEP`]) after the limiter counted them.
 //!
 //! A reservation is made on a task of this module's, not of the connection that needed it: a
 //! connection that goes away mid-call leaves a budget to give back, not units counted and lost.
@@ -50,7 +50,7 @@ pub const IDLE: Duration = Duration::from_secs(1);
 /// A budget this old is given back, used or not: it bounds how late a counted unit is spent.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
 /// How often budgets are looked over.
-const SWEEP: Duration = Duration::from_millis(250);
+pub const SWEEP: Duration = Duration::from_millis(250);
 
 /// What a message gets from the budgets.
 #[derive(Debug)]
