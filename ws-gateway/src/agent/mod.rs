@@ -11,7 +11,8 @@
 //!   the client's events, exactly one terminal event per run;
 //! - a [`RunSink`] delivers those events to the client in order (the connection's send queue,
 //!   which merges consecutive deltas for a slow reader);
-//! - a [`CancellationToken`] stops the run on `cancel_run`, disconnect or shutdown.
+//! - a [`CancellationToken`](tokio_util::sync::CancellationToken) stops the run on
+//!   `cancel_run`, disconnect or shutdown.
 
 mod backend;
 mod builtin;

@@ -3,7 +3,7 @@
 //! `bad_request`), and [`Command::apply`] hands it to its own type, which validates it and
 //! answers at once, or returns the asynchronous part of the request as [`Next::Wait`].
 //!
-//! Every request but `ping` and `auth` is metered as a message first ([`metered`]); the
+//! Every request but `ping` and `auth` is metered as a message first (`metered`); the
 //! controller loop of [`crate::live`] polls what it returns, so timers, closes from elsewhere
 //! and shutdown are still noticed while it waits, and reads no further frame until the
 //! [`Answer`] is applied to the [`Client`].
