@@ -104,6 +104,18 @@ struct Budget {
     taken_at: Instant,
 }
 
+impl Budget {
+    /// What is left of it to give back, if anything.
+    fn leftover(self, user: Uuid) -> Option<Leftover> {
+        (self.spent < self.reserved).then_some(Leftover {
+            user,
+            key: self.key,
+            reserved: self.reserved,
+            spent: self.spent,
+        })
+    }
+}
+
 /// A budget to give back: `reserved` counted under `key`, `spent` of them used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leftover {
@@ -333,18 +345,11 @@ impl Book {
         let mut leftovers = Vec::new();
         self.lock().retain(|user, slot| {
             let idle = now.duration_since(slot.last_used);
-            if let Some(budget) = &slot.budget
-                && (all || idle >= IDLE || now.duration_since(budget.taken_at) >= MAX_AGE)
-            {
-                let budget = slot.budget.take().expect("a budget");
-                if budget.spent < budget.reserved {
-                    leftovers.push(Leftover {
-                        user: *user,
-                        key: budget.key,
-                        reserved: budget.reserved,
-                        spent: budget.spent,
-                    });
-                }
+            let due = |budget: &mut Budget| {
+                all || idle >= IDLE || now.duration_since(budget.taken_at) >= MAX_AGE
+            };
+            if let Some(budget) = slot.budget.take_if(due) {
+                leftovers.extend(budget.leftover(*user));
             }
             slot.reserving.is_some() || slot.budget.is_some() || idle < MAX_AGE
         });
