@@ -220,6 +220,15 @@ async fn a_rate_only_reservation_is_given_back_in_part_once(backend: Backend) {
     let full = app.consume(&user, "messages", 1, &key()).await.unwrap();
     assert!(!full.allowed, "30 a minute: 20 reserved and 10 spent");
 
+    // Keeping all of it, or more, gives nothing back: a bad request, not a silent no-op.
+    for keep in [20, 21] {
+        assert_refused(
+            app.refund_keeping(&user, "messages", (20, keep), &reservation)
+                .await,
+            Code::InvalidArgument,
+            "invalid_request",
+        );
+    }
     // 5 of the 20 were spent: 15 come back, and only once.
     let refund = app.refund_keeping(&user, "messages", (20, 5), &reservation);
     assert!(refund.await.unwrap());
