@@ -221,18 +221,32 @@ impl RunJournal {
                 () = self.cancel.cancelled() => {}
             }
         };
-        if let Some(store) = &self.store {
-            self.store_through(store, &record, &snapshot).await;
-        }
         let seq = record.seq;
+        // From here on the record goes into the log even if the caller stops waiting (a
+        // run cancelled mid-write): Redis may already hold this seq, and the next record must
+        // not be numbered the same.
+        let pending = Pending {
+            journal: self,
+            record: Some((Arc::new(record), snapshot, size)),
+        };
+        if let Some(store) = &self.store
+            && let Some((record, snapshot, _)) = &pending.record
+        {
+            self.store_through(store, record, snapshot).await;
+        }
+        drop(pending);
+        seq
+    }
+
+    /// Puts a numbered record into the log and wakes its followers.
+    fn push(&self, record: Arc<Record>, snapshot: Snapshot, size: usize) {
         let mut state = self.lock();
-        state.last_seq = seq;
+        state.last_seq = record.seq;
         state.snapshot = snapshot;
         state.bytes += size;
-        state.records.push_back(Arc::new(record));
+        state.records.push_back(record);
         drop(state);
         self.appended.notify_waiters();
-        seq
     }
 
     /// Writes to Redis every record it lacks, up to `record`, in order (a record whose write
@@ -467,6 +481,21 @@ impl Drop for Follower {
             }
         }
         self.journal.progress.notify_waiters();
+    }
+}
+
+/// A numbered record on its way into the log: pushed when dropped, whether the append that
+/// numbered it finished its write to Redis or was dropped while waiting for it.
+struct Pending<'a> {
+    journal: &'a RunJournal,
+    record: Option<(Arc<Record>, Snapshot, usize)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some((record, snapshot, size)) = self.record.take() {
+            self.journal.push(record, snapshot, size);
+        }
     }
 }
 

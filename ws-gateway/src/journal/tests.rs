@@ -197,3 +197,51 @@ async fn the_snapshot_counts_tool_calls_and_keeps_a_failure_s_reason() {
     assert_eq!(snapshot.reason.as_deref(), Some("agent_died"));
     assert!(journal.is_terminated());
 }
+
+/// A run cancelled while one of its records is being written to Redis drops that append
+/// half-way. The record is numbered and may be in Redis already, so it goes into the log
+/// anyway: the run's next record gets the next seq, and Redis ends up holding exactly the log,
+/// the terminal record included (before, the terminal took the dropped record's seq, Redis
+/// kept the other one, and a resume on another node never saw the run end).
+#[tokio::test]
+async fn an_append_dropped_while_writing_to_redis_still_takes_its_seq() {
+    let engine = tollgate_shared::engine::Engine::redis(
+        &tollgate_shared::testing::redis_url(),
+        &tollgate_shared::testing::redis_prefix(),
+    )
+    .await
+    .unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    let store = RunStore::new(&engine, 1 << 20, minute, minute).unwrap();
+    let journal = Arc::new(RunJournal::new(
+        RunId::new(),
+        Uuid::new_v4(),
+        1 << 20,
+        CancellationToken::new(),
+        Some(store.clone()),
+    ));
+    journal.append(delta(&journal, "a")).await;
+    let mut cancelled = Box::pin(journal.append(delta(&journal, "b")));
+    assert!(
+        futures::poll!(cancelled.as_mut()).is_pending(),
+        "waiting for Redis"
+    );
+    drop(cancelled);
+    assert_eq!(journal.append(completed(&journal)).await, 3);
+
+    let Attach::Follow(follower) = journal.attach(0) else {
+        panic!("the log holds everything")
+    };
+    assert_eq!(seqs(follower.read()), [1, 2, 3]);
+    let stored = store.range(journal.run_id(), 1).await.unwrap();
+    let stored: Vec<(u64, bool)> = stored
+        .iter()
+        .map(|(seq, frame)| {
+            let (_, entry) = Entry::from_wire(frame).unwrap();
+            (*seq, entry.is_terminal())
+        })
+        .collect();
+    assert_eq!(stored, [(1, false), (2, false), (3, true)]);
+    let meta = store.meta(journal.run_id()).await.unwrap().unwrap();
+    assert!(meta.ended && meta.last_seq == 3, "{meta:?}");
+}
