@@ -23,5 +23,6 @@ mod proxies;
 mod publish;
 mod resume;
 mod resume_nodes;
+mod resume_support;
 mod runs;
 mod shutdown;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     helpers::*,
-    resume::{
+    resume_support::{
         Seen, Streamer, drop_after_every_event_and_resume_on, forgotten, resume, six_deltas,
         start_run,
     },
