@@ -4,10 +4,11 @@
 //!
 //! The conversation has the shape of `ws-loadgen`'s runs: a stream opened with `start`, a tool
 //! request answered by a decision, a second one, then the end (three round trips and the
-//! stream's close). The backend is a trivial one in a child process (this binary, `serve`), or
-//! with `--demo-agent <bin>` the real demo agent, for the cost of its own messages (thinking,
-//! results, deltas). The caller is a bare `AgentBackendClient` on a plain channel, so whatever
-//! the gateway's external route costs beyond these numbers is the gateway's own.
+//! stream's close). The backend is a trivial one in a child process (this binary, `serve`),
+//! reached over loopback TCP and over a Unix socket, or with `--demo-agent <bin>` the real demo
+//! agent, for the cost of its own messages (thinking, results, deltas). The caller is a bare
+//! `AgentBackendClient` on a plain channel, so whatever the gateway's external route costs
+//! beyond these numbers is the gateway's own.
 //!
 //! ```sh
 //! cargo run --release -p tollgate-bench --example agent_hop_floor
@@ -22,8 +23,12 @@ use std::{
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt, stream::BoxStream};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tollgate_proto::agent::v1::{
     AgentMessage, Completed, GatewayMessage, Start, ToolDecision, ToolRequest,
     agent_backend_client::AgentBackendClient,
@@ -196,17 +201,24 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, mode, addr] = args.as_slice()
+    if let [_, mode, addr, socket] = args.as_slice()
         && mode == "serve"
     {
-        tonic::transport::Server::builder()
+        let tcp = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(AgentBackendServer::new(Trivial))
-            .serve(addr.parse()?)
-            .await?;
+            .serve(addr.parse()?);
+        let unix = tonic::transport::Server::builder()
+            .add_service(AgentBackendServer::new(Trivial))
+            .serve_with_incoming(UnixListenerStream::new(UnixListener::bind(socket)?));
+        let (tcp, unix) = tokio::join!(tcp, unix);
+        tcp?;
+        unix?;
         return Ok(());
     }
     let addr = free_addr()?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("backend.sock");
     let mut command = match args.as_slice() {
         [_, flag, bin] if flag == "--demo-agent" => {
             let mut command = tokio::process::Command::new(bin);
@@ -218,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
         }
         [_] => {
             let mut command = tokio::process::Command::new(&args[0]);
-            command.args(["serve", &addr.to_string()]);
+            command.args(["serve", &addr.to_string()]).arg(&socket);
             command
         }
         _ => anyhow::bail!("usage: agent_hop_floor [--demo-agent <demo-agent binary>]"),
@@ -239,10 +251,25 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = AgentBackendClient::new(channel);
     let demo = args.len() == 3;
+    let unix_client = if demo {
+        None
+    } else {
+        let socket = socket.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        });
+        // The URI only names the stream's authority; the connector reaches the socket.
+        let channel = tonic::transport::Endpoint::from_static("http://backend.local")
+            .connect_with_connector(connector)
+            .await?;
+        Some(AgentBackendClient::new(channel))
+    };
     for _ in 0..ROUNDS {
-        slice("gRPC, two processes", || over_grpc(&client)).await?;
-        if !demo {
-            slice("channels, one process", over_channels).await?;
+        slice("gRPC, two processes, TCP ", || over_grpc(&client)).await?;
+        if let Some(unix_client) = &unix_client {
+            slice("gRPC, two processes, Unix", || over_grpc(unix_client)).await?;
+            slice("channels, one process    ", over_channels).await?;
         }
     }
     backend.kill().await?;
