@@ -227,12 +227,13 @@ impl RunJournal {
         // not be numbered the same.
         let pending = Pending {
             journal: self,
-            record: Some((Arc::new(record), snapshot, size)),
+            record: Arc::new(record),
+            snapshot,
+            size,
         };
-        if let Some(store) = &self.store
-            && let Some((record, snapshot, _)) = &pending.record
-        {
-            self.store_through(store, record, snapshot).await;
+        if let Some(store) = &self.store {
+            self.store_through(store, &pending.record, &pending.snapshot)
+                .await;
         }
         drop(pending);
         seq
@@ -488,14 +489,16 @@ impl Drop for Follower {
 /// numbered it finished its write to Redis or was dropped while waiting for it.
 struct Pending<'a> {
     journal: &'a RunJournal,
-    record: Option<(Arc<Record>, Snapshot, usize)>,
+    record: Arc<Record>,
+    snapshot: Snapshot,
+    size: usize,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Some((record, snapshot, size)) = self.record.take() {
-            self.journal.push(record, snapshot, size);
-        }
+        let snapshot = std::mem::take(&mut self.snapshot);
+        self.journal
+            .push(Arc::clone(&self.record), snapshot, self.size);
     }
 }
 
